@@ -1,0 +1,1 @@
+"""Flower ClientApp for fedgate (see the federation issue)."""

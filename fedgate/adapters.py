@@ -1,0 +1,193 @@
+"""Gated low-rank adapters.
+
+For a frozen linear layer ``y = W x`` an adapter adds a gated low-rank update::
+
+    y = W x + s_l * g_t * (B A dropout(x)) * scaling
+    g_t = sigmoid(w_g . x_t + b_g)      token gate: per token, input-dependent, in (0, 1)
+    s_l = sigmoid(alpha_l)              structural gate: one scalar per insertion point
+
+``A`` is ``(r, d_in)``, ``B`` is ``(d_out, r)`` and starts at zero, so a fresh adapter
+leaves the base output untouched. With both gates switched off the module is plain LoRA
+(the same arithmetic as peft's ``lora.Linear``), which the tests check numerically.
+
+The original layer is kept as ``base_layer`` (wrap, don't fork). Hugging Face's ``Conv1D``
+(GPT-2 style, weight stored as ``(d_in, d_out)``) is supported next to ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Hyper-parameters of one adapter; shared by every insertion point of a model."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    token_gate: bool = True
+    structural_gate: bool = True
+    gate_init: float = 2.0  # initial token-gate bias: sigmoid(2) = 0.88, mostly open
+    struct_init: float = 2.0  # initial structural logit: sigmoid(2) = 0.88
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"adapter.r (adapter rank) must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+def _base_shape(base_layer: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a supported base layer."""
+    if isinstance(base_layer, nn.Linear):
+        return base_layer.in_features, base_layer.out_features
+    if type(base_layer).__name__ == "Conv1D" and hasattr(base_layer, "nf"):
+        d_in, d_out = base_layer.weight.shape  # Conv1D stores (d_in, d_out)
+        return d_in, d_out
+    raise TypeError(
+        f"cannot wrap {type(base_layer).__name__}: only nn.Linear and transformers' Conv1D are supported"
+    )
+
+
+class GatedLoRALinear(nn.Module):
+    """A frozen linear layer plus a gated low-rank update (see module docstring)."""
+
+    # Every parameter name an adapter owns; the rest of the module (base_layer) stays frozen.
+    adapter_param_names: tuple[str, ...] = ("lora_A", "lora_B", "gate_weight", "gate_bias", "struct_logit")
+
+    def __init__(self, base_layer: nn.Module, spec: AdapterSpec) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.spec = spec
+        self.in_features, self.out_features = _base_shape(base_layer)
+        self.is_conv1d = not isinstance(base_layer, nn.Linear)
+        self.scaling = spec.scaling
+        ref = base_layer.weight
+        kw = {"device": ref.device, "dtype": ref.dtype}
+        self.lora_A = nn.Parameter(torch.empty(spec.r, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, **kw))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # same init as nn.Linear / peft
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        if spec.token_gate:
+            self.gate_weight = nn.Parameter(torch.zeros(self.in_features, **kw))
+            self.gate_bias = nn.Parameter(torch.full((), spec.gate_init, **kw))
+        else:
+            self.gate_weight = None
+            self.gate_bias = None
+        self.struct_logit = nn.Parameter(torch.full((), spec.struct_init, **kw)) if spec.structural_gate else None
+        self.merged = False
+        self.enabled = True
+        # Token-gate record since the last reset_gate_record(), read by the loss (with graph)
+        # and by train.py. A model call may run the backbone more than once (prompt, then
+        # response); the record spans all of them. token_mask (batch, seq), set by the caller,
+        # keeps padding out of the mean.
+        self.token_mask: torch.Tensor | None = None
+        self._gate_sum: torch.Tensor | None = None
+        self._gate_count = 0.0
+        self.adapter_names = tuple(n for n in self.adapter_param_names if getattr(self, n) is not None)
+
+    # ----------------------------------------------------------------------------- gates
+    def structural_gate(self) -> torch.Tensor:
+        """s_l in (0, 1); exactly 1 when the structural gate is switched off."""
+        if self.struct_logit is None:
+            return torch.ones((), device=self.lora_A.device, dtype=self.lora_A.dtype)
+        return torch.sigmoid(self.struct_logit)
+
+    def token_gate(self, x: torch.Tensor) -> torch.Tensor | None:
+        """g_t per token, shape (..., 1); None when the token gate is switched off."""
+        if self.gate_weight is None:
+            return None
+        logits = F.linear(x.to(self.gate_weight.dtype), self.gate_weight[None], self.gate_bias[None])
+        return torch.sigmoid(logits)  # (..., 1)
+
+    # ----------------------------------------------------------------------------- forward
+    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The gated low-rank update for input x: (..., d_in) -> (..., d_out)."""
+        dtype = self.lora_A.dtype
+        h = F.linear(F.linear(self.dropout(x).to(dtype), self.lora_A), self.lora_B) * self.scaling
+        gate = self.token_gate(x)
+        if gate is not None:
+            self._record_gate(gate)
+            h = h * gate
+        if self.struct_logit is not None:
+            h = h * torch.sigmoid(self.struct_logit)
+        return h
+
+    def _record_gate(self, gate: torch.Tensor) -> None:
+        """Add this forward's gate values (without padding where a mask fits) to the record."""
+        g = gate.squeeze(-1).float()  # (...,) e.g. (batch, seq)
+        mask = self.token_mask
+        if mask is not None and tuple(mask.shape) == tuple(g.shape):
+            m = mask.to(g.dtype)
+            total, count = (g * m).sum(), float(m.sum())
+        else:
+            total, count = g.sum(), float(g.numel())
+        self._gate_sum = total if self._gate_sum is None else self._gate_sum + total
+        self._gate_count += count
+
+    def reset_gate_record(self) -> None:
+        self._gate_sum, self._gate_count = None, 0.0
+
+    @property
+    def last_token_gate_mean(self) -> torch.Tensor | None:
+        """Mean token gate over the (unpadded) tokens seen since the last reset; None if none."""
+        if self._gate_sum is None or self._gate_count == 0:
+            return None
+        return self._gate_sum / self._gate_count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged or not self.enabled:
+            return result
+        return result + self.lora_delta(x).to(result.dtype)
+
+    # ----------------------------------------------------------------------------- merging
+    def delta_weight(self) -> torch.Tensor:
+        """s_l * scaling * B A in the base layer's weight layout (Conv1D stores it transposed)."""
+        if self.gate_weight is not None:
+            raise RuntimeError(
+                "cannot merge an adapter with an input-dependent token gate: the update is not a "
+                "constant matrix; build the adapter with token_gate=False to merge it"
+            )
+        dw = (self.lora_B @ self.lora_A) * (self.scaling * self.structural_gate())  # (d_out, d_in)
+        return dw.T if self.is_conv1d else dw
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into base_layer.weight for inference (only for constant gates)."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        w.add_(self.delta_weight().to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo merge(): subtract the update from base_layer.weight again."""
+        if not self.merged:
+            return
+        w = self.base_layer.weight
+        w.sub_(self.delta_weight().to(w.dtype))
+        self.merged = False
+
+    # ----------------------------------------------------------------------------- terms
+    def frobenius_sq(self) -> torch.Tensor:
+        """||B A||_F^2 without forming B A: trace((B^T B)(A A^T)), two r x r products."""
+        return ((self.lora_B.T @ self.lora_B) * (self.lora_A @ self.lora_A.T)).sum()
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"d_in={self.in_features}, d_out={self.out_features}, r={s.r}, alpha={s.alpha}, "
+            f"token_gate={s.token_gate}, structural_gate={s.structural_gate}"
+        )

@@ -1,0 +1,1 @@
+"""Aggregation rules as pure functions over {name: ndarray}."""

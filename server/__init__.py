@@ -1,0 +1,1 @@
+"""Flower ServerApp and strategy for fedgate (see the federation issue)."""

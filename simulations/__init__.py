@@ -1,0 +1,1 @@
+"""Launchers and experiment scripts."""
