@@ -1,0 +1,134 @@
+"""The typed config built from Flower's flat dashed keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedgate.adapters import AdapterSpec
+from fedgate.config import DataConfig, FedgateConfig, ModelConfig, TrainConfig
+from fedgate.losses import LossWeights
+
+
+def test_defaults_build():
+    cfg = FedgateConfig()
+    assert cfg.model == ModelConfig() and cfg.adapter == AdapterSpec() and cfg.loss == LossWeights()
+    assert cfg.train == TrainConfig() and cfg.data == DataConfig()
+    assert FedgateConfig.from_flat({}) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.pairing = "joint"  # type: ignore[misc]
+
+
+def test_from_flat_coercion():
+    cfg = FedgateConfig.from_flat({
+        "adapter.r": "16",
+        "adapter.alpha": 32,
+        "adapter.token-gate": "false",
+        "model.layers": "3-5",
+        "model.targets": "query, value",
+        "model.pairing": "joint",
+        "train.bf16": "false",
+        "train.lr-adapter": "5e-4",
+        "train.batch-size": 8.0,
+        "train.cache-lower-layers": False,
+        "loss.lambda-s": "0.01",
+        "data.misaligned-threshold": "1",
+    })
+    assert cfg.adapter.r == 16 and isinstance(cfg.adapter.r, int)
+    assert cfg.adapter.alpha == 32.0 and isinstance(cfg.adapter.alpha, float)
+    assert cfg.adapter.token_gate is False
+    assert cfg.model.layers == (3, 4, 5)
+    assert cfg.model.targets == ("query", "value")
+    assert cfg.model.pairing == "joint"
+    assert cfg.train.bf16 is False
+    assert cfg.train.lr_adapter == pytest.approx(5e-4)
+    assert cfg.train.batch_size == 8 and isinstance(cfg.train.batch_size, int)
+    assert cfg.train.cache_lower_layers is False
+    assert cfg.loss.lambda_s == pytest.approx(0.01)
+    assert cfg.data.misaligned_threshold == 1
+    # untouched fields keep their defaults
+    assert cfg.train.epochs == TrainConfig().epochs and cfg.model.backbone == ModelConfig().backbone
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("3-5", (3, 4, 5)),
+    ("0,2", (0, 2)),
+    ("0, 2-3, 7", (0, 2, 3, 7)),
+    ("", ()),
+    (4, (4,)),
+])
+def test_layer_lists(raw, expected):
+    assert FedgateConfig.from_flat({"model.layers": raw}).model.layers == expected
+
+
+@pytest.mark.parametrize("raw,expected", [("true", True), ("True", True), ("1", True), ("yes", True),
+                                          ("false", False), ("0", False), ("no", False), (True, True)])
+def test_bool_strings(raw, expected):
+    assert FedgateConfig.from_flat({"train.bf16": raw}).train.bf16 is expected
+
+
+def test_unknown_key_names_key_and_lists_valid_keys():
+    with pytest.raises(KeyError) as err:
+        FedgateConfig.from_flat({"adapter.rank": 4})
+    msg = str(err.value)
+    assert "adapter.rank" in msg
+    for valid in ("r", "alpha", "dropout", "token-gate", "structural-gate"):
+        assert repr(valid) in msg
+    # underscores are not the flat spelling
+    with pytest.raises(KeyError, match="train.lr_adapter"):
+        FedgateConfig.from_flat({"train.lr_adapter": 0.1})
+
+
+@pytest.mark.parametrize("key,raw", [
+    ("adapter.r", "abc"),
+    ("adapter.r", 0),
+    ("adapter.r", 2.5),
+    ("adapter.dropout", 1.5),
+    ("adapter.alpha", True),
+    ("model.pairing", "x"),
+    ("model.pooling", "max"),
+    ("model.layers", "a-b"),
+    ("train.bf16", "maybe"),
+    ("train.batch-size", 0),
+    ("train.head-init", "random"),
+    ("data.misaligned-threshold", 4),
+])
+def test_bad_value_names_the_key(key, raw):
+    with pytest.raises(ValueError) as err:
+        FedgateConfig.from_flat({key: raw})
+    assert key in str(err.value)
+
+
+def test_round_trip_defaults_and_custom():
+    for cfg in (
+        FedgateConfig(),
+        FedgateConfig.from_flat({"adapter.r": 4, "model.layers": "0,1", "model.targets": "q_proj,v_proj",
+                                 "train.bf16": False, "loss.beta": 0.5, "data.source": "nvidia/HelpSteer2",
+                                 "adapter.dropout": 0.1, "train.max-steps": 10}),
+    ):
+        flat = cfg.to_flat()
+        assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())  # Flower scalars
+        assert all("_" not in k for k in flat)  # dashed spelling
+        assert FedgateConfig.from_flat(flat) == cfg
+    flat = FedgateConfig.from_flat({"model.layers": "3-5", "model.targets": "query,value"}).to_flat()
+    assert flat["model.layers"] == "3,4,5" and flat["model.targets"] == "query,value"
+    assert flat["adapter.r"] == AdapterSpec().r
+
+
+def test_to_flat_covers_every_field():
+    flat = FedgateConfig().to_flat()
+    n_fields = sum(len(dataclasses.fields(getattr(FedgateConfig(), f.name))) for f in dataclasses.fields(FedgateConfig))
+    assert len(flat) == n_fields
+    assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "data"}
+
+
+def test_unknown_sections_ignored_by_default():
+    flower_keys = {"num-server-rounds": 3, "strategy.fraction-train": 0.5, "federation.name": "local",
+                   "adapter.r": 2}
+    cfg = FedgateConfig.from_flat(flower_keys)
+    assert cfg.adapter.r == 2
+    with pytest.raises(KeyError, match="strategy.fraction-train"):
+        FedgateConfig.from_flat({"adapter.r": 2, "strategy.fraction-train": 0.5}, ignore_unknown_sections=False)
+    with pytest.raises(KeyError, match="num-server-rounds"):
+        FedgateConfig.from_flat(flower_keys, ignore_unknown_sections=False)
