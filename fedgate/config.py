@@ -24,7 +24,8 @@ class ModelConfig:
     pooling: str = ""  # mean | last; empty = mean for encoders, last for decoders
     targets: tuple[str, ...] = ()  # module-name suffixes; empty = the family default (q/v)
     target_regex: str = ""
-    layers: tuple[int, ...] = ()  # transformer layers that get adapters; empty = all
+    layers: tuple[int, ...] = ()  # transformer layers that get adapters; empty = see top-layers
+    top_layers: int = 2  # adapters in the top k layers only (0 = all); lower layers get cached
     max_prompt_tokens: int = 48
     max_response_tokens: int = 128
 
@@ -32,6 +33,8 @@ class ModelConfig:
         _choice("model.pairing", self.pairing, ("separate", "joint"))
         _choice("model.pooling", self.pooling, ("", "mean", "last"))
         _positive("model.max-prompt-tokens", self.max_prompt_tokens)
+        if self.top_layers < 0:
+            raise ValueError(f"model.top-layers must be >= 0, got {self.top_layers}")
         _positive("model.max-response-tokens", self.max_response_tokens)
 
 

@@ -193,8 +193,11 @@ def build_reward_model(mcfg, spec):
     backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None)
     model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None)
     targets = mcfg.targets or (() if mcfg.target_regex else default_targets(backbone.config.model_type))
-    names = inject_adapters(model.backbone, spec, targets, regex=mcfg.target_regex or None,
-                            layers=mcfg.layers or None)
+    layers = mcfg.layers or None
+    depth = getattr(backbone.config, "num_hidden_layers", None)
+    if layers is None and mcfg.top_layers and depth:
+        layers = tuple(range(max(0, depth - mcfg.top_layers), depth))
+    names = inject_adapters(model.backbone, spec, targets, regex=mcfg.target_regex or None, layers=layers)
     freeze_except(model, ("head.",))
     log.info("adapters in %d modules: %s", len(names), ", ".join(names))
     return model, tokenizer

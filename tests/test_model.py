@@ -208,3 +208,14 @@ def test_scale_conversions_are_inverse():
     norm = to_normalised_scale(labels)
     torch.testing.assert_close(norm, torch.tensor([[-1.0, -0.5, 0.0, 0.5, 1.0]]))
     torch.testing.assert_close(to_attribute_scale(norm), labels.float())
+
+
+def test_top_layers_puts_adapters_only_in_the_top_k_layers():
+    from fedgate.inject import layer_index
+
+    model, _ = build_reward_model(ModelConfig(backbone="tiny-bert", top_layers=1), AdapterSpec(r=2))
+    assert {layer_index(n) for n in adapter_modules(model)} == {1}
+    model, _ = build_reward_model(ModelConfig(backbone="tiny-bert", top_layers=0), AdapterSpec(r=2))
+    assert {layer_index(n) for n in adapter_modules(model)} == {0, 1}
+    model, _ = build_reward_model(ModelConfig(backbone="tiny-bert", layers=(0,), top_layers=1), AdapterSpec(r=2))
+    assert {layer_index(n) for n in adapter_modules(model)} == {0}  # explicit layers win
