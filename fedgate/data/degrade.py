@@ -109,8 +109,8 @@ def _lower_first(sentence: str) -> str:
 
 
 def pad(text: str, name: str, module: str, rng: random.Random) -> str:
-    """Stretch to ~2.5x with filler sentences and repeated (exact or reworded) sentences,
-    scattered through the answer, not only appended."""
+    """Stretch by a factor drawn from PAD_FACTOR_RANGE (about 2x) with filler sentences and
+    repeated (exact or reworded) sentences, scattered through the answer, not only appended."""
     sentences = split_sentences(text)
     target = len(text) * rng.uniform(*PAD_FACTOR_RANGE)
     fillers = [f.format(name=name, module=module or "the standard library") for f in _FILLER]

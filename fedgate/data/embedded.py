@@ -25,8 +25,8 @@ follow this table, then each attribute independently moves +-1 with probability
 - offtopic_*: the reference answer of another prompt whose length is within +-25%,
   from another module family / the same family, always from the same split.
 - truncated: cut mid-sentence at 35-65% of the length; half get a closing full stop.
-- padded: ~2.5x with varied filler and exact or reworded repetition (equal share with
-  truncated, so length alone says little).
+- padded: stretched 1.5-2.5x (about 2x) with varied filler and exact or reworded
+  repetition (equal share with truncated, so length alone says little).
 - shuffled: texts with >= 3 sentences, the first (summary) sentence always moved.
 - corrupted: 3-6 swaps of opposites (true/false, add/remove, first/last, ...), numbers,
   or the object's own name for a sibling's; correctness 0 with >= 5 swaps, else 1.
