@@ -22,8 +22,8 @@ class ModelConfig:
     gguf_file: str = ""
     pairing: str = "separate"  # separate | joint
     pooling: str = ""  # mean | last; empty = mean for encoders, last for decoders
-    targets: tuple[str, ...] = ()  # module-name suffixes; empty = the family default (q/v)
-    target_regex: str = ""
+    targets: tuple[str, ...] = ("all-linear",)  # module-name suffixes, "all-linear", or empty = q/v
+    target_regex: str = ""  # when set, selects modules alone (targets are ignored)
     layers: tuple[int, ...] = ()  # transformer layers that get adapters; empty = see top-layers
     top_layers: int = 2  # adapters in the top k layers only (0 = all); lower layers get cached
     max_prompt_tokens: int = 48
@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 4.0
+    epochs: float = 2.5
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 32
     grad_accum: int = 1

@@ -28,6 +28,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
+ALL_LINEAR = "all-linear"  # every linear layer inside the numbered transformer blocks
 
 
 def default_targets(model_type: str) -> tuple[str, ...]:
@@ -57,7 +58,10 @@ def match_targets(
     regex: str | None = None,
     layers: Iterable[int] | None = None,
 ) -> list[str]:
-    """Names of the linear modules selected by suffix or regex (and layer), in model order."""
+    """Names of the linear modules selected by suffix or regex (and layer), in model order.
+
+    The target ``"all-linear"`` selects every linear layer inside a numbered transformer
+    block (attention and MLP projections; not embeddings, poolers or heads)."""
     targets = tuple(targets)
     if not targets and regex is None:
         raise ValueError("give target module suffixes or a regex")
@@ -70,7 +74,8 @@ def match_targets(
             continue
         if name.rpartition(".")[0] in wrapped:  # the base_layer of an existing adapter: never nest
             continue
-        by_suffix = any(name == t or name.endswith("." + t) for t in targets)
+        by_suffix = any(name == t or name.endswith("." + t) for t in targets if t != ALL_LINEAR)
+        by_suffix = by_suffix or (ALL_LINEAR in targets and layer_index(name) is not None)
         by_regex = pattern is not None and pattern.search(name) is not None
         if not (by_suffix or by_regex):
             continue

@@ -192,7 +192,10 @@ def build_reward_model(mcfg, spec):
 
     backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None)
     model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None)
-    targets = mcfg.targets or (() if mcfg.target_regex else default_targets(backbone.config.model_type))
+    if mcfg.target_regex:  # a regex, when given, decides alone
+        targets: tuple[str, ...] = ()
+    else:
+        targets = mcfg.targets or default_targets(backbone.config.model_type)
     layers = mcfg.layers or None
     depth = getattr(backbone.config, "num_hidden_layers", None)
     if layers is None and mcfg.top_layers and depth:

@@ -263,7 +263,7 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
                      "elapsed_s": time.perf_counter() - start, **{f"loss_{k}": v for k, v in parts.items()}}
             result.history.append(entry)
             log.info("step %d: loss %.4f, validation AUC %.4f", step + 1, entry["train_loss"], metrics["auc"])
-            if not metrics["auc"] <= result.best_val_auc:  # first, or better (NaN-safe)
+            if result.best_step == 0 or metrics["auc"] > result.best_val_auc:
                 result.best_val_auc, result.best_step = metrics["auc"], step + 1
                 best_state = adapter_state(model)
     bar.close()

@@ -187,3 +187,17 @@ def test_second_injection_never_nests_adapters(bert):
     assert len(adapter_modules(bert)) == 6
     with pytest.raises(ValueError):
         inject_adapters(bert, AdapterSpec(r=2), ("query",))  # already wrapped: nothing left to match
+
+
+def test_all_linear_selects_every_block_linear_but_not_pooler_or_head():
+    from fedgate.model import RewardModel
+    from fedgate.tiny import build_tiny_backbone
+
+    model = RewardModel(build_tiny_backbone("tiny-bert"))
+    names = match_targets(model.backbone, ("all-linear",))
+    per_layer = {"attention.self.query", "attention.self.key", "attention.self.value",
+                 "attention.output.dense", "intermediate.dense", "output.dense"}
+    assert set(names) == {f"encoder.layer.{i}.{s}" for i in range(2) for s in per_layer}
+    llama = match_targets(build_tiny_backbone("tiny-llama"), ("all-linear",), layers=[1])
+    assert {n.rsplit(".", 1)[-1] for n in llama} == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                     "gate_proj", "up_proj", "down_proj"}

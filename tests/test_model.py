@@ -186,7 +186,7 @@ def test_forward_from_cached_hidden_matches(tiny_tokenizer):
 
 
 def test_build_reward_model_trains_only_adapters_and_head():
-    model, tokenizer = build_reward_model(ModelConfig(backbone="tiny-bert"), AdapterSpec(r=4))
+    model, tokenizer = build_reward_model(ModelConfig(backbone="tiny-bert", targets=()), AdapterSpec(r=4))
     assert isinstance(model, RewardModel) and len(tokenizer) == model.backbone.config.vocab_size
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     adapters = adapter_modules(model)
