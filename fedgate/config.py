@@ -146,10 +146,15 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
         if hint is int:
             if isinstance(raw, bool):
                 raise ValueError
-            f = float(raw)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
+            if isinstance(raw, int):
+                return raw
+            try:
+                return int(str(raw).strip())  # exact, also for large seeds
+            except ValueError:
+                f = float(raw)  # "3.0" or 3.0 from a TOML float
+                if not f.is_integer():
+                    raise
+                return int(f)
         if hint is float:
             if isinstance(raw, bool):
                 raise ValueError

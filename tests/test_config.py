@@ -132,3 +132,9 @@ def test_unknown_sections_ignored_by_default():
         FedgateConfig.from_flat({"adapter.r": 2, "strategy.fraction-train": 0.5}, ignore_unknown_sections=False)
     with pytest.raises(KeyError, match="num-server-rounds"):
         FedgateConfig.from_flat(flower_keys, ignore_unknown_sections=False)
+
+
+def test_large_integer_seed_is_exact():
+    cfg = FedgateConfig.from_flat({"train.seed": "9007199254740993"})  # 2**53 + 1
+    assert cfg.train.seed == 9007199254740993
+    assert FedgateConfig.from_flat({"train.seed": 3.0}).train.seed == 3
