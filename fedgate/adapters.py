@@ -90,7 +90,8 @@ class GatedLoRALinear(nn.Module):
         # Token-gate record since the last reset_gate_record(), read by the loss (with graph)
         # and by train.py. A model call may run the backbone more than once (prompt, then
         # response); the record spans all of them. token_mask (batch, seq), set by the caller,
-        # keeps padding out of the mean.
+        # keeps padding out of the mean. RewardModel.forward resets the record; code calling a
+        # backbone directly must call reset_gate_record() (inject.reset_gate_records) per step.
         self.token_mask: torch.Tensor | None = None
         self._gate_sum: torch.Tensor | None = None
         self._gate_count = 0.0

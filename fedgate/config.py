@@ -55,6 +55,9 @@ class DataConfig:
             raise ValueError(f"data.misaligned-threshold must be in 0..3, got {self.misaligned_threshold}")
         if not 0.0 <= self.label_noise <= 1.0:
             raise ValueError(f"data.label-noise must be in [0, 1], got {self.label_noise}")
+        if self.limit < 0:
+            raise ValueError(f"data.limit must be >= 0 (0 = all rows), got {self.limit}")
+        _positive("data.max-response-chars", self.max_response_chars)
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,12 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
         if hint is str:
             return str(raw)
         if hint == tuple[int, ...]:
+            if isinstance(raw, (list, tuple)):  # a TOML array
+                return tuple(_coerce(key, v, int) for v in raw)
             return _parse_int_list(raw)
         if hint == tuple[str, ...]:
+            if isinstance(raw, (list, tuple)):
+                return tuple(str(v).strip() for v in raw)
             return tuple(s.strip() for s in str(raw).split(",") if s.strip())
     except ValueError:
         raise ValueError(f"config key {key!r}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}") from None

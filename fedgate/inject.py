@@ -140,6 +140,13 @@ def count_parameters(model: nn.Module) -> ParamCount:
     return ParamCount(trainable=trainable, backbone=frozen)
 
 
+def reset_gate_records(model: nn.Module) -> None:
+    """Start a new token-gate record in every adapter. RewardModel.forward does this itself;
+    code that calls a backbone directly must call it once per step."""
+    for m in adapter_modules(model).values():
+        m.reset_gate_record()
+
+
 def set_merged(model: nn.Module, merged: bool) -> None:
     """Merge (or unmerge) every adapter of the model; raises if one has a token gate."""
     for m in adapter_modules(model).values():

@@ -26,6 +26,13 @@ class LossWeights:
     lambda_s: float = 1e-3  # structural sparsity (sum of structural gates)
     gate_prior: float = 0.5  # default prior where no per-layer prior is given
 
+    def __post_init__(self) -> None:
+        for key in ("lambda_f", "beta", "lambda_s"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"loss.{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 < self.gate_prior < 1.0:
+            raise ValueError(f"loss.gate-prior must be in (0, 1), got {self.gate_prior}")
+
 
 def task_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over attributes (both on the normalised scale): (batch, 5) each."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-ATTRIBUTE_NAMES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+from fedgate.data.schema import ATTRIBUTES as ATTRIBUTE_NAMES
+from fedgate.data.schema import binarize_misaligned as misaligned
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -74,10 +75,6 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def misaligned(helpfulness: np.ndarray, threshold: int = 2) -> np.ndarray:
-    return np.asarray(helpfulness) <= threshold
 
 
 def alignment_metrics(pred: np.ndarray, labels: np.ndarray, *, threshold: int = 2,

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedgate.inject import adapter_modules, reset_gate_records
+
 log = logging.getLogger(__name__)
 
 NUM_ATTRIBUTES = 5
@@ -74,6 +76,9 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, gguf_file: str | None = None):
 def prepare_tokenizer(tokenizer) -> None:
     """Decoders often ship without a pad token; reuse EOS so batches can be padded."""
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has neither a pad nor an EOS "
+                             "token; set tokenizer.pad_token before building the model")
         tokenizer.pad_token = tokenizer.eos_token
 
 
@@ -164,13 +169,10 @@ class RewardModel(nn.Module):
 
         Resets the adapters' token-gate records first, so after the call they hold this
         batch's gate means (prompt and response passes together)."""
-        for m in self._adapters():
-            m.reset_gate_record()
+        reset_gate_records(self)
         return self.head(self.features(batch, split_at))
 
     def _adapters(self):
-        from fedgate.inject import adapter_modules
-
         return adapter_modules(self).values()
 
 

@@ -25,7 +25,8 @@ import torch
 
 from fedgate.batching import EncodedSplit, encode_split
 from fedgate.config import FedgateConfig
-from fedgate.data import ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset
+from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
+                          split_by_prompt)
 from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, roc_auc
 from fedgate.model import build_reward_model
@@ -38,22 +39,49 @@ ADAPTER_FILE = "adapters.safetensors"
 
 
 def load_splits(cfg: FedgateConfig) -> dict:
-    """train / validation / test datasets for the configured source."""
+    """train / validation / test datasets for the configured source.
+
+    Validation rows choose the ridge lambda, the best checkpoint and the F1 cut, so they are
+    never the rows test metrics are reported on:
+    - one data file is split 80/10/10 by prompt (seeded);
+    - a folder (or hub dataset) without a test split: its validation split becomes the test
+      split and a new validation split is carved from train by prompt (10%).
+    """
     d = cfg.data
     if d.source == "embedded":
         dd = build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
         splits = {"train": dd["train"], "validation": dd["validation"], "test": dd["test"]}
+    elif Path(d.source).is_file():
+        splits = split_by_prompt(load_helpsteer(d.source, seed=d.seed),
+                                 {"train": 0.8, "validation": 0.1, "test": 0.1}, d.seed)
+        log.info("one data file: split 80/10/10 by prompt (seed %d)", d.seed)
     else:
-        splits = {"train": load_helpsteer(d.source, d.train_split, seed=d.seed),
-                  "validation": load_helpsteer(d.source, d.validation_split, seed=d.seed)}
+        train = load_helpsteer(d.source, d.train_split, seed=d.seed)
+        validation = load_helpsteer(d.source, d.validation_split, seed=d.seed)
         try:
-            splits["test"] = load_helpsteer(d.source, d.test_split, seed=d.seed)
+            splits = {"train": train, "validation": validation,
+                      "test": load_helpsteer(d.source, d.test_split, seed=d.seed)}
         except DataError as e:
-            log.warning("no %r split (%s); reporting test metrics on the validation split", d.test_split, e)
-            splits["test"] = splits["validation"]
+            log.warning("no %r split (%s): testing on %r and carving validation from train (10%% of prompts)",
+                        d.test_split, e, d.validation_split)
+            carved = split_by_prompt(train, {"train": 0.9, "validation": 0.1}, d.seed)
+            splits = {"train": carved["train"], "validation": carved["validation"], "test": validation}
     if d.limit and d.limit < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=d.seed).select(range(d.limit))
     return splits
+
+
+def load_eval_split(cfg: FedgateConfig, split: str):
+    """The rows ``fedgate evaluate`` scores: a named split, or every row of a single file."""
+    d = cfg.data
+    if d.source == "embedded":
+        dd = build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
+        if split not in dd:
+            raise DataError(f"the embedded dataset has splits {list(dd)}, not {split!r}")
+        return dd[split]
+    if Path(d.source).is_file():
+        log.info("%s is one file: evaluating all its rows", d.source)
+    return load_helpsteer(d.source, split, seed=d.seed)
 
 
 def package_versions() -> dict[str, str]:
@@ -115,7 +143,8 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     result = fit(model, enc["train"], cfg, pad_id, device, validation=enc["validation"], progress=progress)
     val_pred = predict(model, enc["validation"], cfg, pad_id, device)
     cut = decision_threshold_from(val_pred, enc["validation"], cfg)
-    val_metrics = metrics_from_predictions(val_pred, enc["validation"], cfg, cut)
+    # Validation chose the checkpoint and the cut: its F1 is reported as f1_oracle (optimistic).
+    val_metrics = metrics_from_predictions(val_pred, enc["validation"], cfg)
     test_metrics, pred = evaluate(model, enc["test"], cfg, pad_id, device, decision_threshold=cut)
 
     state = adapter_state(model)
@@ -163,11 +192,7 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
     load_adapter_state(model, state)
     model.to(device)
-    d = cfg.data
-    if d.source == "embedded":
-        ds = build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)[split]
-    else:
-        ds = load_helpsteer(d.source, split, seed=d.seed)
+    ds = load_eval_split(cfg, split)
     if noise_rate > 0:
         ds = noisy_dataset(ds, noise_rate, seed=seed)
     enc = encode_split(ds, tokenizer, cfg.model)

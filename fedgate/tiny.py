@@ -30,8 +30,9 @@ def build_tiny_backbone(name: str, *, vocab_size: int = 30522, hidden: int = 32,
                          bos_token_id=101, eos_token_id=102)  # [CLS]/[SEP] of the MiniLM vocabulary
     else:
         raise ValueError(f"unknown tiny backbone {name!r}; choose from {TINY_NAMES}")
-    torch.manual_seed(seed)
-    return AutoModel.from_config(cfg)
+    with torch.random.fork_rng():  # deterministic weights without reseeding the caller's RNG
+        torch.manual_seed(seed)
+        return AutoModel.from_config(cfg)
 
 
 def tiny_tokenizer():

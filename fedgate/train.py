@@ -59,17 +59,26 @@ def prepare_cache(model: RewardModel, splits: list[EncodedSplit], cfg: FedgateCo
 
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def predict(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
-            device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Attribute predictions on the 0-4 scale, (n, 5)."""
+def _forward_sorted(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
+                    device: torch.device, fn, batch_size: int = 64) -> torch.Tensor:
+    """Run ``fn(model, batch)`` over the split in length order; rows back in split order."""
     was_training = model.training
     model.eval()
-    out = torch.empty(len(split), 5)
+    out = None
     for rows in sorted_batches(split, batch_size):
-        batch = make_batch(split, rows, pad_id, device)
         with autocast(device, cfg.train.bf16):
-            out[torch.as_tensor(rows)] = model(batch, split.split_at).float().cpu()
+            y = fn(model, make_batch(split, rows, pad_id, device)).float().cpu()
+        if out is None:
+            out = torch.empty(len(split), y.shape[1])
+        out[torch.as_tensor(rows)] = y
     model.train(was_training)
+    return out
+
+
+def predict(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
+            device: torch.device) -> np.ndarray:
+    """Attribute predictions on the 0-4 scale, (n, 5)."""
+    out = _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m(b, split.split_at))
     return to_attribute_scale(out).numpy()
 
 
@@ -85,21 +94,23 @@ def metrics_from_predictions(pred: np.ndarray, split: EncodedSplit, cfg: Fedgate
     labels = split.labels.numpy()
     metrics = alignment_metrics(pred, labels, threshold=cfg.data.misaligned_threshold,
                                 decision_threshold=decision_threshold)
-    metrics.update(auc_per_kind(pred, labels, split.kinds, cfg.data.misaligned_threshold))
+    metrics.update(auc_per_kind(pred, split.kinds))
     return metrics
 
 
-def auc_per_kind(pred: np.ndarray, labels: np.ndarray, kinds: list[str], threshold: int) -> dict[str, float]:
-    """AUC of each degradation kind's rows against the aligned rows (where kinds are known)."""
+def auc_per_kind(pred: np.ndarray, kinds: list[str], reference: str = "real") -> dict[str, float]:
+    """Per degradation kind: AUC of ranking that kind's rows below the reference (real)
+    rows by predicted helpfulness, by kind and not by (noisy) label. Needs known kinds."""
     from fedgate.metrics import roc_auc
 
     kinds_arr = np.asarray(kinds)
-    y = misaligned(labels[:, 0], threshold)
+    ref = kinds_arr == reference
+    if not ref.any():
+        return {}
     out = {}
-    for kind in sorted(set(kinds) - {""}):
-        rows = (kinds_arr == kind) | ~y
-        if (y[rows] & (kinds_arr[rows] == kind)).any():
-            out[f"auc_kind_{kind}"] = roc_auc(y[rows] & (kinds_arr[rows] == kind), -pred[rows, 0])
+    for kind in sorted(set(kinds) - {"", reference}):
+        rows = ref | (kinds_arr == kind)
+        out[f"auc_kind_{kind}"] = roc_auc(kinds_arr[rows] == kind, -pred[rows, 0])
     return out
 
 
@@ -110,20 +121,10 @@ def decision_threshold_from(pred: np.ndarray, split: EncodedSplit, cfg: FedgateC
 
 
 # ---------------------------------------------------------------------------- head init
-@torch.no_grad()
 def frozen_features(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
-                    device: torch.device, batch_size: int = 64) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    feats = None
-    for rows in sorted_batches(split, batch_size):
-        with autocast(device, cfg.train.bf16):
-            f = model.features(make_batch(split, rows, pad_id, device), split.split_at).float().cpu()
-        if feats is None:
-            feats = torch.empty(len(split), f.shape[1])
-        feats[torch.as_tensor(rows)] = f
-    model.train(was_training)
-    return feats.numpy()
+                    device: torch.device) -> np.ndarray:
+    """Head inputs for every row, (n, features)."""
+    return _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m.features(b, split.split_at)).numpy()
 
 
 @torch.no_grad()
@@ -263,14 +264,16 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
                      "elapsed_s": time.perf_counter() - start, **{f"loss_{k}": v for k, v in parts.items()}}
             result.history.append(entry)
             log.info("step %d: loss %.4f, validation AUC %.4f", step + 1, entry["train_loss"], metrics["auc"])
-            if result.best_step == 0 or metrics["auc"] > result.best_val_auc:
+            if np.isnan(metrics["auc"]):
+                log.warning("validation AUC is undefined (one class only): no best-state selection")
+            elif result.best_step == 0 or metrics["auc"] > result.best_val_auc:
                 result.best_val_auc, result.best_step = metrics["auc"], step + 1
                 best_state = adapter_state(model)
     bar.close()
     result.wall_s = time.perf_counter() - start
     result.train_loss = float(np.mean(recent)) if recent else float("nan")
-    result.gate_stats = tracker.stats()
     if best_state is not None and result.best_step != result.steps:
         load_adapter_state(model, best_state)
         log.info("restored the best validation state from step %d", result.best_step)
+    result.gate_stats = tracker.stats()  # structural gates of the state that is kept
     return result

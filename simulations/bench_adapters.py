@@ -35,7 +35,7 @@ def _fedgate_variant(backbone, rank: int, alpha: float, targets: list[str], gate
     spec = AdapterSpec(r=rank, alpha=alpha, token_gate=gates, structural_gate=gates)
     inject_adapters(model, spec, targets)
     freeze_except(model)
-    with torch.no_grad():  # B != 0 so the adapter path does real work in both variants
+    with torch.no_grad():  # non-zero B (the work per step does not depend on the values)
         for n, p in model.named_parameters():
             if n.endswith("lora_B"):
                 p.normal_(0, 0.01)
@@ -43,12 +43,15 @@ def _fedgate_variant(backbone, rank: int, alpha: float, targets: list[str], gate
 
 
 def _make_step(model, batch, bf16: bool):
+    from fedgate.inject import reset_gate_records
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def step() -> float:
         t0 = time.perf_counter()
+        reset_gate_records(model)  # no-op for peft; fedgate adapters start a fresh gate record
         with ctx():
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         loss = out.float().pow(2).mean()

@@ -138,3 +138,14 @@ def test_large_integer_seed_is_exact():
     cfg = FedgateConfig.from_flat({"train.seed": "9007199254740993"})  # 2**53 + 1
     assert cfg.train.seed == 9007199254740993
     assert FedgateConfig.from_flat({"train.seed": 3.0}).train.seed == 3
+
+
+def test_toml_arrays_and_value_checks():
+    cfg = FedgateConfig.from_flat({"model.targets": ["query", "value"], "model.layers": [4, 5]})
+    assert cfg.model.targets == ("query", "value") and cfg.model.layers == (4, 5)
+    with pytest.raises(ValueError, match="loss.gate-prior"):
+        FedgateConfig.from_flat({"loss.gate-prior": 1.5})
+    with pytest.raises(ValueError, match="loss.beta"):
+        FedgateConfig.from_flat({"loss.beta": -1})
+    with pytest.raises(ValueError, match="data.limit"):
+        FedgateConfig.from_flat({"data.limit": -3})

@@ -4,7 +4,7 @@ federated partitioning, and degradations (semantic noise, conflicting feedback).
 from fedgate.data.embedded import build_embedded_dataset
 from fedgate.data.helpsteer import load_helpsteer
 from fedgate.data.noise import add_semantic_noise, conflicting_feedback, noisy_dataset
-from fedgate.data.partition import partition_dataset
+from fedgate.data.partition import partition_dataset, split_by_prompt
 from fedgate.data.schema import ATTRIBUTES, DataError, binarize_misaligned
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "load_helpsteer",
     "noisy_dataset",
     "partition_dataset",
+    "split_by_prompt",
 ]

@@ -143,7 +143,8 @@ def shuffle(text: str, rng: random.Random) -> str | None:
 
 
 def _swap_sites(text: str, short: str, siblings: list[str]) -> list[tuple[int, int, str, str]]:
-    """(start, end, kind, replacement) for every swappable word, number or own name."""
+    """(start, end, kind, replacement) for every swappable word, number or own name; sites
+    never overlap (the own-name swap wins over an opposite on the same span)."""
     sites: list[tuple[int, int, str, str]] = []
     for match in _WORD.finditer(text):
         if match.group() in OPPOSITES:
@@ -153,7 +154,13 @@ def _swap_sites(text: str, short: str, siblings: list[str]) -> list[tuple[int, i
     if len(short) >= 3 and siblings:
         for match in re.finditer(rf"\b{re.escape(short)}\b", text):
             sites.append((match.start(), match.end(), "name", ""))
-    return sorted(sites)
+    # One site per stretch of text: the object's own name can also be an opposite word
+    # ("open", "add"); two swaps of one span would garble it and be counted twice.
+    kept: list[tuple[int, int, str, str]] = []
+    for site in sorted(sites, key=lambda s: (s[0], s[2] != "name")):
+        if not kept or site[0] >= kept[-1][1]:
+            kept.append(site)
+    return kept
 
 
 def _new_number(digits: str, rng: random.Random) -> str:

@@ -159,6 +159,8 @@ def stdlib_modules() -> list[ModuleType]:
 
     for name in sorted(sys.stdlib_module_names):
         visit(name, 0)
+    log.info("documentation source: %d stdlib modules imported (modules that fail to import on this "
+             "platform are skipped; see debug log)", len(found))
     return found
 
 

@@ -150,6 +150,8 @@ def load_hub(name: str, split: str) -> datasets.Dataset:
     """`datasets.load_dataset(name, split=split)`, validated; needs the Hugging Face hub."""
     try:
         raw = datasets.load_dataset(name, split=split)
+    except ValueError as exc:  # datasets raises ValueError for a split the dataset lacks
+        raise DataError(f"{name}: no split {split!r} ({exc})") from exc
     except OSError as exc:  # ConnectionError, TimeoutError, missing dataset: all OSError
         raise DataError(
             f"{name}[{split}]: the Hugging Face hub is unreachable or the dataset is missing ({exc}); "

@@ -143,3 +143,28 @@ def partition_dataset(
     retried = f" after {MAX_DRAWS} draws (raise alpha or lower min_partition_size)" if method == "dirichlet" else ""
     _check_sizes([len(p) for p in parts], method, min_size, context=retried)
     return parts
+
+
+def split_by_prompt(ds: datasets.Dataset, fractions: dict[str, float], seed: int = 0) -> dict[str, datasets.Dataset]:
+    """Split rows into named parts by prompt (all responses to a prompt land in one part), so
+    no prompt is both trained on and evaluated; parts get about ``fractions`` of the prompts."""
+    if not ds.num_rows:
+        raise DataError("cannot split an empty dataset")
+    prompts = list(dict.fromkeys(ds["prompt"]))
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    total, bounds, acc = sum(fractions.values()), [], 0.0
+    for frac in fractions.values():
+        acc += frac / total
+        bounds.append(round(acc * len(prompts)))
+    part_of, start = {}, 0
+    for name, stop in zip(fractions, bounds):
+        for i in order[start:stop]:
+            part_of[prompts[i]] = name
+        start = stop
+    rows = {name: [] for name in fractions}
+    for i, prompt in enumerate(ds["prompt"]):
+        rows[part_of[prompt]].append(i)
+    empty = [name for name, idx in rows.items() if not idx]
+    if empty:
+        raise DataError(f"splitting {len(prompts)} prompts by {fractions} leaves {empty} empty; give more rows")
+    return {name: ds.select(idx) for name, idx in rows.items()}

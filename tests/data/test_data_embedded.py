@@ -183,3 +183,21 @@ def test_cached_and_loadable(noisy: datasets.DatasetDict) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="label_noise"):
         build_embedded_dataset(0, label_noise=1.5)
+
+
+def test_corrupt_swaps_never_overlap_when_the_name_is_an_opposite_word():
+    import random
+
+    from fedgate.data.degrade import _swap_sites, corrupt
+
+    text = "Open the file before reading. Returns true after the first open call; open is lazy."
+    sites = _swap_sites(text, "open", ["close_all"])
+    spans = [(s[0], s[1]) for s in sites]
+    assert len(spans) == len(set(spans))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    for seed in range(20):
+        out = corrupt(text, "open", ["close_all"], random.Random(seed))
+        assert out is not None
+        corrupted, swaps = out
+        assert "close_allclose" not in corrupted and "closeclose_all" not in corrupted
+        assert swaps <= len(sites)
