@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedgate.adapters import AdapterSpec
 from fedgate.batching import encode_split, iterate_batches, make_batch, row_lengths
 from fedgate.config import FedgateConfig
 from fedgate.data.schema import rows_to_dataset
