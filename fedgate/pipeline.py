@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapters.safetensors"
 
 
+def _embedded(d):
+    """The embedded dataset as configured by a DataConfig (cached per arguments)."""
+    return build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
+
+
 def load_splits(cfg: FedgateConfig) -> dict:
     """train / validation / test datasets for the configured source.
 
@@ -49,7 +54,7 @@ def load_splits(cfg: FedgateConfig) -> dict:
     """
     d = cfg.data
     if d.source == "embedded":
-        dd = build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
+        dd = _embedded(d)
         splits = {"train": dd["train"], "validation": dd["validation"], "test": dd["test"]}
     elif Path(d.source).is_file():
         splits = split_by_prompt(load_helpsteer(d.source, seed=d.seed),
@@ -75,7 +80,7 @@ def load_eval_split(cfg: FedgateConfig, split: str):
     """The rows ``fedgate evaluate`` scores: a named split, or every row of a single file."""
     d = cfg.data
     if d.source == "embedded":
-        dd = build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
+        dd = _embedded(d)
         if split not in dd:
             raise DataError(f"the embedded dataset has splits {list(dd)}, not {split!r}")
         return dd[split]
