@@ -2,19 +2,30 @@
 ``pydoc_data`` topics. This is the raw material of the embedded dataset.
 
 Determinism: modules are visited in sorted order, members in sorted order, and nothing
-iterates a set or depends on ``hash()``; the same interpreter gives the same documents.
+iterates a set or depends on ``hash()``. What a process has already imported (Ray, Flower,
+torch) changes what the stdlib modules look like, so :func:`harvest_isolated` runs the
+harvest in a fresh interpreter and caches the result on disk: every process of a federation
+(server, clients, simulation actors) then reads the very same documents.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import hashlib
 import importlib
 import inspect
+import json
 import logging
+import os
 import pkgutil
 import re
+import subprocess
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -286,3 +297,47 @@ def harvest(max_chars: int) -> list[Doc]:
             unique.append(doc)
     log.info("harvested %d documents (%d before exact dedup)", len(unique), len(docs))
     return unique
+
+
+# ----------------------------------------------------------------------------- isolation
+
+
+def cache_path(max_chars: int) -> Path:
+    """Where the harvest for this interpreter, this harvesting code and ``max_chars`` lives
+    (``$FEDGATE_CACHE_DIR``, default ``~/.cache/fedgate``)."""
+    key = hashlib.sha256(f"{sys.version}|{max_chars}|".encode() + Path(__file__).read_bytes()).hexdigest()[:16]
+    base = os.environ.get("FEDGATE_CACHE_DIR") or str(Path.home() / ".cache" / "fedgate")
+    return Path(base) / f"stdlib-docs-py{sys.version_info.major}{sys.version_info.minor}-{key}.json"
+
+
+def harvest_isolated(max_chars: int) -> list[Doc]:
+    """:func:`harvest` as a fresh interpreter sees it, cached on disk (see module docstring)."""
+    path = cache_path(max_chars)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "fedgate" / path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        cmd = [sys.executable, "-m", "fedgate.data.docsource", "--max-chars", str(max_chars), "--out", str(tmp)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"harvesting stdlib documentation failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+        os.replace(tmp, path)  # atomic: concurrent clients write identical files
+        log.info("stdlib documentation harvested in a fresh interpreter; cached at %s", path)
+    return [Doc(**d) for d in json.loads(path.read_text())]
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="Harvest stdlib documentation to a JSON file.")
+    parser.add_argument("--max-chars", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    docs = harvest(args.max_chars)
+    Path(args.out).write_text(json.dumps([dataclasses.asdict(d) for d in docs]))
+
+
+if __name__ == "__main__":
+    _main()

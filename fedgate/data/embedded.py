@@ -48,7 +48,7 @@ import datasets
 
 from fedgate.data import degrade
 from fedgate.data.dedup import keep_mask
-from fedgate.data.docsource import Doc, harvest
+from fedgate.data.docsource import Doc, harvest_isolated
 from fedgate.data.schema import ATTRIBUTES, rows_to_dataset
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def build_embedded_dataset(
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
     if max_response_chars < 200:
         raise ValueError(f"max_response_chars must be >= 200, got {max_response_chars}")
-    harvested = harvest(max_response_chars)
+    harvested = harvest_isolated(max_response_chars)
     docs = [doc for doc, keep in zip(harvested, keep_mask([d.text for d in harvested])) if keep]
     log.info("embedded: %d documents, %d near-duplicates removed", len(docs), len(harvested) - len(docs))
     siblings = _siblings(docs)
