@@ -88,12 +88,78 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    """How rounds run: sampling, client shards, aggregation, the gate prior."""
+
+    rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 2
+    min_evaluate_nodes: int = 2
+    min_available_nodes: int = 2
+    round_timeout: float = 3600.0  # seconds the server waits for the replies of one round
+    strategy: str = "fedavg"
+    server_lr: float = 1.0  # global += server_lr * weighted mean delta (1.0 = FedAvg)
+    partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity
+    alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity): smaller = more skew
+    local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
+    gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
+
+    def __post_init__(self) -> None:
+        _positive("federation.rounds", self.rounds)
+        for key, v in (("fraction-train", self.fraction_train), ("fraction-evaluate", self.fraction_evaluate)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
+        for key, v in (("min-train-nodes", self.min_train_nodes), ("min-evaluate-nodes", self.min_evaluate_nodes),
+                       ("min-available-nodes", self.min_available_nodes)):
+            if v < 0:
+                raise ValueError(f"federation.{key} must be >= 0, got {v}")
+        if not self.round_timeout > 0:
+            raise ValueError(f"federation.round-timeout must be > 0 seconds, got {self.round_timeout}")
+        _choice("federation.strategy", self.strategy, STRATEGIES)
+        if not self.server_lr > 0:
+            raise ValueError(f"federation.server-lr must be > 0, got {self.server_lr}")
+        _choice("federation.partitioner", self.partitioner, ("iid", "dirichlet", "domain", "quantity"))
+        if not self.alpha > 0:
+            raise ValueError(f"federation.alpha must be > 0, got {self.alpha}")
+        if not 0.0 < self.local_holdout < 1.0:
+            raise ValueError(f"federation.local-holdout must be in (0, 1), got {self.local_holdout}")
+        _choice("federation.gate-prior", self.gate_prior, ("global", "fixed"))
+
+
+STRATEGIES = ("fedavg",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server-side evaluation and run outputs."""
+
+    eval_every: int = 1  # evaluate the global model every k rounds (the last round always); 0 = last only
+    eval_limit: int = 0  # evaluate on at most this many held-out rows (0 = all)
+    noise_rates: tuple[float, ...] = (0.1, 0.2)  # also report ROC-AUC with this much semantic noise
+    output_dir: str = ""  # run directory; empty = runs/fed-<time> under the working directory
+    resume_from: str = ""  # a run directory (or its checkpoint) to continue from the next round
+    report: bool = True  # write report.md and plots at the end
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 0:
+            raise ValueError(f"server.eval-every must be >= 0, got {self.eval_every}")
+        if self.eval_limit < 0:
+            raise ValueError(f"server.eval-limit must be >= 0 (0 = all rows), got {self.eval_limit}")
+        bad = [r for r in self.noise_rates if not 0.0 < r <= 1.0]
+        if bad:
+            raise ValueError(f"server.noise-rates must be in (0, 1], got {bad}")
+
+
+@dataclass(frozen=True)
 class FedgateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     loss: LossWeights = field(default_factory=LossWeights)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], *, ignore_unknown_sections: bool = True) -> "FedgateConfig":
@@ -168,6 +234,12 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
             if isinstance(raw, (list, tuple)):  # a TOML array
                 return tuple(_coerce(key, v, int) for v in raw)
             return _parse_int_list(raw)
+        if hint == tuple[float, ...]:
+            if isinstance(raw, (list, tuple)):
+                return tuple(_coerce(key, v, float) for v in raw)
+            if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+                return (float(raw),)
+            return tuple(float(s) for s in str(raw).split(",") if s.strip())
         if hint == tuple[str, ...]:
             if isinstance(raw, (list, tuple)):
                 return tuple(str(v).strip() for v in raw)

@@ -143,7 +143,7 @@ def fit_head_ridge(model: RewardModel, x_train: np.ndarray, y_train: np.ndarray,
     for lam in (1.0, 10.0, 100.0, 1000.0):
         w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)  # (d + 1, 5)
         auc = roc_auc(misaligned(y_val[:, 0], threshold), -(xv @ w)[:, 0])
-        if auc > best[0]:
+        if best[2] is None or auc > best[0]:  # NaN (one-class validation) keeps the first lambda
             best = (auc, lam, w)
     auc, lam, w = best
     model.head.weight.copy_(torch.as_tensor(w[:-1].T, dtype=model.head.weight.dtype))

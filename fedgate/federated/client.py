@@ -1,0 +1,150 @@
+"""One client's side of a round, without Flower: load the global state, train, reply a delta.
+
+A simulation runs many rounds of many clients in one long-lived process, so the expensive
+parts are cached per process: the backbone (one per model config, shared by every partition
+that process serves) and each partition's encoded rows with their frozen lower layers. Only
+adapter, gate and head weights change between rounds; they come from the server each time.
+In the deployment runtime every message starts a fresh process and the caches start empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from fedgate.batching import EncodedSplit, encode_split
+from fedgate.config import FedgateConfig
+from fedgate.federated.shards import client_shard
+from fedgate.model import RewardModel, build_reward_model
+from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy
+from fedgate.train import (evaluate, fit, fit_head_ridge, frozen_features, pick_device, prepare_cache)
+
+log = logging.getLogger(__name__)
+MAX_CACHED_SHARDS = 16  # per process; a 100-client simulation must not keep 100 caches
+
+
+def client_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> FedgateConfig:
+    """The run config with this node's own ``section.key`` settings on top (e.g. a node's
+    ``train.batch-size`` or ``train.device``); Flower's ``partition-id`` etc. are not ours."""
+    own = {k: v for k, v in node_config.items() if "." in k}
+    return FedgateConfig.from_flat({**run_config, **own})
+
+
+def round_seed(base: int, server_round: int, partition_id: int) -> int:
+    """A distinct, reproducible seed per (run seed, round, client)."""
+    return int(np.random.SeedSequence([base, server_round, partition_id]).generate_state(1)[0])
+
+
+@dataclass
+class LocalUpdate:
+    delta: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+    gate_stats: dict[str, dict[str, float]]
+
+
+@dataclass
+class _Shard:
+    train: EncodedSplit
+    holdout: EncodedSplit
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.models: dict[tuple, tuple[RewardModel, Any]] = {}
+        self.shards: OrderedDict[tuple, _Shard] = OrderedDict()
+
+
+_CACHE = _Cache()
+
+
+def clear_cache() -> None:
+    """Forget the cached backbones and shards of this process (tests; memory pressure)."""
+    _CACHE.models.clear()
+    _CACHE.shards.clear()
+
+
+class ClientTask:
+    """A client's model and rows; cheap to construct once the process caches are warm."""
+
+    def __init__(self, cfg: FedgateConfig, partition_id: int, num_partitions: int, *, progress: bool = False):
+        self.cfg, self.partition_id, self.num_partitions = cfg, partition_id, num_partitions
+        self.progress = progress
+        self.device = pick_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        t0 = time.perf_counter()
+        model_key = (cfg.model, cfg.adapter)
+        if model_key not in _CACHE.models:
+            torch.manual_seed(cfg.train.seed)
+            model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
+            _CACHE.models[model_key] = (model.to(self.device), tokenizer)
+        self.model, self.tokenizer = _CACHE.models[model_key]
+        self.pad_id = self.tokenizer.pad_token_id
+        shard_key = (model_key, cfg.data, cfg.federation.partitioner, cfg.federation.alpha,
+                     cfg.federation.local_holdout, cfg.train.cache_lower_layers, partition_id, num_partitions)
+        if shard_key not in _CACHE.shards:
+            rows = client_shard(cfg, partition_id, num_partitions)
+            shard = _Shard(*(encode_split(rows[k], self.tokenizer, cfg.model) for k in ("train", "holdout")))
+            prepare_cache(self.model, [shard.train, shard.holdout], cfg, self.pad_id, self.device, progress)
+            _CACHE.shards[shard_key] = shard
+            while len(_CACHE.shards) > MAX_CACHED_SHARDS:
+                _CACHE.shards.popitem(last=False)
+        _CACHE.shards.move_to_end(shard_key)
+        self.shard = _CACHE.shards[shard_key]
+        self.setup_s = time.perf_counter() - t0
+
+    def _load_global(self, global_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        state = from_numpy(global_state)
+        load_adapter_state(self.model, state)
+        return state
+
+    def train(self, global_state: Mapping[str, np.ndarray], server_round: int,
+              prior: Mapping[str, float] | float | None = None) -> LocalUpdate:
+        """Local epochs from the global state; the reply is ``local - global``."""
+        start = self._load_global(global_state)
+        t = self.cfg.train
+        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(
+            t, seed=round_seed(t.seed, server_round, self.partition_id)))
+        t0 = time.perf_counter()
+        ridge_auc = float("nan")
+        if server_round == 1 and t.head_init == "ridge":
+            # Round 1 only: every client fits the head on its own frozen features; FedAvg then
+            # averages those heads, and later rounds start from the federation's head.
+            x = {k: frozen_features(self.model, s, cfg, self.pad_id, self.device)
+                 for k, s in (("train", self.shard.train), ("holdout", self.shard.holdout))}
+            ridge_auc = fit_head_ridge(self.model, x["train"], self.shard.train.labels.numpy(), x["holdout"],
+                                       self.shard.holdout.labels.numpy(), cfg.data.misaligned_threshold)
+        result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
+                     progress=self.progress)
+        local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
+        delta = to_numpy(state_delta(adapter_state(self.model), start))
+        metrics = {
+            "train-loss": result.train_loss,
+            "local-auc": local["auc"],
+            "steps": float(result.steps),
+            "train-s": time.perf_counter() - t0,
+            "setup-s": self.setup_s,
+            "ridge-auc": ridge_auc,
+            # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
+            "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
+            "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
+        }
+        return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats)
+
+    def evaluate(self, global_state: Mapping[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+        """Metrics of the global state on this client's held-out rows: (rows, metrics)."""
+        self._load_global(global_state)
+        t0 = time.perf_counter()
+        metrics, _ = evaluate(self.model, self.shard.holdout, self.cfg, self.pad_id, self.device)
+        keep = ("auc", "f1_oracle", "mae", *(k for k in metrics if k.startswith("pearson_")))
+        out = {k: float(metrics[k]) for k in keep if k in metrics}
+        out.update({"eval-s": time.perf_counter() - t0, "setup-s": self.setup_s})
+        return len(self.shard.holdout), out

@@ -1,0 +1,78 @@
+"""Server-side evaluation of the global model's alignment robustness.
+
+On rows no client sees: ROC-AUC and F1 of detecting misaligned responses (F1 at a cut chosen
+on the validation split), Pearson r per attribute, and ROC-AUC again with semantic noise at
+each configured rate. The noisy copies are fixed per rate and seed, so rounds are comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from fedgate.batching import EncodedSplit, encode_split
+from fedgate.config import FedgateConfig
+from fedgate.data import noisy_dataset
+from fedgate.federated.shards import server_splits
+from fedgate.inject import count_parameters
+from fedgate.model import build_reward_model
+from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
+from fedgate.train import decision_threshold_from, evaluate, pick_device, predict, prepare_cache
+
+log = logging.getLogger(__name__)
+
+
+def noise_key(rate: float) -> str:
+    return f"auc_noise_{rate:g}"
+
+
+class ServerEvaluator:
+    """Holds the server's copy of the model and the encoded evaluation rows."""
+
+    def __init__(self, cfg: FedgateConfig, *, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)  # the initial global adapters are reproducible
+        self.model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
+        self.model.to(self.device)
+        self.pad_id = tokenizer.pad_token_id
+        t0 = time.perf_counter()
+        rows = server_splits(cfg)
+        self.splits: dict[str, EncodedSplit] = {k: encode_split(v, tokenizer, cfg.model) for k, v in rows.items()}
+        for rate in cfg.server.noise_rates:
+            noisy = noisy_dataset(rows["test"], rate, seed=cfg.data.seed)
+            self.splits[noise_key(rate)] = encode_split(noisy, tokenizer, cfg.model)
+        prepare_cache(self.model, list(self.splits.values()), cfg, self.pad_id, self.device, progress)
+        self.setup_s = time.perf_counter() - t0
+        log.info("server evaluation rows: %s (%.1f s to encode and cache)",
+                 {k: len(v) for k, v in self.splits.items()}, self.setup_s)
+        counts = count_parameters(self.model)
+        self.trainable_params, self.backbone_params = counts.trainable, counts.backbone
+        self.backbone_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if not p.requires_grad)
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        """The global trainable state before round 1 (adapters as initialised, B = 0)."""
+        return to_numpy(adapter_state(self.model))
+
+    def evaluate(self, state: Mapping[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
+        """Metrics of ``state`` and its test predictions (n, 5) for ROC curves."""
+        t0 = time.perf_counter()
+        load_adapter_state(self.model, from_numpy(state))
+        val = self.splits["validation"]
+        cut = decision_threshold_from(predict(self.model, val, self.cfg, self.pad_id, self.device), val, self.cfg)
+        metrics, pred = evaluate(self.model, self.splits["test"], self.cfg, self.pad_id, self.device,
+                                 decision_threshold=cut)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["decision_threshold"] = float(cut)
+        for rate in self.cfg.server.noise_rates:
+            noisy, _ = evaluate(self.model, self.splits[noise_key(rate)], self.cfg, self.pad_id, self.device)
+            metrics[noise_key(rate)] = float(noisy["auc"])
+        metrics["eval_s"] = time.perf_counter() - t0
+        return metrics, pred
+
+    def test_labels(self) -> np.ndarray:
+        return self.splits["test"].labels.numpy()

@@ -1,0 +1,48 @@
+"""Names of the records in fedgate's Flower messages: the one place both sides spell them.
+
+Down (server -> client), train and evaluate messages:
+    ARRAYS       ArrayRecord, the global trainable state (adapters, gates, head)
+    CONFIG       ConfigRecord, ``server-round`` and per-round settings
+    GATE_PRIOR   ConfigRecord {adapter module name: prior mean token gate} (train only)
+Up (client -> server), train replies:
+    ARRAYS       ArrayRecord, ``local - global`` for every tensor of ARRAYS
+    METRICS      MetricRecord, NUM_EXAMPLES plus training metrics
+    GATE_TOKEN   MetricRecord {adapter module name: mean token gate over local training}
+    GATE_STRUCT  MetricRecord {adapter module name: structural gate sigmoid(alpha_l)}
+Evaluate replies carry METRICS only.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+ARRAYS = "arrays"
+CONFIG = "config"
+GATE_PRIOR = "gate-prior"
+METRICS = "metrics"
+GATE_TOKEN = "gate-token"
+GATE_STRUCT = "gate-structural"
+
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+TOKEN_GATE = "token_gate"  # keys of one adapter's gate statistics (fedgate.train.GateTracker)
+STRUCTURAL_GATE = "structural_gate"
+
+
+def split_gate_stats(stats: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """``{module: {token_gate, structural_gate}}`` -> the two flat records a reply carries."""
+    token = {name: float(s[TOKEN_GATE]) for name, s in stats.items()}
+    structural = {name: float(s[STRUCTURAL_GATE]) for name, s in stats.items()}
+    return token, structural
+
+
+def join_gate_stats(token: Mapping[str, float], structural: Mapping[str, float], *,
+                    sender: str = "reply") -> dict[str, dict[str, float]]:
+    """The inverse of :func:`split_gate_stats`; both records must name the same adapters."""
+    if set(token) != set(structural):
+        only = sorted(set(token) ^ set(structural))
+        raise ValueError(f"{sender}: token and structural gate records name different adapters: {only[:5]}")
+    return {name: {TOKEN_GATE: float(token[name]), STRUCTURAL_GATE: float(structural[name])} for name in token}

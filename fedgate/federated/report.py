@@ -1,0 +1,161 @@
+"""A run directory's Markdown report and plots, rebuilt from its files alone.
+
+    plots/metrics.png   server ROC-AUC / F1 / noisy AUC and clients' mean / worst AUC per round
+    plots/roc.png       the final global model's ROC curve on the test split
+    plots/gates.png     mean token gate and structural gate per adapter (rows) and round (columns)
+    report.md           the round table and those plots
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fedgate.federated.rundir import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir
+from fedgate.metrics import misaligned, roc_auc, roc_curve
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(rounds: list[dict], section: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rounds:
+        v = (r.get(section) or {}).get(key)
+        if v is not None:
+            xs.append(r["round"])
+            ys.append(v)
+    return xs, ys
+
+
+def plot_metrics(rounds: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
+    noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith("auc_noise_")})
+    keys += [("server_eval", k, f"ROC-AUC, noise {k.removeprefix('auc_noise_')}") for k in noise]
+    keys += [("federated_eval", "auc-mean", "clients' mean AUC"), ("federated_eval", "auc-worst", "worst client AUC")]
+    for section, key, label in keys:
+        xs, ys = _series(rounds, section, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if section == "federated_eval" else "-")
+    ax.set_xlabel("round")
+    ax.set_ylabel("metric")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roc(pred_csv: Path, threshold: int, path: Path) -> float:
+    with pred_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    y = misaligned(np.array([int(r["true_helpfulness"]) for r in rows]), threshold)
+    score = -np.array([float(r["pred_helpfulness"]) for r in rows])
+    fpr, tpr = roc_curve(y, score)
+    auc = roc_auc(y, score)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot(fpr, tpr, label=f"global model (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (misaligned caught)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return auc
+
+
+def _short(name: str) -> str:
+    """``backbone.encoder.layer.4.attention.self.query`` -> ``4.attention.self.query``."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[i:])
+    return name
+
+
+def plot_gates(rounds: list[dict], path: Path) -> bool:
+    gated = [r for r in rounds if r.get("gates")]
+    if not gated:
+        return False
+    modules = sorted({m for r in gated for m in r["gates"]})
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 0.25 * len(modules) + 1.8), sharey=True)
+    for ax, key, title in zip(axes, ("token_gate", "structural_gate"), ("mean token gate", "structural gate")):
+        grid = np.array([[r["gates"].get(m, {}).get(key, np.nan) for r in gated] for m in modules], dtype=float)
+        im = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(len(gated)), [str(r["round"]) for r in gated])
+        ax.set_xlabel("round")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(modules)), [_short(m) for m in modules], fontsize=7)
+    fig.colorbar(im, ax=axes, fraction=0.03)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def _fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def round_table(rounds: list[dict]) -> str:
+    lines = ["| round | test AUC | F1 | clients' mean / worst AUC | clients | up KiB / client | down KiB | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        s, fe, b = r.get("server_eval") or {}, r.get("federated_eval") or {}, r.get("bytes") or {}
+        fed = f"{_fmt(fe.get('auc-mean'))} / {_fmt(fe.get('auc-worst'))}" if fe else "-"
+        lines.append(
+            f"| {r['round']} | {_fmt(s.get('auc'))} | {_fmt(s.get('f1'))} | {fed} | {len(r.get('clients', []))} | "
+            f"{_fmt(b.get('array_up_per_client', 0) / 1024 if b else None, '.1f')} | "
+            f"{_fmt(b.get('down', 0) / 1024 if b else None, '.1f')} | {_fmt((r.get('wall_s') or {}).get('round'), '.1f')} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write report.md and plots/ for a run directory; returns the report's path."""
+    run = RunDir(run_dir)
+    rounds = run.rounds()
+    if not rounds:
+        raise FileNotFoundError(f"{run.path}: no rounds.jsonl records to report on")
+    config = run.read_json(CONFIG_FILE)["config"]
+    try:
+        summary = run.read_json(SUMMARY_FILE)
+    except FileNotFoundError:
+        summary = {"status": "unknown (no summary.json)"}
+    plots = run.path / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_metrics(rounds, plots / "metrics.png")
+    parts = [f"# Federated run {run.path.name}", "",
+             f"Status: **{summary.get('status')}**; rounds completed: {summary.get('rounds_completed', '-')}; "
+             f"strategy `{config.get('federation.strategy')}`; backbone `{config.get('model.backbone')}`; "
+             f"partitioner `{config.get('federation.partitioner')}` (alpha {config.get('federation.alpha')}).", ""]
+    params = summary.get("params") or next((r["params"] for r in rounds if "params" in r), None)
+    if params:
+        parts += [f"Trainable parameters: {params['trainable']:,} ({params['percent']:.2f}% of the backbone's "
+                  f"{params['backbone']:,}).", ""]
+    parts += ["## Rounds", "", round_table(rounds), "", "![metrics per round](plots/metrics.png)", ""]
+    if (run.path / PREDICTIONS_FILE).is_file():
+        auc = plot_roc(run.path / PREDICTIONS_FILE, int(config.get("data.misaligned-threshold", 2)),
+                       plots / "roc.png")
+        parts += ["## Final ROC curve (test split)", "", f"ROC-AUC {auc:.4f}.", "", "![ROC](plots/roc.png)", ""]
+    if plot_gates(rounds, plots / "gates.png"):
+        parts += ["## Gates", "", "Per adapter (rows) and round (columns), averaged over the round's clients.",
+                  "", "![gates](plots/gates.png)", ""]
+    path = run.path / "report.md"
+    path.write_text("\n".join(parts))
+    log.info("report: %s", path)
+    return path

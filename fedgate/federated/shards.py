@@ -1,0 +1,56 @@
+"""Which rows each side of a federation sees.
+
+Clients split the training split among themselves (``federation.partitioner``); each keeps a
+share of its shard's prompts as a local held-out set for federated evaluation. The server
+scores the global model on the test split (and picks its F1 cut on the validation split):
+rows no client ever sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import datasets
+
+from fedgate.config import DataConfig, FedgateConfig, FederationConfig
+from fedgate.data import DataError, partition_dataset, split_by_prompt
+from fedgate.pipeline import load_splits
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) -> tuple[datasets.Dataset, ...]:
+    train = load_splits(FedgateConfig(data=data))["train"]
+    parts = partition_dataset(train, num_partitions, fed.partitioner, alpha=fed.alpha, seed=data.seed)
+    log.info("partitioned %d training rows into %d shards (%s): sizes %s", len(train), num_partitions,
+             fed.partitioner, [len(p) for p in parts])
+    return tuple(parts)
+
+
+def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> dict[str, datasets.Dataset]:
+    """``{"train", "holdout"}`` rows of one client; deterministic for the config's data seed."""
+    if num_partitions < 1:
+        raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)")
+    shard = _partitions(cfg.data, cfg.federation, num_partitions)[partition_id]
+    holdout = cfg.federation.local_holdout
+    try:
+        return split_by_prompt(shard, {"train": 1.0 - holdout, "holdout": holdout}, seed=cfg.data.seed + partition_id)
+    except DataError as e:
+        raise DataError(f"partition {partition_id} of {num_partitions} ({len(shard)} rows): cannot keep "
+                        f"{holdout:.0%} of its prompts for local evaluation: {e}") from None
+
+
+def server_splits(cfg: FedgateConfig) -> dict[str, datasets.Dataset]:
+    """``{"validation", "test"}``: the rows the server evaluates on, each capped at
+    ``server.eval-limit`` rows (a seeded sample)."""
+    splits = load_splits(cfg)
+    out = {}
+    for name in ("validation", "test"):
+        ds = splits[name]
+        limit = cfg.server.eval_limit
+        out[name] = ds.shuffle(seed=cfg.data.seed).select(range(limit)) if limit and limit < len(ds) else ds
+    return out

@@ -1,0 +1,19 @@
+import pytest
+
+from fedgate.config import FedgateConfig
+
+TINY = {
+    "model.backbone": "tiny-bert",
+    "data.limit": 160,
+    "train.epochs": 1.0,
+    "train.batch-size": 8,
+    "server.eval-limit": 40,
+}
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A tiny federation config; call with overrides."""
+    def make(**over) -> FedgateConfig:
+        return FedgateConfig.from_flat({**TINY, **{k.replace("__", "."): v for k, v in over.items()}})
+    return make

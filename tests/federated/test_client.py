@@ -1,0 +1,94 @@
+"""One client's local round without Flower: what it trains, what it replies."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedgate.data import DataError
+from fedgate.federated.client import ClientTask, client_config, clear_cache, round_seed
+from fedgate.federated.shards import client_shard
+from fedgate.inject import adapter_modules
+from fedgate.state import adapter_state, to_numpy
+
+
+def test_client_config_takes_node_overrides_but_not_flower_keys():
+    cfg = client_config({"train.batch-size": 8}, {"partition-id": 1, "num-partitions": 2, "train.batch-size": 4})
+    assert cfg.train.batch_size == 4
+
+
+def test_round_seeds_differ_per_round_and_client_and_repeat():
+    seeds = {round_seed(0, r, p) for r in (1, 2) for p in (0, 1)}
+    assert len(seeds) == 4
+    assert round_seed(0, 2, 1) == round_seed(0, 2, 1)
+
+
+def test_shards_are_disjoint_and_keep_a_holdout(tiny_cfg):
+    cfg = tiny_cfg()
+    shards = [client_shard(cfg, p, 2) for p in range(2)]
+    for s in shards:
+        assert len(s["holdout"]) > 0 and not set(s["train"]["prompt"]) & set(s["holdout"]["prompt"])
+    assert sum(len(s["train"]) + len(s["holdout"]) for s in shards) == 160
+    with pytest.raises(DataError, match="partition-id 2 is outside 0..1"):
+        client_shard(cfg, 2, 2)
+
+
+def test_train_replies_only_adapter_gate_head_deltas(tiny_cfg):
+    clear_cache()
+    cfg = tiny_cfg()
+    task = ClientTask(cfg, 0, 2)
+    glob = to_numpy(adapter_state(task.model))
+    update = task.train(glob, server_round=2, prior={"nothing": 0.5})
+    model_params = dict(task.model.named_parameters())
+    trainable = {n for n, p in model_params.items() if p.requires_grad}
+    assert set(update.delta) == trainable == set(glob)
+    assert all(n.startswith("head.") or any(n.startswith(m + ".") for m in adapter_modules(task.model))
+               for n in update.delta)
+    sent = sum(v.nbytes for v in update.delta.values())
+    backbone = sum(p.numel() * p.element_size() for p in model_params.values() if not p.requires_grad)
+    assert sent < 0.05 * backbone  # tiny-bert: adapters are ~1% of the backbone
+    # delta = local - global: the model now holds global + delta
+    local = to_numpy(adapter_state(task.model))
+    for k in glob:
+        np.testing.assert_allclose(local[k], glob[k] + update.delta[k], rtol=0, atol=1e-6)
+    assert any(np.abs(d).max() > 0 for d in update.delta.values())
+    assert update.num_examples == len(task.shard.train)
+    assert update.metrics["prior-adapters"] == 1.0 and update.metrics["prior-mean"] == 0.5
+    assert set(update.gate_stats) == set(adapter_modules(task.model))
+
+
+def test_tasks_share_the_cached_backbone_and_reset_from_the_global_state(tiny_cfg):
+    clear_cache()
+    cfg = tiny_cfg()
+    a, b = ClientTask(cfg, 0, 2), ClientTask(cfg, 1, 2)
+    assert a.model is b.model and a.shard is not b.shard
+    glob = to_numpy(adapter_state(a.model))
+    first = a.train(glob, server_round=2)
+    again = ClientTask(cfg, 0, 2).train(glob, server_round=2)  # same round, same seed, same start
+    for k in first.delta:
+        np.testing.assert_allclose(first.delta[k], again.delta[k], atol=1e-6)
+
+
+def test_round_one_fits_the_ridge_head(tiny_cfg):
+    clear_cache()
+    task = ClientTask(tiny_cfg(), 1, 2)
+    glob = to_numpy(adapter_state(task.model))
+    glob = {k: np.zeros_like(v) if k.startswith("head.") else v for k, v in glob.items()}
+    update = task.train(glob, server_round=1)
+    assert not np.isnan(update.metrics["ridge-auc"])
+    assert np.abs(update.delta["head.weight"]).max() > 0
+    rows, metrics = task.evaluate(glob)
+    assert rows == len(task.shard.holdout) and "auc" in metrics
+
+
+def test_a_wrong_global_state_is_refused(tiny_cfg):
+    clear_cache()
+    task = ClientTask(tiny_cfg(), 0, 2)
+    glob = to_numpy(adapter_state(task.model))
+    name = next(k for k in glob if k.endswith("lora_A"))
+    bad = {**glob, name: np.zeros((glob[name].shape[0] + 1, glob[name].shape[1]), dtype=np.float32)}
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        task.train(bad, server_round=1)
+    nan = {**glob, name: np.full(glob[name].shape, np.nan, dtype=np.float32)}
+    with pytest.raises(ValueError, match="NaN"):
+        task.train(nan, server_round=1)
+    assert torch.isfinite(dict(task.model.named_parameters())[name]).all()

@@ -1,0 +1,55 @@
+"""The report is rebuilt from a run directory's files alone."""
+
+import csv
+
+import pytest
+
+from fedgate.data import ATTRIBUTES
+from fedgate.federated.report import round_table, write_report
+from fedgate.federated.rundir import RunDir
+
+
+def _fake_run(path):
+    """A run directory as the server writes it (two rounds, two adapters)."""
+    run = RunDir(path)
+    run.write_json("config.json", {"config": {"federation.strategy": "fedavg", "model.backbone": "tiny-bert",
+                                              "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
+                                              "data.misaligned-threshold": 2}})
+    params = {"trainable": 100, "backbone": 10000, "percent": 1.0, "backbone_bytes": 40000}
+    run.append_round({"round": 0, "server_eval": {"auc": 0.5, "f1": 0.6}, "params": params})
+    for r in (1, 2):
+        run.append_round({
+            "round": r, "server_eval": {"auc": 0.5 + r / 10, "f1": 0.7, "auc_noise_0.1": 0.55},
+            "federated_eval": {"auc-mean": 0.6, "auc-worst": 0.5}, "clients": [{"node_id": 1}, {"node_id": 2}],
+            "bytes": {"down": 4096, "up": 2048, "array_up_per_client": 1024},
+            "gates": {"backbone.encoder.layer.1.attention.self.query": {"token_gate": 0.8, "structural_gate": 0.9},
+                      "backbone.encoder.layer.1.output.dense": {"token_gate": 0.3, "structural_gate": 0.6}},
+            "wall_s": {"round": 3.0}})
+    run.write_json("summary.json", {"status": "completed", "rounds_completed": 2, "params": params})
+    with (run.path / "test_predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", *[f"true_{a}" for a in ATTRIBUTES], *[f"pred_{a}" for a in ATTRIBUTES]])
+        for true_h, pred_h in ((4, 3.5), (3, 3.0), (1, 1.2), (0, 2.5), (2, 2.0)):
+            w.writerow(["real", true_h, 2, 2, 2, 2, pred_h, 2, 2, 2, 2])
+    return run
+
+
+def test_report_has_table_and_plots(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    report = write_report(run.path).read_text()
+    for name in ("metrics.png", "roc.png", "gates.png"):
+        assert (run.path / "plots" / name).stat().st_size > 1000
+    assert "| 2 | 0.7000 | 0.7000 | 0.6000 / 0.5000 | 2 | 1.0 | 4.0 | 3.0 |" in report
+    assert "Status: **completed**" in report and "1.00% of the backbone" in report
+    # ROC-AUC of the 5 rows: misaligned (H <= 2) scored by -pred: all misaligned above all aligned
+    assert "ROC-AUC 1.0000" in report
+
+
+def test_round_table_marks_missing_values():
+    table = round_table([{"round": 3, "clients": []}])
+    assert table.splitlines()[-1] == "| 3 | - | - | - | 0 | - | - | - |"
+
+
+def test_report_needs_rounds(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no rounds.jsonl"):
+        write_report(RunDir(tmp_path / "none").path)
