@@ -1,0 +1,156 @@
+"""The server's round loop: train, aggregate, evaluate, write the run directory.
+
+It follows ``flwr.serverapp.strategy.Strategy.start`` (configure -> send_and_receive ->
+aggregate, for train then evaluate) and adds what fedgate runs need: server-side
+evaluation every k rounds, a checkpoint and a ``rounds.jsonl`` line per round, bytes and
+wall times, resuming from a checkpoint, and a summary and report at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from fedgate.config import FedgateConfig
+from fedgate.federated.evaluator import ServerEvaluator
+from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
+                                      load_checkpoint)
+from fedgate.pipeline import package_versions, write_predictions
+from server.strategy import FedgateStrategy, to_record
+
+log = logging.getLogger(__name__)
+
+
+def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
+    every, last = cfg.server.eval_every, cfg.federation.rounds
+    return server_round == last or (every > 0 and server_round % every == 0)
+
+
+def _open_run(cfg: FedgateConfig) -> tuple[RunDir, int, dict | None, dict]:
+    """(run directory, first round to run, checkpoint state or None, gate profile)."""
+    if not cfg.server.resume_from:
+        return RunDir(cfg.server.output_dir or default_run_dir()), 1, None, {}
+    run, done, state, meta = load_checkpoint(cfg.server.resume_from)
+    if cfg.server.output_dir and Path(cfg.server.output_dir).resolve() != run.path:
+        log.warning("resuming writes into the resumed run %s, not server.output-dir=%s", run.path,
+                    cfg.server.output_dir)
+    old = meta.get("config", {})
+    changed = sorted(k for k, v in cfg.to_flat().items()
+                     if old.get(k) != v and not k.startswith(("server.", "federation.rounds")))
+    if changed:
+        log.warning("resuming %s with a changed config: %s", run.path, changed)
+    run.keep_rounds_through(done)
+    log.info("resuming %s after round %d", run.path, done)
+    return run, done + 1, state, meta.get("gate_profile", {})
+
+
+def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None) -> RunDir:
+    """Run rounds until ``federation.rounds``; returns the run directory."""
+    run, first, state, profile = _open_run(cfg)
+    log.info("run directory: %s", run.path)
+    t_start = time.perf_counter()
+    run.write_json(CONFIG_FILE, {"config": cfg.to_flat(), "versions": package_versions(), "flower_run_id": run_id,
+                                 "start_round": first})
+    try:
+        evaluator = ServerEvaluator(cfg)
+        params = {"trainable": evaluator.trainable_params, "backbone": evaluator.backbone_params,
+                  "percent": 100.0 * evaluator.trainable_params / max(1, evaluator.backbone_params),
+                  "backbone_bytes": evaluator.backbone_bytes}
+        if state is None:
+            state = evaluator.initial_state()
+            metrics, _ = evaluator.evaluate(state)
+            run.append_round({"round": 0, "server_eval": metrics, "params": params})
+            log.info("round 0: test AUC %.4f", metrics["auc"])
+        strategy = FedgateStrategy(cfg, state, profile)
+        strategy.summary()
+        final_metrics, final_pred = None, None
+        for rnd in range(first, cfg.federation.rounds + 1):
+            record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
+            run.append_round(record)
+            run.save_checkpoint(rnd, strategy.global_state, {"config": cfg.to_flat(), "gate_profile": strategy.profile})
+        if final_pred is not None:
+            write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
+        summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
+        run.write_json(SUMMARY_FILE, summary)
+        log.info("federation finished: %s", {k: summary["final"].get(k) for k in ("auc", "f1")})
+    except BaseException as e:
+        run.write_json(SUMMARY_FILE, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                      "traceback": traceback.format_exc(), "rounds_completed": _last_round(run)})
+        raise
+    if cfg.server.report:
+        from fedgate.federated.report import write_report
+
+        write_report(run.path)
+    return run
+
+
+def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evaluator: ServerEvaluator,
+               rnd: int, params: dict) -> tuple[dict, dict | None, np.ndarray | None]:
+    total = cfg.federation.rounds
+    timeout = cfg.federation.round_timeout
+    t0 = time.perf_counter()
+    replies = grid.send_and_receive(strategy.configure_train(rnd, to_record(strategy.global_state),
+                                                             ConfigRecord(), grid), timeout=timeout)
+    _, train_metrics = strategy.aggregate_train(rnd, replies)
+    t1 = time.perf_counter()
+    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, to_record(strategy.global_state),
+                                                                ConfigRecord(), grid), timeout=timeout)
+    fed_eval = strategy.aggregate_evaluate(rnd, replies)
+    t2 = time.perf_counter()
+    server_eval, pred = None, None
+    if _eval_due(cfg, rnd):
+        server_eval, pred = evaluator.evaluate(strategy.global_state)
+    t3 = time.perf_counter()
+    rl = strategy.round_log
+    n_train = max(1, len(rl.get("clients", [])))
+    up_per_client = rl.get("array_bytes_up", 0) / n_train
+    record = {
+        "round": rnd,
+        "train": dict(train_metrics) if train_metrics is not None else None,
+        "clients": rl.get("clients", []),
+        "failures": rl.get("failures", []),
+        "rejected": rl.get("rejected", []),
+        "federated_eval": dict(fed_eval) if fed_eval is not None else None,
+        "eval_clients": rl.get("eval_clients", []),
+        "server_eval": server_eval,
+        "bytes": {"down": rl.get("bytes_down", 0), "up": rl.get("bytes_up", 0),
+                  "array_down": rl.get("array_bytes_down", 0), "array_up": rl.get("array_bytes_up", 0),
+                  "array_up_per_client": up_per_client,
+                  "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
+        "gates": strategy.profile,
+        "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
+    }
+    auc = f"{server_eval['auc']:.4f}" if server_eval else "-"
+    log.info("round %d/%d: %d clients, test AUC %s, up %.1f KiB/client, %.1f s", rnd, total,
+             len(record["clients"]), auc, up_per_client / 1024, t3 - t0)
+    return record, server_eval, pred
+
+
+def _last_round(run: RunDir) -> int:
+    try:
+        return max((r.get("round", 0) for r in run.rounds()), default=0)
+    except ValueError:
+        return 0
+
+
+def _summary(run: RunDir, cfg: FedgateConfig, params: dict, wall_s: float, *, status: str) -> dict:
+    rounds = run.rounds()
+    evaluated = [r for r in rounds if r.get("server_eval")]
+    trained = [r for r in rounds if r.get("round", 0) > 0]
+    return {
+        "status": status,
+        "rounds_completed": _last_round(run),
+        "final": evaluated[-1]["server_eval"] if evaluated else {},
+        "initial": evaluated[0]["server_eval"] if evaluated and evaluated[0]["round"] == 0 else {},
+        "params": params,
+        "bytes": {"down": sum(r["bytes"]["down"] for r in trained), "up": sum(r["bytes"]["up"] for r in trained)},
+        "wall_s": wall_s,
+        "run_dir": str(run.path),
+        "strategy": cfg.federation.strategy,
+    }

@@ -1,0 +1,125 @@
+"""The Flower Strategy on real Flower messages (no network): FedAvg numbers, the gate prior,
+rejected updates, byte accounting."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedgate.config import FedgateConfig
+from fedgate.federated import protocol as P
+from server.strategy import FedgateStrategy, from_record, to_record, wire_bytes
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity():
+    """Flower stamps new messages with the identity of the ServerApp task running them."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class Nodes:
+    """The part of a Grid the strategy uses to sample nodes."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+
+GLOBAL = {"a.lora_A": np.array([[1.0, 2.0]], dtype=np.float32), "head.bias": np.array([0.5], dtype=np.float32)}
+
+
+def reply(msg, delta, n, token=0.5, struct=0.9):
+    return Message(content=RecordDict({
+        P.ARRAYS: to_record(delta),
+        P.METRICS: MetricRecord({P.NUM_EXAMPLES: n, "train-loss": 1.0}),
+        P.GATE_TOKEN: MetricRecord({"a": token}),
+        P.GATE_STRUCT: MetricRecord({"a": struct}),
+    }), reply_to=msg)
+
+
+def test_round_trip_fedavg_gate_prior_and_bytes():
+    cfg = FedgateConfig.from_flat({"federation.min-available-nodes": 2})
+    strategy = FedgateStrategy(cfg, dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(strategy.global_state), ConfigRecord(), Nodes([11, 12, 13])))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13]
+    assert msgs[0].content[P.CONFIG][P.SERVER_ROUND] == 1
+    assert dict(msgs[0].content[P.GATE_PRIOR]) == {}  # no profile before round 1
+    assert strategy.round_log["bytes_down"] == 3 * wire_bytes(msgs[0].content)
+    assert strategy.round_log["array_bytes_down"] == 3 * 12
+
+    deltas = [  # 30, 10 examples; the third reply is broken
+        {"a.lora_A": np.array([[4.0, 0.0]], dtype=np.float32), "head.bias": np.array([1.0], dtype=np.float32)},
+        {"a.lora_A": np.array([[-4.0, 8.0]], dtype=np.float32), "head.bias": np.array([-1.0], dtype=np.float32)},
+        {"a.lora_A": np.array([[np.nan, 0.0]], dtype=np.float32), "head.bias": np.array([0.0], dtype=np.float32)},
+    ]
+    replies = [reply(msgs[0], deltas[0], 30, token=0.2), reply(msgs[1], deltas[1], 10, token=0.6),
+               reply(msgs[2], deltas[2], 10)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # mean delta = 0.75 * d0 + 0.25 * d1 = [[2, 2]], [0.5]; global + mean = [[3, 4]], [1.0]
+    new = from_record(arrays)
+    np.testing.assert_allclose(new["a.lora_A"], [[3.0, 4.0]])
+    np.testing.assert_allclose(new["head.bias"], [1.0])
+    assert metrics[P.NUM_EXAMPLES] == 40
+    rejected = strategy.round_log["rejected"]
+    assert [r["node_id"] for r in rejected] == [msgs[2].metadata.dst_node_id] and "NaN" in rejected[0]["reason"]
+    assert strategy.profile["a"]["token_gate"] == pytest.approx(0.75 * 0.2 + 0.25 * 0.6)
+
+    msgs2 = list(strategy.configure_train(2, arrays, ConfigRecord(), Nodes([11, 12, 13])))
+    assert dict(msgs2[0].content[P.GATE_PRIOR]) == pytest.approx({"a": 0.3})  # the prior reaches round 2
+
+
+def test_wrong_shapes_and_failures_are_recorded_not_averaged():
+    strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7])))
+    good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+    wrong = {"a.lora_A": np.ones((2, 2), dtype=np.float32), "head.bias": np.ones(1, dtype=np.float32)}
+    failed = Message(Error(code=0, reason="client crashed"), reply_to=msgs[2])
+    arrays, _ = strategy.aggregate_train(1, [reply(msgs[0], good, 5), reply(msgs[1], wrong, 5), failed])
+    np.testing.assert_allclose(from_record(arrays)["a.lora_A"], GLOBAL["a.lora_A"] + 1)
+    assert "shape (2, 2)" in strategy.round_log["rejected"][0]["reason"]
+    assert strategy.round_log["failures"] == [{"node_id": 7, "reason": "client crashed"}]
+
+
+def test_no_usable_update_keeps_the_global_state():
+    strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
+    arrays, metrics = strategy.aggregate_train(1, [Message(Error(code=0, reason="x"), reply_to=m) for m in msgs])
+    assert arrays is None and metrics is None
+    np.testing.assert_array_equal(strategy.global_state["a.lora_A"], GLOBAL["a.lora_A"])
+
+
+def test_fixed_prior_sends_no_profile():
+    cfg = FedgateConfig.from_flat({"federation.gate-prior": "fixed"})
+    strategy = FedgateStrategy(cfg, dict(GLOBAL), profile={"a": {"token_gate": 0.3, "structural_gate": 1.0}})
+    msgs = list(strategy.configure_train(2, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
+    assert dict(msgs[0].content[P.GATE_PRIOR]) == {}
+
+
+def test_federated_evaluation_mean_and_worst_auc():
+    strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
+    strategy.round_log = {}
+    msgs = list(strategy.configure_evaluate(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7])))
+    replies = [Message(RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: 10, "auc": auc})}), reply_to=m)
+               for m, auc in zip(msgs, (0.6, 0.8, float("nan")))]
+    out = strategy.aggregate_evaluate(1, replies)
+    assert out["auc-mean"] == pytest.approx(0.7) and out["auc-worst"] == pytest.approx(0.6)
+    assert out["nodes"] == 2 and out[P.NUM_EXAMPLES] == 30
+
+
+def test_sampling_waits_then_times_out_with_a_clear_error():
+    cfg = FedgateConfig.from_flat({"federation.min-available-nodes": 3, "federation.round-timeout": 0.5})
+    strategy = FedgateStrategy(cfg, dict(GLOBAL))
+    with pytest.raises(TimeoutError, match="only 2 nodes connected"):
+        list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([1, 2])))
+
+
+def test_fraction_samples_reproducibly():
+    cfg = FedgateConfig.from_flat({"federation.fraction-train": 0.3, "federation.min-train-nodes": 1})
+    pick = [sorted(m.metadata.dst_node_id for m in FedgateStrategy(cfg, dict(GLOBAL)).configure_train(
+        4, to_record(GLOBAL), ConfigRecord(), Nodes(range(100, 110)))) for _ in range(2)]
+    assert len(pick[0]) == 3 and pick[0] == pick[1]
