@@ -1,0 +1,167 @@
+"""Run a fedgate federation in Flower's simulation runtime, start to finish.
+
+    python -m simulations.run [--num-supernodes 4] [--run-config 'federation.rounds=5'] ...
+    fedgate simulate ...                      (the same)
+
+What it does that a bare ``flwr run`` does not:
+- sets the environment Flower needs here (no telemetry or update check, no runtime
+  dependency installation, offline hubs) and a private FLWR_HOME inside the run directory;
+- checks the run config against fedgate's keys before anything starts;
+- starts its own simulation SuperLink on a free loopback port (so launches never share one)
+  and stops it, with all its children, by PID when the run ends;
+- streams the run's logs and exits non-zero when the run failed (``flwr run`` returns 0
+  even when the ServerApp fails; the run directory's summary.json says what happened).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedgate.config import FedgateConfig
+from fedgate.federated.rundir import default_run_dir
+from simulations.processes import flower_env, free_port, stop_tree, wait_http_ok
+
+log = logging.getLogger("fedgate.simulate")
+REPO = Path(__file__).resolve().parent.parent
+CONNECTION = "fedgate-sim"
+
+
+def app_config(app: Path) -> dict:
+    """The app's ``[tool.flwr.app.config]`` defaults, flattened as Flower does."""
+    from flwr.common.config import flatten_dict, get_project_config
+
+    project = get_project_config(app)
+    return flatten_dict(project["tool"]["flwr"]["app"].get("config", {}))
+
+
+def resolve_config(app: Path, run_config: list[str]) -> tuple[FedgateConfig, dict]:
+    """Defaults + overrides, validated by fedgate (unknown keys and bad values raise here,
+    before any process starts); returns the config and the parsed overrides."""
+    from flwr.common.config import parse_config_args
+
+    import click
+
+    # String by string, merged key by key (later wins): Flower merges separate strings table
+    # by table, so a later "server.x=..." would drop an earlier "server.y=...".
+    overrides: dict = {}
+    for text in run_config:
+        try:
+            overrides.update(parse_config_args([text]))
+        except click.ClickException as e:
+            raise ValueError(f"--run-config {text!r}: {e.message}") from None
+    defaults = app_config(app)
+    unknown = sorted(k for k in overrides if k not in defaults)
+    if unknown:
+        raise KeyError(f"--run-config keys not in {app / 'pyproject.toml'} [tool.flwr.app.config]: {unknown}")
+    return FedgateConfig.from_flat({**defaults, **overrides}, ignore_unknown_sections=False), overrides
+
+
+def write_connection(flwr_home: Path, port: int) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+
+
+def start_superlink(flwr_home: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    state = flwr_home / "superlink"
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+           "--host", "127.0.0.1", "--port", str(port), "--database", str(state / "state.db"),
+           "--log-file", str(state / "superlink.log")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log.info("SuperLink pid %d on 127.0.0.1:%d (log: %s)", proc.pid, port, state / "superlink.log")
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout=60, process=proc)
+    except BaseException:
+        stop_tree(proc.pid)
+        raise
+    return proc, port
+
+
+def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client: float = 1.0,
+             out: str | Path | None = None, app: str | Path = REPO,
+             timeout: float | None = None) -> tuple[int, Path]:
+    """Run one simulation; returns (exit code, run directory). 0 only when summary.json says
+    the run completed."""
+    app = Path(app).resolve()
+    cfg, _ = resolve_config(app, run_config)
+    if cfg.server.resume_from:  # a resumed run goes on writing into its own directory
+        resumed = Path(cfg.server.resume_from).resolve()
+        run_dir = resumed.parent.parent if resumed.is_file() else resumed
+    else:
+        run_dir = Path(out or cfg.server.output_dir or default_run_dir()).resolve()
+    cfg, overrides = resolve_config(app, [*run_config, f"server.output-dir={json.dumps(str(run_dir))}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flwr_home = run_dir / "flwr-home"
+    env = flower_env(flwr_home)
+    summary = run_dir / "summary.json"
+    started_at = time.time()
+    proc, port = start_superlink(flwr_home, env)
+    try:
+        write_connection(flwr_home, port)
+        cmd = ["flwr", "run", str(app), CONNECTION, "--stream",
+               "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+               "--run-config", " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
+        log.info("running: %s", " ".join(cmd))
+        t0 = time.perf_counter()
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1) as flwr:
+            assert flwr.stdout is not None
+            for line in flwr.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if timeout and time.perf_counter() - t0 > timeout:
+                    flwr.terminate()
+                    log.error("run exceeded %.0f s; stopped", timeout)
+                    break
+            code = flwr.wait()
+    finally:
+        stop_tree(proc.pid)
+        log.info("stopped SuperLink pid %d", proc.pid)
+    status = "missing"
+    if summary.is_file() and summary.stat().st_mtime >= started_at:
+        status = json.loads(summary.read_text()).get("status", "unknown")
+    if code != 0 or status != "completed":
+        log.error("run failed: flwr exited %d, summary.json status %r (run directory %s, SuperLink log %s)",
+                  code, status, run_dir, flwr_home / "superlink" / "superlink.log")
+        return 1, run_dir
+    log.info("run completed: %s", run_dir)
+    return 0, run_dir
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m simulations.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'",
+                   help="overrides of [tool.flwr.app.config], TOML values (strings quoted), repeatable")
+    p.add_argument("--num-supernodes", type=int, default=4)
+    p.add_argument("--cpus-per-client", type=float, default=1.0,
+                   help="Ray CPUs per ClientApp (2 on a 2-core machine = one client at a time)")
+    p.add_argument("--out", help="run directory (default: server.output-dir, else runs/fed-<time>)")
+    p.add_argument("--app", default=str(REPO), help="Flower app directory (default: this checkout)")
+    p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
+    return p
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = args or build_parser().parse_args(argv)
+    try:
+        code, _ = simulate(args.run_config, num_supernodes=args.num_supernodes, cpus_per_client=args.cpus_per_client,
+                           out=args.out, app=args.app, timeout=args.timeout)
+    except (KeyError, ValueError, TimeoutError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The real thing at tiny scale: Flower's simulation runtime runs fedgate's ServerApp and
+ClientApp (3 supernodes, tiny model, 2 rounds), then resumes the run for a third round.
+The launcher starts its own SuperLink on a free loopback port and must stop it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedgate.aggregation.gates import PRIOR_EPS
+from fedgate.federated.rundir import RunDir, load_checkpoint
+from simulations.processes import alive
+from simulations.run import resolve_config, simulate
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8']
+
+
+def our_processes(flwr_home: Path) -> list[int]:
+    """PIDs whose environment names this run's FLWR_HOME."""
+    needle = f"FLWR_HOME={flwr_home}".encode()
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in env.read_bytes().split(b"\0") and alive(int(env.parent.name)):
+                found.append(int(env.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "run"
+    code, path = simulate(TINY, num_supernodes=3, out=out, timeout=420)
+    assert code == 0, f"simulation failed; see {path}"
+    assert our_processes(path / "flwr-home") == [], "the launcher left Flower processes running"
+    return path
+
+
+def test_rounds_hold_every_metric(run_dir):
+    rounds = RunDir(run_dir).rounds()
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        assert len(r["clients"]) == 3 and r["failures"] == [] and r["rejected"] == []
+        assert sorted(c["partition-id"] for c in r["clients"]) == [0, 1, 2]
+        s = r["server_eval"]
+        for key in ("auc", "f1", "pearson_helpfulness", "pearson_verbosity", "auc_noise_0.1", "auc_noise_0.2"):
+            assert key in s
+        assert 0.0 <= s["auc"] <= 1.0
+        fe = r["federated_eval"]
+        assert fe["nodes"] >= 1 and fe["auc-worst"] <= fe["auc-mean"]
+        assert r["bytes"]["down"] > r["bytes"]["array_down"] > 0 and r["bytes"]["up"] > r["bytes"]["array_up"] > 0
+        assert set(r["wall_s"]) == {"train", "federated_eval", "server_eval", "round"}
+        assert r["gates"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["final"]["auc"] == rounds[-1]["server_eval"]["auc"]
+    report = (run_dir / "report.md").read_text()
+    assert "| 2 |" in report and all((run_dir / "plots" / p).is_file() for p in ("metrics.png", "roc.png", "gates.png"))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["model.backbone"] == "tiny-bert" and config["versions"]["flwr"]
+
+
+def test_messages_carry_adapters_gates_and_head_only(run_dir):
+    rounds = RunDir(run_dir).rounds()
+    params = rounds[0]["params"]
+    _, _, state, _ = load_checkpoint(run_dir)
+    assert all(k.startswith("head.") or k.rsplit(".", 1)[-1] in
+               {"lora_A", "lora_B", "gate_weight", "gate_bias", "struct_logit"} for k in state)
+    payload = sum(v.nbytes for v in state.values())
+    assert sum(v.size for v in state.values()) == params["trainable"]
+    for r in rounds[1:]:
+        assert r["bytes"]["array_up_per_client"] == payload  # one delta per trainable tensor, nothing else
+        assert r["bytes"]["array_up_per_client"] < 0.02 * params["backbone_bytes"]
+
+
+def test_the_gate_prior_reaches_the_clients_in_round_two(run_dir):
+    rounds = RunDir(run_dir).rounds()
+    assert all(c["prior-adapters"] == 0 for c in rounds[1]["clients"])  # round 1: fixed loss.gate-prior
+    profile = rounds[1]["gates"]
+    expected = np.mean([min(max(g["token_gate"], PRIOR_EPS), 1 - PRIOR_EPS) for g in profile.values()])
+    for c in rounds[2]["clients"]:
+        assert c["prior-adapters"] == len(profile)
+        assert c["prior-mean"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_resume_continues_from_the_next_round(run_dir):
+    before = RunDir(run_dir).rounds()
+    code, path = simulate([*TINY, f'federation.rounds=3 server.resume-from="{run_dir}"'], num_supernodes=3,
+                          timeout=420)
+    assert code == 0 and path == run_dir
+    rounds = RunDir(run_dir).rounds()
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]  # nothing repeated, nothing lost
+    assert rounds[:3] == before
+    assert json.loads((run_dir / "config.json").read_text())["start_round"] == 3
+    assert sorted(RunDir(run_dir).checkpoints()) == [1, 2, 3]
+    assert all(c["prior-adapters"] > 0 for c in rounds[3]["clients"])  # the profile came from the checkpoint
+
+
+def test_a_failing_server_app_makes_the_launcher_fail(tmp_path):
+    code, path = simulate(['model.backbone="tiny-bert" data.source="/nonexistent/data.jsonl"'], num_supernodes=2,
+                          out=tmp_path / "bad", timeout=300)
+    assert code == 1
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "/nonexistent/data.jsonl" in summary["error"]
+    assert our_processes(path / "flwr-home") == []
+
+
+def test_run_config_is_checked_before_anything_starts():
+    with pytest.raises(KeyError, match="train.epochz"):
+        resolve_config(REPO, ["train.epochz=2"])
+    with pytest.raises(ValueError, match="federation.partitioner"):
+        resolve_config(REPO, ['federation.partitioner="random"'])
