@@ -109,3 +109,17 @@ def stop_tree(pid: int, timeout: float = 10.0) -> None:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def processes_with_flwr_home(flwr_home: str | Path) -> list[int]:
+    """Live PIDs whose environment names this FLWR_HOME: what a launcher must leave behind
+    is none of them."""
+    needle = f"FLWR_HOME={Path(flwr_home).resolve()}".encode()
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in env.read_bytes().split(b"\0") and alive(int(env.parent.name)):
+                found.append(int(env.parent.name))
+        except OSError:
+            continue
+    return found

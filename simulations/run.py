@@ -43,9 +43,8 @@ def app_config(app: Path) -> dict:
 def resolve_config(app: Path, run_config: list[str]) -> tuple[FedgateConfig, dict]:
     """Defaults + overrides, validated by fedgate (unknown keys and bad values raise here,
     before any process starts); returns the config and the parsed overrides."""
-    from flwr.common.config import parse_config_args
-
     import click
+    from flwr.common.config import parse_config_args
 
     # String by string, merged key by key (later wins): Flower merges separate strings table
     # by table, so a later "server.x=..." would drop an earlier "server.y=...".
@@ -60,6 +59,55 @@ def resolve_config(app: Path, run_config: list[str]) -> tuple[FedgateConfig, dic
     if unknown:
         raise KeyError(f"--run-config keys not in {app / 'pyproject.toml'} [tool.flwr.app.config]: {unknown}")
     return FedgateConfig.from_flat({**defaults, **overrides}, ignore_unknown_sections=False), overrides
+
+
+def prepare_run(app: Path, run_config: list[str], out: str | Path | None) -> tuple[dict, Path]:
+    """Validated overrides (with ``server.output-dir`` set to an absolute path) and the run
+    directory: ``out``, else ``server.output-dir``, else runs/fed-<time>; a resumed run
+    goes on writing into its own directory."""
+    cfg, _ = resolve_config(app, run_config)
+    if cfg.server.resume_from:
+        resumed = Path(cfg.server.resume_from).resolve()
+        run_dir = resumed.parent.parent if resumed.is_file() else resumed
+    else:
+        run_dir = Path(out or cfg.server.output_dir or default_run_dir()).resolve()
+    _, overrides = resolve_config(app, [*run_config, f"server.output-dir={json.dumps(str(run_dir))}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return overrides, run_dir
+
+
+def run_config_arg(overrides: dict) -> str:
+    """Flat overrides as one ``--run-config`` string (TOML values)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
+
+
+def stream_flwr_run(cmd: list[str], env: dict, timeout: float | None = None) -> int:
+    """Run ``flwr run ... --stream``, copying its output to ours; returns its exit code."""
+    log.info("running: %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as flwr:
+        assert flwr.stdout is not None
+        for line in flwr.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if timeout and time.perf_counter() - t0 > timeout:
+                flwr.terminate()
+                log.error("run exceeded %.0f s; stopped", timeout)
+                break
+        return flwr.wait()
+
+
+def run_succeeded(code: int, summary: Path, started_at: float) -> bool:
+    """``flwr run`` exits 0 even when the ServerApp failed: only a summary.json written by
+    this run with status "completed" counts."""
+    status = "missing"
+    if summary.is_file() and summary.stat().st_mtime >= started_at:
+        status = json.loads(summary.read_text()).get("status", "unknown")
+    if code != 0 or status != "completed":
+        log.error("run failed: flwr exited %d, summary.json status %r", code, status)
+        return False
+    return True
 
 
 def write_connection(flwr_home: Path, port: int) -> None:
@@ -93,14 +141,7 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
     """Run one simulation; returns (exit code, run directory). 0 only when summary.json says
     the run completed."""
     app = Path(app).resolve()
-    cfg, _ = resolve_config(app, run_config)
-    if cfg.server.resume_from:  # a resumed run goes on writing into its own directory
-        resumed = Path(cfg.server.resume_from).resolve()
-        run_dir = resumed.parent.parent if resumed.is_file() else resumed
-    else:
-        run_dir = Path(out or cfg.server.output_dir or default_run_dir()).resolve()
-    cfg, overrides = resolve_config(app, [*run_config, f"server.output-dir={json.dumps(str(run_dir))}"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides, run_dir = prepare_run(app, run_config, out)
     flwr_home = run_dir / "flwr-home"
     env = flower_env(flwr_home)
     summary = run_dir / "summary.json"
@@ -110,29 +151,14 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
         write_connection(flwr_home, port)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream",
                "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
-               "--run-config", " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
-        log.info("running: %s", " ".join(cmd))
-        t0 = time.perf_counter()
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              bufsize=1) as flwr:
-            assert flwr.stdout is not None
-            for line in flwr.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                if timeout and time.perf_counter() - t0 > timeout:
-                    flwr.terminate()
-                    log.error("run exceeded %.0f s; stopped", timeout)
-                    break
-            code = flwr.wait()
+               "--run-config", run_config_arg(overrides)]
+        code = stream_flwr_run(cmd, env, timeout)
     finally:
         stop_tree(proc.pid)
         log.info("stopped SuperLink pid %d", proc.pid)
-    status = "missing"
-    if summary.is_file() and summary.stat().st_mtime >= started_at:
-        status = json.loads(summary.read_text()).get("status", "unknown")
-    if code != 0 or status != "completed":
-        log.error("run failed: flwr exited %d, summary.json status %r (run directory %s, SuperLink log %s)",
-                  code, status, run_dir, flwr_home / "superlink" / "superlink.log")
+    if not run_succeeded(code, summary, started_at):
+        log.error("see the run directory %s and the SuperLink log %s", run_dir,
+                  flwr_home / "superlink" / "superlink.log")
         return 1, run_dir
     log.info("run completed: %s", run_dir)
     return 0, run_dir

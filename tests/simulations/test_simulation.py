@@ -10,24 +10,11 @@ import pytest
 
 from fedgate.aggregation.gates import PRIOR_EPS
 from fedgate.federated.rundir import RunDir, load_checkpoint
-from simulations.processes import alive
+from simulations.processes import processes_with_flwr_home
 from simulations.run import resolve_config, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8']
-
-
-def our_processes(flwr_home: Path) -> list[int]:
-    """PIDs whose environment names this run's FLWR_HOME."""
-    needle = f"FLWR_HOME={flwr_home}".encode()
-    found = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if needle in env.read_bytes().split(b"\0") and alive(int(env.parent.name)):
-                found.append(int(env.parent.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +22,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "run"
     code, path = simulate(TINY, num_supernodes=3, out=out, timeout=420)
     assert code == 0, f"simulation failed; see {path}"
-    assert our_processes(path / "flwr-home") == [], "the launcher left Flower processes running"
+    assert processes_with_flwr_home(path / "flwr-home") == [], "the launcher left Flower processes running"
     return path
 
 
@@ -105,7 +92,7 @@ def test_a_failing_server_app_makes_the_launcher_fail(tmp_path):
     assert code == 1
     summary = json.loads((path / "summary.json").read_text())
     assert summary["status"] == "failed" and "/nonexistent/data.jsonl" in summary["error"]
-    assert our_processes(path / "flwr-home") == []
+    assert processes_with_flwr_home(path / "flwr-home") == []
 
 
 def test_run_config_is_checked_before_anything_starts():
