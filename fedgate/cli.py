@@ -1,4 +1,5 @@
-"""The ``fedgate`` command: ``fedgate train`` (centralized baseline) and ``fedgate evaluate``."""
+"""The ``fedgate`` command: ``train`` (centralized baseline), ``evaluate`` (saved adapters or a
+federation checkpoint), ``simulate`` (a federation in Flower's simulation runtime) and ``report``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.run import main as simulate_main  # the launcher lives with the other scripts
+
+    return simulate_main(args=args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedgate.federated.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedgate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the metrics JSON here")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    from simulations.run import build_parser as simulate_parser
+
+    s = sub.add_parser("simulate", help="run a federation in Flower's simulation runtime (see README)")
+    simulate_parser(s)
+    s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("report", help="rebuild report.md and plots of a federated run directory")
+    r.add_argument("run_dir")
+    r.set_defaults(func=cmd_report)
     return p
 
 

@@ -73,7 +73,10 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
             run.append_round(record)
-            run.save_checkpoint(rnd, strategy.global_state, {"config": cfg.to_flat(), "gate_profile": strategy.profile})
+            meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile}
+            if final_metrics is not None:  # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
+                meta["decision_threshold"] = final_metrics["decision_threshold"]
+            run.save_checkpoint(rnd, strategy.global_state, meta)
         if final_pred is not None:
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -120,11 +121,38 @@ def test_to_flat_covers_every_field():
     flat = FedgateConfig().to_flat()
     n_fields = sum(len(dataclasses.fields(getattr(FedgateConfig(), f.name))) for f in dataclasses.fields(FedgateConfig))
     assert len(flat) == n_fields
-    assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "data"}
+    assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "data", "federation", "server"}
+
+
+def test_pyproject_app_config_holds_every_key():
+    """`flwr run .` takes its defaults from [tool.flwr.app.config]: every fedgate key must be there."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    root = Path(__file__).resolve().parents[1]
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    flat = flatten_dict(app["config"])
+    assert set(flat) == set(FedgateConfig().to_flat())
+    cfg = FedgateConfig.from_flat(flat, ignore_unknown_sections=False)
+    assert cfg.federation.rounds >= 1 and cfg.train.epochs == 1.0
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
+
+
+def test_float_lists_and_federation_checks():
+    cfg = FedgateConfig.from_flat({"server.noise-rates": "0.05, 0.2", "federation.alpha": 0.1})
+    assert cfg.server.noise_rates == (0.05, 0.2) and cfg.federation.alpha == 0.1
+    assert FedgateConfig.from_flat({"server.noise-rates": ""}).server.noise_rates == ()
+    with pytest.raises(ValueError, match="server.noise-rates must be in"):
+        FedgateConfig.from_flat({"server.noise-rates": "0.1,1.5"})
+    with pytest.raises(ValueError, match="federation.local-holdout"):
+        FedgateConfig.from_flat({"federation.local-holdout": 1.0})
+    with pytest.raises(ValueError, match="federation.strategy must be one of"):
+        FedgateConfig.from_flat({"federation.strategy": "fedsgd"})
 
 
 def test_unknown_sections_ignored_by_default():
-    flower_keys = {"num-server-rounds": 3, "strategy.fraction-train": 0.5, "federation.name": "local",
+    flower_keys = {"num-server-rounds": 3, "strategy.fraction-train": 0.5, "superlink.name": "local",
                    "adapter.r": 2}
     cfg = FedgateConfig.from_flat(flower_keys)
     assert cfg.adapter.r == 2

@@ -13,7 +13,7 @@ TINY = {
 
 @pytest.fixture
 def tiny_cfg():
-    """A tiny federation config; call with overrides."""
+    """A tiny federation config; call with overrides: make(**{"server.eval-limit": 20})."""
     def make(**over) -> FedgateConfig:
-        return FedgateConfig.from_flat({**TINY, **{k.replace("__", "."): v for k, v in over.items()}})
+        return FedgateConfig.from_flat({**TINY, **over})
     return make
