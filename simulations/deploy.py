@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulations.processes import flower_env, free_port, stop_tree
-from simulations.run import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
+from simulations.run import REPO, exit_code, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
 
 log = logging.getLogger("fedgate.deploy")
 CONNECTION = "fedgate-deploy"
@@ -196,14 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float)
     args = p.parse_args(argv)
     gpus = args.gpus.split(",") if args.gpus else None
-    try:
-        code, _ = deploy(args.run_config, nodes=args.nodes, tls=not args.insecure,
-                         auth=not (args.insecure or args.no_auth), gpus=gpus, out=args.out, host=args.host,
-                         port=args.port, timeout=args.timeout)
-    except (KeyError, ValueError, TimeoutError, RuntimeError) as e:
-        log.error("%s", e)
-        return 2
-    return code
+    return exit_code(deploy, args.run_config, nodes=args.nodes, tls=not args.insecure,
+                     auth=not (args.insecure or args.no_auth), gpus=gpus, out=args.out, host=args.host,
+                     port=args.port, timeout=args.timeout)
 
 
 if __name__ == "__main__":

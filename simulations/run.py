@@ -20,6 +20,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,18 +85,25 @@ def run_config_arg(overrides: dict) -> str:
 def stream_flwr_run(cmd: list[str], env: dict, timeout: float | None = None) -> int:
     """Run ``flwr run ... --stream``, copying its output to ours; returns its exit code."""
     log.info("running: %s", " ".join(cmd))
-    t0 = time.perf_counter()
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as flwr:
         assert flwr.stdout is not None
-        for line in flwr.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if timeout and time.perf_counter() - t0 > timeout:
+        watchdog = None
+        if timeout:  # fires even when the run has gone silent
+            def stop() -> None:
+                log.error("run exceeded %.0f s; stopping flwr run", timeout)
                 flwr.terminate()
-                log.error("run exceeded %.0f s; stopped", timeout)
-                break
-        return flwr.wait()
+
+            watchdog = threading.Timer(timeout, stop)
+            watchdog.start()
+        try:
+            for line in flwr.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            return flwr.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
 
 def run_succeeded(code: int, summary: Path, started_at: float) -> bool:
@@ -180,11 +188,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = args or build_parser().parse_args(argv)
+    return exit_code(simulate, args.run_config, num_supernodes=args.num_supernodes,
+                     cpus_per_client=args.cpus_per_client, out=args.out, app=args.app, timeout=args.timeout)
+
+
+def exit_code(launch, *args, **kwargs) -> int:
+    """A launcher's exit status: its own (0 or 1), or 2 for a usage or start-up error,
+    logged as one line with what was wrong."""
     try:
-        code, _ = simulate(args.run_config, num_supernodes=args.num_supernodes, cpus_per_client=args.cpus_per_client,
-                           out=args.out, app=args.app, timeout=args.timeout)
+        code, _ = launch(*args, **kwargs)
     except (KeyError, ValueError, TimeoutError, RuntimeError) as e:
-        log.error("%s", e)
+        log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 2
     return code
 
