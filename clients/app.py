@@ -4,10 +4,7 @@ node config; any ``section.key`` in the node config overrides the run config for
 
 from __future__ import annotations
 
-import logging
-
 import datasets
-
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -16,7 +13,6 @@ from fedgate.federated.client import ClientTask, client_config
 from fedgate.state import from_numpy, to_numpy
 
 app = ClientApp()
-log = logging.getLogger(__name__)
 
 
 def _task(context: Context) -> ClientTask:

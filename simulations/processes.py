@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,10 @@ def flower_env(flwr_home: str | Path, base: dict[str, str] | None = None) -> dic
     env = dict(os.environ if base is None else base)
     env.update(FLOWER_ENV)
     env["FLWR_HOME"] = str(Path(flwr_home).resolve())
+    # Flower's executables (flwr, flower-superlink, and the flower-superexec / flwr-serverapp
+    # they spawn) from this interpreter's environment, even when it is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
 
 
