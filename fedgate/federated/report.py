@@ -51,6 +51,7 @@ def plot_metrics(rounds: list[dict], path: Path) -> None:
         if xs:
             ax.plot(xs, ys, marker="o", label=label, linestyle="--" if section == "federated_eval" else "-")
     ax.set_xlabel("round")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # rounds, not 0.5 steps
     ax.set_ylabel("metric")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
