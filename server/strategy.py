@@ -65,6 +65,8 @@ class FedgateStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.round_log = {"round": server_round, "rejected": [], "failures": []}
+        if self.fed.fraction_train == 0.0:  # evaluation-only rounds, as in Flower's FedAvg
+            return []
         nodes = self._sample(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
         config[P.SERVER_ROUND] = server_round
         content = RecordDict({P.ARRAYS: arrays, P.CONFIG: config, P.GATE_PRIOR: ConfigRecord(self.prior())})

@@ -123,3 +123,10 @@ def test_fraction_samples_reproducibly():
     pick = [sorted(m.metadata.dst_node_id for m in FedgateStrategy(cfg, dict(GLOBAL)).configure_train(
         4, to_record(GLOBAL), ConfigRecord(), Nodes(range(100, 110)))) for _ in range(2)]
     assert len(pick[0]) == 3 and pick[0] == pick[1]
+
+
+def test_fraction_zero_skips_training():
+    cfg = FedgateConfig.from_flat({"federation.fraction-train": 0.0})
+    strategy = FedgateStrategy(cfg, dict(GLOBAL))
+    assert list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([1, 2]))) == []
+    assert strategy.aggregate_train(1, []) == (None, None)
