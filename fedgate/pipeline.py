@@ -185,7 +185,12 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
                    noise_rate: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
     """Rebuild the model from a saved adapter file (or run directory) and evaluate it."""
     path = Path(adapters)
-    if path.is_dir():
+    if path.is_dir() and not (path / ADAPTER_FILE).is_file() and (path / "checkpoints").is_dir():
+        from fedgate.federated.rundir import RunDir  # a federated run: its latest global adapters
+
+        found = RunDir(path).checkpoints()
+        path = found[max(found)] if found else path / ADAPTER_FILE
+    elif path.is_dir():
         path = path / ADAPTER_FILE
     state, meta = load_state(path)
     if "config" not in meta:

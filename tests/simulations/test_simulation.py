@@ -73,6 +73,15 @@ def test_the_gate_prior_reaches_the_clients_in_round_two(run_dir):
         assert c["prior-mean"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_fedgate_evaluate_scores_the_latest_checkpoint(run_dir):
+    from fedgate.pipeline import evaluate_saved
+
+    metrics = evaluate_saved(run_dir, split="validation", progress=False)
+    assert metrics["adapters"].endswith("checkpoints/round-002.safetensors")
+    assert "f1" in metrics  # at the server's cut, stored in the checkpoint header
+    assert 0.0 <= metrics["auc"] <= 1.0
+
+
 def test_resume_continues_from_the_next_round(run_dir):
     before = RunDir(run_dir).rounds()
     code, path = simulate([*TINY, f'federation.rounds=3 server.resume-from="{run_dir}"'], num_supernodes=3,
