@@ -8,6 +8,7 @@ Sign convention, written once: ``delta = local - global``.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Mapping
 
@@ -28,10 +29,23 @@ def trainable_names(model: nn.Module, extra_prefixes: tuple[str, ...] = ("head."
     return [n for n, _ in model.named_parameters() if n in adapter_names or n.startswith(extra_prefixes)]
 
 
+def gathered(params: list[nn.Parameter], modify: bool = False):
+    """Context in which ZeRO-3-partitioned ``params`` hold their full values (written back
+    on exit when ``modify``); a no-op for ordinary parameters. DeepSpeed is imported only
+    when a parameter is actually partitioned."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
+
 def adapter_state(model: nn.Module, extra_prefixes: tuple[str, ...] = ("head.",)) -> State:
-    """Detached CPU copies of the adapter/gate/head parameters."""
+    """Detached CPU copies of the adapter/gate/head parameters (gathered under ZeRO-3)."""
     params = dict(model.named_parameters())
-    return {n: params[n].detach().to("cpu", copy=True) for n in trainable_names(model, extra_prefixes)}
+    names = trainable_names(model, extra_prefixes)
+    with gathered([params[n] for n in names]):
+        return {n: params[n].detach().to("cpu", copy=True) for n in names}
 
 
 def check_compatible(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, object], *, what: str = "state") -> None:
@@ -55,13 +69,14 @@ def load_adapter_state(model: nn.Module, state: Mapping[str, torch.Tensor | np.n
     """Copy ``state`` into the model's adapter/head parameters, strictly (keys and shapes)."""
     params = dict(model.named_parameters())
     names = trainable_names(model, extra_prefixes)
-    check_compatible({n: tuple(params[n].shape) for n in names}, state)
-    values = {n: torch.as_tensor(state[n]) for n in names}
+    values = {n: torch.as_tensor(state[n]) for n in names if n in state}
     for n, value in values.items():  # validate everything before touching the model
         if not torch.isfinite(value).all():
             raise ValueError(f"state: key {n!r} contains NaN or Inf")
-    for n, value in values.items():
-        params[n].copy_(value.to(params[n].dtype))
+    with gathered([params[n] for n in names], modify=True):
+        check_compatible({n: tuple(params[n].shape) for n in names}, state)
+        for n, value in values.items():
+            params[n].copy_(value.to(params[n].dtype))
 
 
 def state_delta(local: Mapping[str, torch.Tensor], global_: Mapping[str, torch.Tensor]) -> State:

@@ -186,6 +186,35 @@ def make_optimizer(model: RewardModel, cfg: FedgateConfig) -> torch.optim.Optimi
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
+class TorchStepper:
+    """How the plain engine turns losses into updates: AdamW (make_optimizer), backward of
+    loss / grad_accum per micro-batch, then clip and step once per optimizer step.
+
+    A training engine is anything with this interface (``param_groups``, ``forward``,
+    ``backward``, ``step``); fedgate.engine provides a DeepSpeed one."""
+
+    def __init__(self, model: RewardModel, cfg: FedgateConfig) -> None:
+        self.opt = make_optimizer(model, cfg)
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.grad_accum = cfg.train.grad_accum
+        self.max_grad_norm = cfg.train.max_grad_norm
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.opt.param_groups
+
+    def forward(self, model: RewardModel, batch: dict, split_at: int | None) -> torch.Tensor:
+        return model(batch, split_at)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -217,14 +246,15 @@ class GateTracker:
 
 def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device, *,
         validation: EncodedSplit | None = None, prior: Mapping[str, float] | None = None,
-        progress: bool = True) -> TrainResult:
-    """Train in place; restores the best validation state at the end when validating."""
+        progress: bool = True, stepper=None) -> TrainResult:
+    """Train in place; restores the best validation state at the end when validating.
+
+    ``stepper`` is the training engine (default: :class:`TorchStepper` over ``model``)."""
     t = cfg.train
     rng = np.random.default_rng(t.seed)
     torch.manual_seed(t.seed)
     model.to(device).train()
-    opt = make_optimizer(model, cfg)
-    params = [p for g in opt.param_groups for p in g["params"]]
+    opt = stepper or TorchStepper(model, cfg)
     batches_per_epoch = math.ceil(len(train) / t.batch_size)
     total = t.max_steps or max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
     warmup = max(1, int(t.warmup_ratio * total))
@@ -245,15 +275,13 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             rows = batches.pop(0)
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
-                pred = model(batch, train.split_at)
+                pred = opt.forward(model, batch, train.split_at)
             loss, parts = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss, prior)
-            (loss / t.grad_accum).backward()
+            opt.backward(loss)
             tracker.update()
             result.examples_seen += len(rows)
             recent = (recent + [float(loss.detach())])[-50:]
-        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
         opt.step()
-        opt.zero_grad(set_to_none=True)
         result.steps = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(recent):.4f}")
