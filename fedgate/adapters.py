@@ -80,11 +80,13 @@ class GatedLoRALinear(nn.Module):
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         if spec.token_gate:
             self.gate_weight = nn.Parameter(torch.zeros(self.in_features, **kw))
-            self.gate_bias = nn.Parameter(torch.full((), spec.gate_init, **kw))
+            self.gate_bias = nn.Parameter(torch.full((1,), spec.gate_init, **kw))
         else:
             self.gate_weight = None
             self.gate_bias = None
-        self.struct_logit = nn.Parameter(torch.full((), spec.struct_init, **kw)) if spec.structural_gate else None
+        # gate_bias and struct_logit have shape (1,), not (): DeepSpeed broadcasts parameters as bytes,
+        # which a 0-d tensor cannot be viewed as
+        self.struct_logit = nn.Parameter(torch.full((1,), spec.struct_init, **kw)) if spec.structural_gate else None
         self.merged = False
         self.enabled = True
         # Token-gate record since the last reset_gate_record(), read by the loss (with graph)
@@ -95,6 +97,8 @@ class GatedLoRALinear(nn.Module):
         self.token_mask: torch.Tensor | None = None
         self._gate_sum: torch.Tensor | None = None
         self._gate_count = 0.0
+        self._frobenius: torch.Tensor | None = None  # penalty inputs recorded in forward (ZeRO-3)
+        self._structural: torch.Tensor | None = None
         self.adapter_names = tuple(n for n in self.adapter_param_names if getattr(self, n) is not None)
 
     # ----------------------------------------------------------------------------- gates
@@ -102,13 +106,13 @@ class GatedLoRALinear(nn.Module):
         """s_l in (0, 1); exactly 1 when the structural gate is switched off."""
         if self.struct_logit is None:
             return torch.ones((), device=self.lora_A.device, dtype=self.lora_A.dtype)
-        return torch.sigmoid(self.struct_logit)
+        return torch.sigmoid(self.struct_logit).squeeze(0)  # a 0-d tensor, like the case above
 
     def token_gate(self, x: torch.Tensor) -> torch.Tensor | None:
         """g_t per token, shape (..., 1); None when the token gate is switched off."""
         if self.gate_weight is None:
             return None
-        logits = F.linear(x.to(self.gate_weight.dtype), self.gate_weight[None], self.gate_bias[None])
+        logits = F.linear(x.to(self.gate_weight.dtype), self.gate_weight[None], self.gate_bias)
         return torch.sigmoid(logits)  # (..., 1)
 
     # ----------------------------------------------------------------------------- forward
@@ -120,6 +124,10 @@ class GatedLoRALinear(nn.Module):
         if gate is not None:
             self._record_gate(gate)
             h = h * gate
+        if self._partitioned() and self._frobenius is None:
+            # once per model call: under ZeRO-3 the weights are whole only inside forward
+            self._frobenius = self.frobenius_sq()
+            self._structural = self.structural_gate()
         if self.struct_logit is not None:
             h = h * torch.sigmoid(self.struct_logit)
         return h
@@ -138,6 +146,26 @@ class GatedLoRALinear(nn.Module):
 
     def reset_gate_record(self) -> None:
         self._gate_sum, self._gate_count = None, 0.0
+        self._frobenius = self._structural = None
+
+    def _partitioned(self) -> bool:
+        """Whether DeepSpeed ZeRO-3 owns the weights (whole only inside the forward pass)."""
+        return hasattr(self.lora_A, "ds_id")
+
+    @property
+    def last_frobenius_sq(self) -> torch.Tensor:
+        """||B A||_F^2 for the loss: computed now, or under ZeRO-3 as recorded in the last
+        forward pass (with graph)."""
+        if self._partitioned() and self._frobenius is not None:
+            return self._frobenius
+        return self.frobenius_sq()
+
+    @property
+    def last_structural_gate(self) -> torch.Tensor:
+        """s_l for the loss: computed now, or under ZeRO-3 as recorded in the last forward."""
+        if self._partitioned() and self._structural is not None:
+            return self._structural
+        return self.structural_gate()
 
     @property
     def last_token_gate_mean(self) -> torch.Tensor | None:

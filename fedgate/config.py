@@ -88,6 +88,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """The client training engine: plain torch, or DeepSpeed ZeRO (fedgate/engine.py)."""
+
+    name: str = "torch"  # torch | deepspeed
+    zero_stage: int = -1  # 0-3; -1 = chosen from memory-gb (stage 0 without a budget)
+    offload_optimizer: bool = False  # optimizer states in CPU memory (ZeRO >= 1)
+    offload_params: bool = False  # frozen and trainable weights in CPU memory (ZeRO-3)
+    memory_gb: float = 0.0  # this client's accelerator memory budget; 0 = no budget
+    deepspeed_config: str = ""  # a DeepSpeed JSON file; its settings win over the keys above
+
+    def __post_init__(self) -> None:
+        _choice("engine.name", self.name, ("torch", "deepspeed"))
+        if self.zero_stage not in (-1, 0, 1, 2, 3):
+            raise ValueError(f"engine.zero-stage must be 0-3 (or -1 = from engine.memory-gb), got {self.zero_stage}")
+        if self.memory_gb < 0:
+            raise ValueError(f"engine.memory-gb must be >= 0 (0 = no budget), got {self.memory_gb}")
+        if self.offload_params and self.zero_stage not in (-1, 3):
+            raise ValueError(f"engine.offload-params needs ZeRO stage 3, got engine.zero-stage={self.zero_stage}")
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     """How rounds run: sampling, client shards, aggregation, the gate prior."""
 
@@ -157,6 +178,7 @@ class FedgateConfig:
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     loss: LossWeights = field(default_factory=LossWeights)
     train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)

@@ -50,7 +50,7 @@ def bernoulli_kl(q: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
 
 
 def frobenius_penalty(model: nn.Module) -> torch.Tensor:
-    terms = [m.frobenius_sq() for m in adapter_modules(model).values() if m.enabled]
+    terms = [m.last_frobenius_sq for m in adapter_modules(model).values() if m.enabled]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -67,7 +67,7 @@ def gate_kl(model: nn.Module, prior: Mapping[str, float] | float, default: float
 
 
 def structural_sparsity(model: nn.Module) -> torch.Tensor:
-    terms = [torch.sigmoid(m.struct_logit) for m in adapter_modules(model).values()
+    terms = [m.last_structural_gate for m in adapter_modules(model).values()
              if m.struct_logit is not None and m.enabled]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 

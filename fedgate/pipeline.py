@@ -27,6 +27,7 @@ from fedgate.batching import EncodedSplit, encode_split
 from fedgate.config import FedgateConfig
 from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
                           split_by_prompt)
+from fedgate.engine import close_stepper, make_stepper
 from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, roc_auc
 from fedgate.model import build_reward_model
@@ -145,7 +146,12 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
         step0_auc = roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
                             -head_pred[:, 0].numpy())
 
-    result = fit(model, enc["train"], cfg, pad_id, device, validation=enc["validation"], progress=progress)
+    stepper = make_stepper(model, cfg)
+    try:
+        result = fit(model, enc["train"], cfg, pad_id, device, validation=enc["validation"], progress=progress,
+                     stepper=stepper)
+    finally:
+        close_stepper(stepper)
     val_pred = predict(model, enc["validation"], cfg, pad_id, device)
     cut = decision_threshold_from(val_pred, enc["validation"], cfg)
     # Validation chose the checkpoint and the cut: its F1 is reported as f1_oracle (optimistic).
@@ -186,7 +192,9 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     """Rebuild the model from a saved adapter file (or run directory) and evaluate it."""
     path = Path(adapters)
     if path.is_dir() and not (path / ADAPTER_FILE).is_file() and (path / "checkpoints").is_dir():
-        from fedgate.federated.rundir import RunDir  # a federated run: its latest global adapters
+        from fedgate.federated.rundir import (
+            RunDir,  # a federated run: its latest global adapters
+        )
 
         found = RunDir(path).checkpoints()
         path = found[max(found)] if found else path / ADAPTER_FILE

@@ -26,7 +26,7 @@ from fedgate.inject import adapter_modules, layer_index
 from fedgate.losses import total_loss
 from fedgate.metrics import alignment_metrics, best_threshold, misaligned
 from fedgate.model import RewardModel, to_attribute_scale, to_normalised_scale
-from fedgate.state import adapter_state, load_adapter_state
+from fedgate.state import adapter_state, gathered, load_adapter_state
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,11 @@ class GateTracker:
 
     def stats(self) -> dict[str, dict[str, float]]:
         out = {}
-        for n, m in self.modules.items():
-            token = self.sums[n] / self.count if self.count and m.gate_weight is not None else 1.0
-            out[n] = {"token_gate": token, "structural_gate": float(m.structural_gate().detach())}
+        logits = [m.struct_logit for m in self.modules.values() if m.struct_logit is not None]
+        with gathered(logits):  # whole under ZeRO-3 too
+            for n, m in self.modules.items():
+                token = self.sums[n] / self.count if self.count and m.gate_weight is not None else 1.0
+                out[n] = {"token_gate": token, "structural_gate": float(m.structural_gate().detach())}
         return out
 
 

@@ -121,7 +121,8 @@ def test_to_flat_covers_every_field():
     flat = FedgateConfig().to_flat()
     n_fields = sum(len(dataclasses.fields(getattr(FedgateConfig(), f.name))) for f in dataclasses.fields(FedgateConfig))
     assert len(flat) == n_fields
-    assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "data", "federation", "server"}
+    assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "engine", "data", "federation",
+                                               "server"}
 
 
 def test_pyproject_app_config_holds_every_key():

@@ -215,12 +215,15 @@ def test_state_nbytes_of_adapter_state(model):
     assert state_nbytes(state) == expected
 
 
-def test_numpy_round_trip_keeps_scalar_shapes(model):
-    """Gate biases and structural logits are 0-d; the numpy path (Flower messages) must keep them so."""
+def test_numpy_round_trip_keeps_shapes(model):
+    """Gate biases and structural logits have shape (1,) (DeepSpeed cannot broadcast 0-d
+    parameters); the numpy path (Flower messages) must keep every shape, 0-d included."""
     state = adapter_state(model)
+    assert not [k for k, v in state.items() if v.dim() == 0]
+    assert sum(1 for k, v in state.items() if k.endswith(("gate_bias", "struct_logit")) and v.shape == (1,)) == 8
     back = from_numpy(to_numpy(state))
-    scalars = [k for k, v in state.items() if v.dim() == 0]
-    assert len(scalars) == 8
+    scalar = from_numpy(to_numpy({"s": torch.tensor(2.0)}))["s"]
+    assert scalar.shape == ()
     for k, v in state.items():
         assert back[k].shape == v.shape, k
     load_adapter_state(_Model(), back)  # strict shapes: would raise on (1,) vs ()

@@ -21,6 +21,7 @@ import torch
 
 from fedgate.batching import EncodedSplit, encode_split
 from fedgate.config import FedgateConfig
+from fedgate.engine import close_stepper, make_stepper
 from fedgate.federated.shards import client_shard
 from fedgate.model import RewardModel, build_reward_model
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy
@@ -69,6 +70,16 @@ def clear_cache() -> None:
     """Forget the cached backbones and shards of this process (tests; memory pressure)."""
     _CACHE.models.clear()
     _CACHE.shards.clear()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _zero3(model: RewardModel) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 class ClientTask:
@@ -122,16 +133,25 @@ class ClientTask:
                  for k, s in (("train", self.shard.train), ("holdout", self.shard.holdout))}
             ridge_auc = fit_head_ridge(self.model, x["train"], self.shard.train.labels.numpy(), x["holdout"],
                                        self.shard.holdout.labels.numpy(), cfg.data.misaligned_threshold)
-        result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
-                     progress=self.progress)
-        local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
-        delta = to_numpy(state_delta(adapter_state(self.model), start))
+        stepper = make_stepper(self.model, cfg)
+        try:
+            result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
+                         progress=self.progress, stepper=stepper)
+            local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
+            delta = to_numpy(state_delta(adapter_state(self.model), start))
+        finally:
+            close_stepper(stepper)
+            if _zero3(self.model):
+                # ZeRO-3 converted the weights for the engine just destroyed; the next round
+                # builds the model afresh rather than reuse half-managed parameters.
+                _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
         metrics = {
             "train-loss": result.train_loss,
             "local-auc": local["auc"],
             "steps": float(result.steps),
             "train-s": time.perf_counter() - t0,
             "setup-s": self.setup_s,
+            "rss-peak-mb": _peak_rss_mb(),  # of this process so far: flat over rounds = no leak
             "ridge-auc": ridge_auc,
             # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
             "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,

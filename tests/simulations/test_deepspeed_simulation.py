@@ -1,0 +1,20 @@
+"""A 3-round Flower simulation whose clients train with DeepSpeed ZeRO-3 (CPU, gloo)."""
+
+from fedgate.federated.rundir import RunDir
+from simulations.run import simulate
+
+DS = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=3 train.batch-size=8 '
+      'engine.name="deepspeed" engine.zero-stage=3 server.noise-rates="" federation.fraction-evaluate=0.0 '
+      'server.report=false']
+
+
+def test_three_rounds_with_zero3_clients(tmp_path):
+    code, run_dir = simulate(DS, num_supernodes=2, out=tmp_path / "run", timeout=500)
+    assert code == 0
+    rounds = RunDir(run_dir).rounds()
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    for r in rounds[1:]:
+        assert len(r["clients"]) == 2 and not r["failures"] and not r["rejected"]
+        assert r["bytes"]["array_up"] > 0 and r["server_eval"]["auc"] is not None
+    peaks = [max(c["rss-peak-mb"] for c in r["clients"]) for r in rounds[1:]]
+    assert peaks[2] <= peaks[1] * 1.10, f"client peak RSS grew from round 2 to 3: {peaks}"
