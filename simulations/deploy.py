@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulations.processes import flower_env, free_port, stop_tree
+from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tree
 from simulations.run import REPO, exit_code, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
 
 log = logging.getLogger("fedgate.deploy")
@@ -155,6 +155,7 @@ class Deployment:
         for proc in [*self.nodes, self.superlink]:
             if proc is not None:
                 stop_tree(proc.pid)
+        stop_flwr_home(self.env["FLWR_HOME"])
         log.info("stopped the SuperLink and %d SuperNodes", len(self.nodes))
 
 

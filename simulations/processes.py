@@ -128,3 +128,15 @@ def processes_with_flwr_home(flwr_home: str | Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def stop_flwr_home(flwr_home: str | Path, grace: float = 15.0) -> None:
+    """Stop whatever still runs with this private FLWR_HOME: processes that left the tree
+    of the process we started (Ray actors reparented while Ray shuts down) are ours too.
+    They get ``grace`` seconds to exit on their own, then SIGTERM / SIGKILL."""
+    deadline = time.monotonic() + grace
+    while (left := processes_with_flwr_home(flwr_home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        log.warning("process %d of this run was still running; stopping it", pid)
+        stop_tree(pid)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fedgate.config import FedgateConfig
 from fedgate.federated.rundir import default_run_dir
-from simulations.processes import flower_env, free_port, stop_tree, wait_http_ok
+from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tree, wait_http_ok
 
 log = logging.getLogger("fedgate.simulate")
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +163,7 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
         code = stream_flwr_run(cmd, env, timeout)
     finally:
         stop_tree(proc.pid)
+        stop_flwr_home(flwr_home)
         log.info("stopped SuperLink pid %d", proc.pid)
     if not run_succeeded(code, summary, started_at):
         log.error("see the run directory %s and the SuperLink log %s", run_dir,
