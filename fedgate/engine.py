@@ -113,7 +113,8 @@ def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan) -> dict[str, Any]:
         "train_batch_size": t.batch_size * t.grad_accum,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
-        "bf16": {"enabled": bool(t.bf16)},
+        # train.bf16 is fit()'s autocast; DeepSpeed's own bf16 would cast the frozen backbone
+        "bf16": {"enabled": False},
         "zero_allow_untested_optimizer": True,  # fedgate's AdamW groups (adapters / gates / head)
         "zero_force_ds_cpu_optimizer": False,  # offload with a client optimizer
         "steps_per_print": 10**9,
@@ -144,8 +145,10 @@ def load_deepspeed_config(path: str | Path, cfg: FedgateConfig) -> dict[str, Any
         raise ValueError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     if "offload_param" in zero and stage != 3:
         raise ValueError(f"{path}: zero_optimization.offload_param needs stage 3, got stage {stage}")
-    if ds.get("fp16", {}).get("enabled") and _accelerator() == "cpu":
-        raise ValueError(f"{path}: fp16 is not supported on CPU; use bf16")
+    for key in ("fp16", "bf16"):
+        if isinstance(ds.get(key), dict) and ds[key].get("enabled"):
+            raise ValueError(f"{path}: '{key}' casts the whole model, frozen backbone included; "
+                             f"use train.bf16=true (autocast) instead")
     t = cfg.train
     ds.setdefault("train_micro_batch_size_per_gpu", t.batch_size)
     ds.setdefault("gradient_accumulation_steps", t.grad_accum)
@@ -175,6 +178,11 @@ def _init_single_process_group() -> str:
 
     for key, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
+    import deepspeed.ops
+
+    # DeepSpeed JIT-builds a shared-memory collective op on its first initialize (about 2 min
+    # on a cold cache here) whatever the world size; one process never needs it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     backend = "nccl" if _accelerator() == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

@@ -55,6 +55,7 @@ def test_engine_config_checks():
     ('{"train_batch_size": 10, "train_micro_batch_size_per_gpu": 4}', "train_batch_size 10 != "),
     ('{"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}', "offload_param needs stage 3"),
     ('{"optimizer": {"type": "Adam"}}', "remove them"),
+    ('{"bf16": {"enabled": true}}', "use train.bf16=true"),
     ('{"zero_optimization": {"stage": 2},\n "bf16": }', r":2:\d+: not valid JSON"),
     ('[1, 2]', "must be a JSON object"),
 ])
@@ -115,3 +116,11 @@ def test_deepspeed_stages_match_the_plain_engine(plain_run, stage):
         assert "backbone.embeddings.word_embeddings.weight" in partitioned
     else:
         assert partitioned == []
+
+
+def test_bf16_autocast_trains_under_deepspeed(plain_run):
+    cfg = FedgateConfig.from_flat({**TINY, "train.max-steps": 2, "train.cache-lower-layers": False,
+                                   "train.bf16": True, "engine.name": "deepspeed", "engine.zero-stage": 2})
+    result, state, _ = _train(cfg, steps=2)
+    assert result.steps == 2 and np.isfinite(result.train_loss)
+    assert all(v.dtype == torch.float32 for v in state.values())  # weights stay fp32; autocast computes
