@@ -124,3 +124,39 @@ def test_bf16_autocast_trains_under_deepspeed(plain_run):
     result, state, _ = _train(cfg, steps=2)
     assert result.steps == 2 and np.isfinite(result.train_loss)
     assert all(v.dtype == torch.float32 for v in state.values())  # weights stay fp32; autocast computes
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_rounds_release_their_engine_and_model(stage):
+    """A simulation actor plays many rounds in one process: each round's DeepSpeed engine (and
+    under ZeRO-3 the rebuilt model) must be freed, and resident memory must stay flat."""
+    import gc
+    import weakref
+
+    from fedgate.federated.client import ClientTask, clear_cache
+    from fedgate.state import adapter_state, to_numpy
+
+    cfg = FedgateConfig.from_flat({**TINY, "data.limit": 80, "train.epochs": 1, "engine.name": "deepspeed",
+                                   "engine.zero-stage": stage})
+    clear_cache()
+    model, _ = build_reward_model(cfg.model, cfg.adapter)
+    state = to_numpy(adapter_state(model))
+    del model
+    models, rss = [], []
+    for rnd in range(1, 5):
+        task = ClientTask(cfg, 0, 2)
+        models.append(weakref.ref(task.model))
+        update = task.train(state, rnd)
+        state = {k: v + update.delta[k] for k, v in state.items()}
+        del task, update
+        gc.collect()
+        rss.append(_rss_mb())
+    clear_cache()
+    gc.collect()
+    assert all(ref() is None for ref in models), "a round's model is still referenced after its engine closed"
+    assert rss[-1] - rss[1] < 25.0, f"resident memory grew over rounds 2-4: {[round(r) for r in rss]} MiB"
