@@ -5,8 +5,14 @@
 Each variant runs in a fresh process (so peaks do not mix): the plain torch engine, then
 DeepSpeed ZeRO-0, ZeRO-2, ZeRO-2 with optimizer offload, ZeRO-3, and ZeRO-3 with parameter
 and optimizer offload. Reported: median step time after one warm-up step, and peak memory
-(on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS, where offload
-cannot save anything because "device" and "CPU" memory are the same RAM).
+(on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS during the
+steps, its high-water mark reset once the model and batch are loaded, and that peak above the
+loaded baseline; offload cannot save anything on CPU, "device" and "CPU" memory being the same
+RAM).
+
+``--rounds N`` instead measures memory across federated rounds: one process per variant plays
+N local rounds of one client (``ClientTask.train``, which builds and destroys an engine each
+round, as a simulation actor does) and prints the resident memory after each round.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import gc
 import subprocess
 import sys
 import time
@@ -28,6 +34,22 @@ VARIANTS = {
     "zero3+offload": {"engine.name": "deepspeed", "engine.zero-stage": 3, "engine.offload-optimizer": True,
                       "engine.offload-params": True},
 }
+
+
+def _proc_status_mb(key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's resident high-water mark (Linux >= 4.0); returns the RSS now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_mb("VmRSS")
 
 
 def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
@@ -52,6 +74,8 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     batch = make_batch(split, np.arange(cfg.train.batch_size), tok.pad_token_id, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    gc.collect()
+    base = _reset_peak_rss()
     stepper = make_stepper(model, cfg)
     times = []
     for _ in range(steps + 1):
@@ -63,39 +87,108 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if device.type == "cuda":
+        peak, base = torch.cuda.max_memory_allocated() / 2**20, 0.0
+    else:
+        peak = _proc_status_mb("VmHWM")
     close_stepper(stepper)
-    return {"variant": variant, "step_s": float(np.median(times[1:])), "peak_mb": peak, "device": device.type,
-            "loss": float(loss.detach())}
+    return {"variant": variant, "step_s": float(np.median(times[1:])), "peak_mb": peak, "above_mb": peak - base,
+            "device": device.type, "loss": float(loss.detach())}
+
+
+def run_rounds(variant: str, backbone: str, rounds: int, extra: dict) -> dict:
+    """One client's local rounds in this process, as a simulation actor plays them; the
+    resident memory after each round (garbage collected) and the peak so far."""
+    import numpy as np
+
+    from fedgate.config import FedgateConfig
+    from fedgate.federated.client import ClientTask
+    from fedgate.model import build_reward_model
+    from fedgate.state import adapter_state, to_numpy
+
+    cfg = FedgateConfig.from_flat({"model.backbone": backbone, "data.limit": 240, "train.batch-size": 16,
+                                   "train.epochs": 1, **extra, **VARIANTS[variant]})
+    model, _ = build_reward_model(cfg.model, cfg.adapter)
+    global_state = to_numpy(adapter_state(model))
+    del model
+    rss, peak = [], []
+    for r in range(1, rounds + 1):
+        update = ClientTask(cfg, 0, 2).train(global_state, r)
+        global_state = {k: v + update.delta[k] for k, v in global_state.items()}
+        del update
+        gc.collect()
+        rss.append(_proc_status_mb("VmRSS"))
+        peak.append(_proc_status_mb("VmHWM"))
+    if not all(np.isfinite(v).all() for v in global_state.values()):
+        raise RuntimeError(f"{variant}: the adapters went non-finite")
+    return {"variant": variant, "rss_mb": rss, "peak_mb": peak}
+
+
+def _child(args, *flags: str) -> dict:
+    cmd = [sys.executable, "-m", "simulations.bench_engine", "--backbone", args.backbone, *flags,
+           *(f"--set={kv}" for kv in args.set)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(flags)}: failed\n{done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="all-MiniLM-L6-v2")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=0, help="measure memory over this many local rounds instead")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: one variant, JSON out
     args = p.parse_args(argv)
     extra = dict(kv.split("=", 1) for kv in args.set)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     if args.one:
-        print(json.dumps(run_one(args.one, args.backbone, args.steps, extra)))
+        result = (run_rounds(args.one, args.backbone, args.rounds, extra) if args.rounds
+                  else run_one(args.one, args.backbone, args.steps, extra))
+        print(json.dumps(result))
         return 0
+    try:
+        if args.rounds:
+            return _report_rounds(args, variants)
+        return _report_steps(args, variants)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def _report_steps(args, variants: list[str]) -> int:
     rows = []
-    for variant in VARIANTS:
-        cmd = [sys.executable, "-m", "simulations.bench_engine", "--one", variant, "--backbone", args.backbone,
-               "--steps", str(args.steps), *(f"--set={kv}" for kv in args.set)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        if done.returncode != 0:
-            print(f"{variant}: failed\n{done.stderr[-1500:]}", file=sys.stderr)
-            return 1
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for variant in variants:
+        rows.append(_child(args, "--one", variant, "--steps", str(args.steps)))
         print(f"{variant:>14}: step {rows[-1]['step_s']:.3f} s, peak {rows[-1]['peak_mb']:.0f} MiB", flush=True)
-    base = next(r for r in rows if r["variant"] == "zero0")
-    what = "peak GPU memory (max_memory_allocated)" if base["device"] == "cuda" else "peak RSS (CPU: offload saves nothing)"
-    print(f"\n{'variant':>14} {'step s':>8} {'peak MiB':>9} {'vs ZeRO-0':>9}   [{args.backbone}, batch 16, {what}]")
+    base = next((r for r in rows if r["variant"] == "zero0"), rows[0])
+    cuda = base["device"] == "cuda"
+    what = "GPU max_memory_allocated" if cuda else "CPU peak RSS during the steps; offload saves nothing on CPU"
+    print(f"\n[{args.backbone}, batch 16, {what}]")
+    print(f"{'variant':>14} {'step s':>8} {'peak MiB':>9} {'above load':>10} {'peak vs ' + base['variant']:>13}")
     for r in rows:
-        print(f"{r['variant']:>14} {r['step_s']:>8.3f} {r['peak_mb']:>9.0f} {r['peak_mb'] / base['peak_mb']:>9.2f}")
+        print(f"{r['variant']:>14} {r['step_s']:>8.3f} {r['peak_mb']:>9.0f} {r['above_mb']:>10.0f} "
+              f"{r['peak_mb'] / base['peak_mb']:>13.2f}")
+    return 0
+
+
+def _report_rounds(args, variants: list[str]) -> int:
+    rows = []
+    for variant in variants:
+        rows.append(_child(args, "--one", variant, "--rounds", str(args.rounds)))
+        r = rows[-1]
+        print(f"{variant:>14}: RSS after each round {', '.join(f'{m:.0f}' for m in r['rss_mb'])} MiB", flush=True)
+    print(f"\n[{args.backbone}, one client, {args.rounds} local rounds; MiB]")
+    print(f"{'variant':>14} {'RSS r1':>8} {'RSS r2':>8} {'RSS last':>9} {'r2->last':>9} {'peak r2':>8} {'peak last':>9}")
+    for r in rows:
+        rss, peak = r["rss_mb"], r["peak_mb"]
+        second = 1 if len(rss) > 1 else 0
+        print(f"{r['variant']:>14} {rss[0]:>8.0f} {rss[second]:>8.0f} {rss[-1]:>9.0f} {rss[-1] - rss[second]:>+9.1f} "
+              f"{peak[second]:>8.0f} {peak[-1]:>9.0f}")
     return 0
 
 
