@@ -71,6 +71,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
+    proximal_mu: float = 0.01  # FedProx: mu/2 ||theta - theta_global||^2 (federation.strategy=fedprox only)
     bf16: bool = False  # bf16 autocast: use on GPUs and CPUs with native bf16 (AMX/AVX512-BF16)
     cache_lower_layers: bool = True  # run frozen layers below the first adapter once per example
     head_init: str = "ridge"  # ridge: fit the head on frozen features first | zero
@@ -83,6 +84,8 @@ class TrainConfig:
         _positive("train.batch-size", self.batch_size)
         _positive("train.grad-accum", self.grad_accum)
         _choice("train.head-init", self.head_init, ("ridge", "zero"))
+        if self.proximal_mu < 0:
+            raise ValueError(f"train.proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("train.epochs or train.max-steps must be > 0")
 
@@ -119,8 +122,21 @@ class FederationConfig:
     min_evaluate_nodes: int = 2
     min_available_nodes: int = 2
     round_timeout: float = 3600.0  # seconds the server waits for the replies of one round
-    strategy: str = "fedavg"
-    server_lr: float = 1.0  # global += server_lr * weighted mean delta (1.0 = FedAvg)
+    strategy: str = "fedavg"  # see STRATEGIES and fedgate/aggregation/recipes.py
+    weighting: str = "examples"  # examples | gates: per layer, examples x the client's mean gate there
+    server_lr: float = 0.0  # server optimizer step size; 0 = the strategy's default (1.0, adaptive 0.01)
+    server_momentum: float = 0.9  # fedavgm
+    server_beta1: float = 0.9  # fedadagrad / fedadam / fedyogi
+    server_beta2: float = 0.99  # fedadam / fedyogi
+    server_tau: float = 1e-3  # adaptivity floor of fedadagrad / fedadam / fedyogi
+    clip_norm: float = 0.0  # scale each client update to at most this L2 norm before combining; 0 = off
+    trim_fraction: float = 0.2  # trimmed-mean: share of clients dropped at each end, per coordinate
+    max_update_norm: float = 1000.0  # validation: reject an update whose L2 norm is larger; 0 = no bound
+    prune_threshold: float = 0.0  # prune an insertion point whose global structural gate stays below; 0 = off
+    prune_patience: int = 2  # ... for this many consecutive rounds
+    personal_gates: bool = False  # structural gates stay with each client (shared adapters, personal routing)
+    heterogeneous_ranks: bool = False  # clients may train their own adapter.r (node config); server asks
+    client_ranks: tuple[int, ...] = ()  # simulations: adapter.r of partition i is client_ranks[i % len]
     partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity): smaller = more skew
     local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
@@ -138,8 +154,30 @@ class FederationConfig:
         if not self.round_timeout > 0:
             raise ValueError(f"federation.round-timeout must be > 0 seconds, got {self.round_timeout}")
         _choice("federation.strategy", self.strategy, STRATEGIES)
-        if not self.server_lr > 0:
-            raise ValueError(f"federation.server-lr must be > 0, got {self.server_lr}")
+        _choice("federation.weighting", self.weighting, ("examples", "gates"))
+        if self.server_lr < 0:
+            raise ValueError(f"federation.server-lr must be > 0 (0 = the strategy's default), got {self.server_lr}")
+        for key, v in (("server-momentum", self.server_momentum), ("server-beta1", self.server_beta1),
+                       ("server-beta2", self.server_beta2)):
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"federation.{key} must be in [0, 1), got {v}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"federation.trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if not self.server_tau > 0:
+            raise ValueError(f"federation.server-tau must be > 0, got {self.server_tau}")
+        for key, v in (("clip-norm", self.clip_norm), ("max-update-norm", self.max_update_norm)):
+            if v < 0:
+                raise ValueError(f"federation.{key} must be >= 0 (0 = off), got {v}")
+        if not 0.0 <= self.prune_threshold < 1.0:
+            raise ValueError(f"federation.prune-threshold must be in [0, 1) (0 = no pruning), got {self.prune_threshold}")
+        _positive("federation.prune-patience", self.prune_patience)
+        if any(r < 1 for r in self.client_ranks):
+            raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
+        if self.client_ranks and not self.heterogeneous_ranks:
+            raise ValueError("federation.client-ranks needs federation.heterogeneous-ranks=true")
+        if self.strategy == "exact" and self.server_lr not in (0.0, 1.0):
+            raise ValueError("federation.strategy=exact replaces the factors by the re-factorized mean product; "
+                             f"federation.server-lr must be 1 (or 0 = default), got {self.server_lr}")
         _choice("federation.partitioner", self.partitioner, ("iid", "dirichlet", "domain", "quantity"))
         if not self.alpha > 0:
             raise ValueError(f"federation.alpha must be > 0, got {self.alpha}")
@@ -148,7 +186,8 @@ class FederationConfig:
         _choice("federation.gate-prior", self.gate_prior, ("global", "fixed"))
 
 
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold",
+              "exact", "ffa", "median", "trimmed-mean")
 
 
 @dataclass(frozen=True)
@@ -182,6 +221,16 @@ class FedgateConfig:
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        """Checks across sections."""
+        fed = self.federation
+        if fed.strategy == "scaffold" and self.engine.name != "torch":
+            raise ValueError("federation.strategy=scaffold corrects gradients between backward and the optimizer "
+                             "step, which DeepSpeed performs itself: use engine.name=torch")
+        if (fed.personal_gates or fed.prune_threshold > 0) and not self.adapter.structural_gate:
+            what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
+            raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], *, ignore_unknown_sections: bool = True) -> "FedgateConfig":

@@ -5,11 +5,11 @@ clients are pulled towards in the next round (DESIGN.md section 2)."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fedgate.federated.protocol import TOKEN_GATE
+from fedgate.federated.protocol import STRUCTURAL_GATE, TOKEN_GATE
 
 Profile = dict[str, dict[str, float]]
 PRIOR_EPS = 1e-3  # keep the prior strictly inside (0, 1) so the KL stays finite
@@ -37,3 +37,20 @@ def gate_profile(stats: Sequence[Mapping[str, Mapping[str, float]]], weights: Se
 def prior_from_profile(profile: Mapping[str, Mapping[str, float]], key: str = TOKEN_GATE) -> dict[str, float]:
     """``{adapter: prior mean gate}`` from a profile, clipped into [eps, 1 - eps]."""
     return {m: float(np.clip(v[key], PRIOR_EPS, 1.0 - PRIOR_EPS)) for m, v in profile.items() if key in v}
+
+
+def below_threshold_streaks(streaks: Mapping[str, int], profile: Mapping[str, Mapping[str, float]],
+                            threshold: float, key: str = STRUCTURAL_GATE) -> dict[str, int]:
+    """Consecutive rounds each adapter's global structural gate has stayed below ``threshold``
+    (reset to 0 by a round at or above it); adapters absent from the profile keep their count."""
+    out = dict(streaks)
+    for module, values in profile.items():
+        if key in values:
+            out[module] = out.get(module, 0) + 1 if values[key] < threshold else 0
+    return out
+
+
+def newly_pruned(streaks: Mapping[str, int], patience: int, pruned: Iterable[str]) -> list[str]:
+    """Adapters whose streak reached ``patience`` rounds and that are not pruned yet, sorted."""
+    done = set(pruned)
+    return sorted(m for m, n in streaks.items() if n >= patience and m not in done)
