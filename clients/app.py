@@ -1,6 +1,8 @@
 """fedgate's ClientApp: unpack the message, run a local round (fedgate.federated.client),
 pack the reply. The client's shard comes from ``partition-id`` / ``num-partitions`` in its
-node config; any ``section.key`` in the node config overrides the run config for that node."""
+node config; any ``section.key`` in the node config overrides the run config for that node
+(e.g. ``adapter.r`` with ``federation.heterogeneous-ranks``). What a client keeps between
+rounds (SCAFFOLD's c_i, personal structural gates) lives in Flower's ``context.state``."""
 
 from __future__ import annotations
 
@@ -26,27 +28,59 @@ def _task(context: Context) -> ClientTask:
     return ClientTask(cfg, int(node[P.PARTITION_ID]), int(node[P.NUM_PARTITIONS]))
 
 
+def _arrays(record: ArrayRecord) -> dict:
+    return to_numpy(record.to_torch_state_dict())
+
+
+def _pruned(msg: Message) -> list[str]:
+    return [m for m in str(msg.content[P.CONFIG].get(P.PRUNED, "")).split(",") if m]
+
+
+def _kept(context: Context, key: str) -> dict | None:
+    return _arrays(context.state[key]) if key in context.state else None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     task = _task(context)
-    global_state = to_numpy(msg.content[P.ARRAYS].to_torch_state_dict())
+    fed = task.cfg.federation
     prior = dict(msg.content[P.GATE_PRIOR]) if P.GATE_PRIOR in msg.content else {}
-    update = task.train(global_state, int(msg.content[P.CONFIG][P.SERVER_ROUND]), prior or None)
+    control = None
+    if fed.strategy == "scaffold":
+        control = (_arrays(msg.content[P.CONTROL]), _kept(context, P.STATE_CONTROL) or {})
+    update = task.train(_arrays(msg.content[P.ARRAYS]), int(msg.content[P.CONFIG][P.SERVER_ROUND]), prior or None,
+                        pruned=_pruned(msg), control=control,
+                        personal=_kept(context, P.STATE_PERSONAL) if fed.personal_gates else None)
     token, structural = P.split_gate_stats(update.gate_stats)
+    rounds_kept = int(context.state[P.STATE_COUNTS]["rounds-trained"]) if P.STATE_COUNTS in context.state else 0
+    context.state[P.STATE_COUNTS] = MetricRecord({"rounds-trained": rounds_kept + 1})
     content = RecordDict({
         P.ARRAYS: ArrayRecord(from_numpy(update.delta)),
         P.METRICS: MetricRecord({P.NUM_EXAMPLES: update.num_examples, P.PARTITION_ID: task.partition_id,
-                                 **update.metrics}),
+                                 "rounds-trained": rounds_kept + 1, **update.metrics}),
         P.GATE_TOKEN: MetricRecord(token),
         P.GATE_STRUCT: MetricRecord(structural),
     })
+    if update.control is not None:
+        context.state[P.STATE_CONTROL] = ArrayRecord(from_numpy(update.control))
+        content[P.CONTROL_DELTA] = ArrayRecord(from_numpy(update.control_delta))
+    if update.personal is not None:
+        context.state[P.STATE_PERSONAL] = ArrayRecord(from_numpy(update.personal))
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     task = _task(context)
-    rows, metrics = task.evaluate(to_numpy(msg.content[P.ARRAYS].to_torch_state_dict()))
+    personal = _kept(context, P.STATE_PERSONAL) if task.cfg.federation.personal_gates else None
+    rows, metrics = task.evaluate(_arrays(msg.content[P.ARRAYS]), pruned=_pruned(msg), personal=personal)
     content = RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: rows, P.PARTITION_ID: task.partition_id,
                                                    **metrics})})
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """What the server asks before sending adapters: this node's adapter rank."""
+    cfg = client_config(context.run_config, context.node_config)
+    return Message(content=RecordDict({P.METRICS: MetricRecord({P.ADAPTER_RANK: cfg.adapter.r})}), reply_to=msg)

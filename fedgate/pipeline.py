@@ -28,7 +28,7 @@ from fedgate.config import FedgateConfig
 from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
                           split_by_prompt)
 from fedgate.engine import close_stepper, make_stepper
-from fedgate.inject import count_parameters
+from fedgate.inject import adapter_modules, count_parameters
 from fedgate.metrics import misaligned, roc_auc
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, load_adapter_state, load_state, save_state, state_nbytes
@@ -209,6 +209,9 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     device = pick_device(cfg.train.device)
     model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
     load_adapter_state(model, state)
+    pruned = set(meta.get("strategy", {}).get("pruned", []))  # a federated run's pruned insertion points
+    for name, module in adapter_modules(model).items():
+        module.enabled = name not in pruned
     model.to(device)
     ds = load_eval_split(cfg, split)
     if noise_rate > 0:

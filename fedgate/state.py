@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -65,10 +65,18 @@ def check_compatible(expected: Mapping[str, tuple[int, ...]], state: Mapping[str
 
 @torch.no_grad()
 def load_adapter_state(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray],
-                       extra_prefixes: tuple[str, ...] = ("head.",)) -> None:
-    """Copy ``state`` into the model's adapter/head parameters, strictly (keys and shapes)."""
+                       extra_prefixes: tuple[str, ...] = ("head.",), *, only: Iterable[str] | None = None) -> None:
+    """Copy ``state`` into the model's adapter/head parameters, strictly (keys and shapes).
+
+    ``only`` restricts the load, and the strict key check, to those names (tensors that a
+    strategy does not send, e.g. pruned adapters, keep their values)."""
     params = dict(model.named_parameters())
     names = trainable_names(model, extra_prefixes)
+    if only is not None:
+        wanted = set(only)
+        if unknown := sorted(wanted - set(names)):
+            raise KeyError(f"state: {unknown[:5]} are not adapter/head parameters of this model")
+        names = [n for n in names if n in wanted]
     values = {n: torch.as_tensor(state[n]) for n in names if n in state}
     for n, value in values.items():  # validate everything before touching the model
         if not torch.isfinite(value).all():

@@ -13,7 +13,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -248,10 +248,14 @@ class GateTracker:
 
 def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device, *,
         validation: EncodedSplit | None = None, prior: Mapping[str, float] | None = None,
-        progress: bool = True, stepper=None) -> TrainResult:
+        progress: bool = True, stepper=None, extra_loss: Callable[[], torch.Tensor] | None = None,
+        before_step: Callable[[], None] | None = None) -> TrainResult:
     """Train in place; restores the best validation state at the end when validating.
 
-    ``stepper`` is the training engine (default: :class:`TorchStepper` over ``model``)."""
+    ``stepper`` is the training engine (default: :class:`TorchStepper` over ``model``).
+    Federated rules hook in twice: ``extra_loss()`` is added to every micro-batch's loss
+    (FedProx's proximal term) and ``before_step()`` runs after the last backward of each
+    optimizer step, before clipping and the step (SCAFFOLD's gradient correction)."""
     t = cfg.train
     rng = np.random.default_rng(t.seed)
     torch.manual_seed(t.seed)
@@ -279,10 +283,14 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
             loss, parts = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss, prior)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             opt.backward(loss)
             tracker.update()
             result.examples_seen += len(rows)
             recent = (recent + [float(loss.detach())])[-50:]
+        if before_step is not None:
+            before_step()
         opt.step()
         result.steps = step + 1
         bar.update(1)

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import torch
@@ -22,9 +22,11 @@ import torch
 from fedgate.batching import EncodedSplit, encode_split
 from fedgate.config import FedgateConfig
 from fedgate.engine import close_stepper, make_stepper
+from fedgate.federated.client_rules import (configure_adapters, control_correction, mean_gradient,
+                                            proximal_term, shared_keys)
 from fedgate.federated.shards import client_shard
 from fedgate.model import RewardModel, build_reward_model
-from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy
+from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
 from fedgate.train import (evaluate, fit, fit_head_ridge, frozen_features, pick_device, prepare_cache)
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,15 @@ MAX_CACHED_SHARDS = 16  # per process; a 100-client simulation must not keep 100
 
 def client_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> FedgateConfig:
     """The run config with this node's own ``section.key`` settings on top (e.g. a node's
-    ``train.batch-size`` or ``train.device``); Flower's ``partition-id`` etc. are not ours."""
+    ``train.batch-size``, ``train.device`` or ``adapter.r``); Flower's ``partition-id`` etc. are
+    not ours. Without a node ``adapter.r``, ``federation.client-ranks`` gives the rank by partition."""
     own = {k: v for k, v in node_config.items() if "." in k}
-    return FedgateConfig.from_flat({**run_config, **own})
+    cfg = FedgateConfig.from_flat({**run_config, **own})
+    ranks = cfg.federation.client_ranks
+    if ranks and "adapter.r" not in own and "partition-id" in node_config:
+        rank = ranks[int(node_config["partition-id"]) % len(ranks)]
+        cfg = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, r=rank))
+    return cfg
 
 
 def round_seed(base: int, server_round: int, partition_id: int) -> int:
@@ -49,6 +57,9 @@ class LocalUpdate:
     num_examples: int
     metrics: dict[str, float]
     gate_stats: dict[str, dict[str, float]]
+    control: dict[str, np.ndarray] | None = None  # SCAFFOLD: this client's new c_i ...
+    control_delta: dict[str, np.ndarray] | None = None  # ... and c_i+ - c_i, sent to the server
+    personal: dict[str, np.ndarray] | None = None  # personal structural gate logits, kept locally
 
 
 @dataclass
@@ -112,19 +123,50 @@ class ClientTask:
         self.shard = _CACHE.shards[shard_key]
         self.setup_s = time.perf_counter() - t0
 
-    def _load_global(self, global_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def _load_global(self, global_state: Mapping[str, np.ndarray], pruned: Collection[str] = (),
+                     personal: Mapping[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """Put the model into this round's configuration and load what the server sent, which
+        must be exactly the shared tensors (:func:`client_rules.shared_keys`)."""
+        configure_adapters(self.model, self.cfg, pruned)
+        names = trainable_names(self.model)
+        expected = shared_keys(names, self.cfg, pruned)
+        if set(global_state) != set(expected):
+            missing, extra = sorted(set(expected) - set(global_state)), sorted(set(global_state) - set(expected))
+            raise KeyError(f"the server sent a different set of tensors than this client shares: missing "
+                           f"{missing[:5]}, unexpected {extra[:5]} (strategy {self.cfg.federation.strategy}, "
+                           f"{len(pruned)} pruned adapters)")
         state = from_numpy(global_state)
-        load_adapter_state(self.model, state)
+        load_adapter_state(self.model, state, only=expected)
+        if self.cfg.federation.personal_gates:
+            own = [n for n in names if n.endswith(".struct_logit")]
+            mine = from_numpy(personal) if personal else {
+                n: torch.full((1,), self.cfg.adapter.struct_init) for n in own}  # a new client: the initial gate
+            load_adapter_state(self.model, mine, only=own)
         return state
 
     def train(self, global_state: Mapping[str, np.ndarray], server_round: int,
-              prior: Mapping[str, float] | float | None = None) -> LocalUpdate:
-        """Local epochs from the global state; the reply is ``local - global``."""
-        start = self._load_global(global_state)
+              prior: Mapping[str, float] | float | None = None, *, pruned: Collection[str] = (),
+              control: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+              personal: Mapping[str, np.ndarray] | None = None) -> LocalUpdate:
+        """Local epochs from the global state; the reply is ``local - global``.
+
+        ``pruned``: adapters the federation has pruned (off, not trained, not sent).
+        ``control``: SCAFFOLD's (server c, this client's c_i), c_i empty on its first round.
+        ``personal``: this client's own structural gate logits (``federation.personal-gates``)."""
+        start = self._load_global(global_state, pruned, personal)
         t = self.cfg.train
         cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(
             t, seed=round_seed(t.seed, server_round, self.partition_id)))
         t0 = time.perf_counter()
+        hooks: dict = {}
+        new_control = None
+        if control is not None:
+            c_global, c_local = from_numpy(control[0]), from_numpy(control[1])
+            hooks["before_step"] = control_correction(self.model, c_global, c_local)
+            # option I: c_i+ is the gradient at the global model, taken before any local change
+            new_control = mean_gradient(self.model, self.shard.train, cfg, self.pad_id, self.device, c_global, prior)
+        if self.cfg.federation.strategy == "fedprox":
+            hooks["extra_loss"] = proximal_term(self.model, start, t.proximal_mu)
         ridge_auc = float("nan")
         if server_round == 1 and t.head_init == "ridge":
             # Round 1 only: every client fits the head on its own frozen features; FedAvg then
@@ -136,15 +178,24 @@ class ClientTask:
         stepper = make_stepper(self.model, cfg)
         try:
             result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
-                         progress=self.progress, stepper=stepper)
+                         progress=self.progress, stepper=stepper, **hooks)
             local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
-            delta = to_numpy(state_delta(adapter_state(self.model), start))
+            after = adapter_state(self.model)
+            delta = to_numpy(state_delta({k: after[k] for k in start}, start))
+            own = ({k: v.numpy() for k, v in after.items() if k.endswith(".struct_logit")}
+                   if self.cfg.federation.personal_gates else None)
         finally:
             close_stepper(stepper)
             if _zero3(self.model):
                 # ZeRO-3 converted the weights for the engine just destroyed; the next round
                 # builds the model afresh rather than reuse half-managed parameters.
                 _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
+        control_out = None
+        if new_control is not None:
+            c_local = control[1]
+            control_out = {k: v.numpy() for k, v in new_control.items()}
+            control_delta = {k: v - (c_local[k] if k in c_local else 0.0) for k, v in control_out.items()}
+            control_out = (control_out, control_delta)
         metrics = {
             "train-loss": result.train_loss,
             "local-auc": local["auc"],
@@ -157,11 +208,15 @@ class ClientTask:
             "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
             "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
         }
-        return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats)
+        return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
+                           control=control_out[0] if control_out else None,
+                           control_delta=control_out[1] if control_out else None, personal=own)
 
-    def evaluate(self, global_state: Mapping[str, np.ndarray]) -> tuple[int, dict[str, float]]:
-        """Metrics of the global state on this client's held-out rows: (rows, metrics)."""
-        self._load_global(global_state)
+    def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
+                 personal: Mapping[str, np.ndarray] | None = None) -> tuple[int, dict[str, float]]:
+        """Metrics of the global state (with this client's own routing under personal gates)
+        on this client's held-out rows: (rows, metrics)."""
+        self._load_global(global_state, pruned, personal)
         t0 = time.perf_counter()
         metrics, _ = evaluate(self.model, self.shard.holdout, self.cfg, self.pad_id, self.device)
         keep = ("auc", "f1_oracle", "mae", *(k for k in metrics if k.startswith("pearson_")))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from fedgate.batching import EncodedSplit, encode_split
 from fedgate.config import FedgateConfig
 from fedgate.data import noisy_dataset
+from fedgate.federated.client_rules import configure_adapters
 from fedgate.federated.shards import server_splits
 from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
@@ -38,6 +39,7 @@ class ServerEvaluator:
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the initial global adapters are reproducible
         self.model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
+        configure_adapters(self.model, cfg)  # e.g. A drawn from the shared seed under ffa
         self.model.to(self.device)
         self.pad_id = tokenizer.pad_token_id
         t0 = time.perf_counter()
@@ -58,9 +60,11 @@ class ServerEvaluator:
         """The global trainable state before round 1 (adapters as initialised, B = 0)."""
         return to_numpy(adapter_state(self.model))
 
-    def evaluate(self, state: Mapping[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
-        """Metrics of ``state`` and its test predictions (n, 5) for ROC curves."""
+    def evaluate(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = ()) -> tuple[dict[str, float], np.ndarray]:
+        """Metrics of ``state`` (with the ``pruned`` adapters off) and its test predictions
+        (n, 5) for ROC curves."""
         t0 = time.perf_counter()
+        configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
         val = self.splits["validation"]
         cut = decision_threshold_from(predict(self.model, val, self.cfg, self.pad_id, self.device), val, self.cfg)

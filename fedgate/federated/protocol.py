@@ -1,15 +1,23 @@
 """Names of the records in fedgate's Flower messages: the one place both sides spell them.
 
 Down (server -> client), train and evaluate messages:
-    ARRAYS       ArrayRecord, the global trainable state (adapters, gates, head)
-    CONFIG       ConfigRecord, ``server-round`` and per-round settings
+    ARRAYS       ArrayRecord, the shared global tensors (adapters, gates, head; not what the
+                 strategy keeps off the wire: pruned adapters, A under ffa, personal gates),
+                 at the client's own adapter rank with heterogeneous ranks
+    CONFIG       ConfigRecord, ``server-round``, PRUNED (comma-separated adapter names)
     GATE_PRIOR   ConfigRecord {adapter module name: prior mean token gate} (train only)
+    CONTROL      ArrayRecord, SCAFFOLD's server control variate c (train, scaffold only)
 Up (client -> server), train replies:
     ARRAYS       ArrayRecord, ``local - global`` for every tensor of ARRAYS
     METRICS      MetricRecord, NUM_EXAMPLES plus training metrics
     GATE_TOKEN   MetricRecord {adapter module name: mean token gate over local training}
     GATE_STRUCT  MetricRecord {adapter module name: structural gate sigmoid(alpha_l)}
-Evaluate replies carry METRICS only.
+    CONTROL_DELTA ArrayRecord, SCAFFOLD's c_i+ - c_i (scaffold only)
+Evaluate replies carry METRICS only. Query messages (heterogeneous ranks) ask for the
+client's ADAPTER_RANK, answered in METRICS.
+A client's own state across rounds (Flower's ``context.state``): STATE_CONTROL (its SCAFFOLD
+c_i), STATE_PERSONAL (its personal structural gate logits), STATE_COUNTS (rounds trained, which
+the reply's ``rounds-trained`` metric reports: proof that the state survives between rounds).
 """
 
 from __future__ import annotations
@@ -23,7 +31,15 @@ METRICS = "metrics"
 GATE_TOKEN = "gate-token"
 GATE_STRUCT = "gate-structural"
 
+CONTROL = "scaffold-c"
+CONTROL_DELTA = "scaffold-dc"
+STATE_CONTROL = "scaffold-ci"
+STATE_PERSONAL = "personal-gates"
+STATE_COUNTS = "counts"
+
 NUM_EXAMPLES = "num-examples"
+PRUNED = "pruned"
+ADAPTER_RANK = "adapter-r"
 SERVER_ROUND = "server-round"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
