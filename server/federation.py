@@ -32,10 +32,11 @@ def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
     return server_round == last or (every > 0 and server_round % every == 0)
 
 
-def _open_run(cfg: FedgateConfig) -> tuple[RunDir, int, dict | None, dict]:
-    """(run directory, first round to run, checkpoint state or None, gate profile)."""
+def _open_run(cfg: FedgateConfig) -> tuple[RunDir, int, dict | None, dict, tuple[dict, dict] | None]:
+    """(run directory, first round to run, checkpoint state or None, gate profile, the
+    strategy's saved (arrays, metadata) or None)."""
     if not cfg.server.resume_from:
-        return RunDir(cfg.server.output_dir or default_run_dir()), 1, None, {}
+        return RunDir(cfg.server.output_dir or default_run_dir()), 1, None, {}, None
     run, done, state, meta = load_checkpoint(cfg.server.resume_from)
     if cfg.server.output_dir and Path(cfg.server.output_dir).resolve() != run.path:
         log.warning("resuming writes into the resumed run %s, not server.output-dir=%s", run.path,
@@ -47,12 +48,13 @@ def _open_run(cfg: FedgateConfig) -> tuple[RunDir, int, dict | None, dict]:
         log.warning("resuming %s with a changed config: %s", run.path, changed)
     run.keep_rounds_through(done)
     log.info("resuming %s after round %d", run.path, done)
-    return run, done + 1, state, meta.get("gate_profile", {})
+    saved = (run.server_arrays(done), meta.get("strategy", {}))
+    return run, done + 1, state, meta.get("gate_profile", {}), saved
 
 
 def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None) -> RunDir:
     """Run rounds until ``federation.rounds``; returns the run directory."""
-    run, first, state, profile = _open_run(cfg)
+    run, first, state, profile, saved = _open_run(cfg)
     log.info("run directory: %s", run.path)
     t_start = time.perf_counter()
     run.write_json(CONFIG_FILE, {"config": cfg.to_flat(), "versions": package_versions(), "flower_run_id": run_id,
@@ -67,16 +69,17 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             metrics, _ = evaluator.evaluate(state)
             run.append_round({"round": 0, "server_eval": metrics, "params": params})
             log.info("round 0: test AUC %.4f", metrics["auc"])
-        strategy = FedgateStrategy(cfg, state, profile)
+        strategy = FedgateStrategy(cfg, state, profile, saved)
         strategy.summary()
         final_metrics, final_pred = None, None
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
             run.append_round(record)
-            meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile}
+            server_arrays, strategy_meta = strategy.saved()
+            meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile, "strategy": strategy_meta}
             if final_metrics is not None:  # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
                 meta["decision_threshold"] = final_metrics["decision_threshold"]
-            run.save_checkpoint(rnd, strategy.global_state, meta)
+            run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
         if final_pred is not None:
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
@@ -108,7 +111,7 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     t2 = time.perf_counter()
     server_eval, pred = None, None
     if _eval_due(cfg, rnd):
-        server_eval, pred = evaluator.evaluate(strategy.global_state)
+        server_eval, pred = evaluator.evaluate(strategy.global_state, pruned=strategy.pruned)
     t3 = time.perf_counter()
     rl = strategy.round_log
     n_train = max(1, len(rl.get("clients", [])))
@@ -127,6 +130,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
                   "array_up_per_client": up_per_client,
                   "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
         "gates": strategy.profile,
+        "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned,
+                     **{k: rl[k] for k in ("newly_pruned", "truncation_error", "clip_scale") if k in rl}},
         "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
     }
     auc = f"{server_eval['auc']:.4f}" if server_eval else "-"

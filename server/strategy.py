@@ -1,8 +1,12 @@
 """The Flower Strategy: a thin adapter between Flower messages and fedgate.aggregation.
 
-It samples nodes, builds the train/evaluate messages (global adapters, round config, gate
-prior), turns replies into :class:`ClientUpdate` objects, and hands them to the pure
-aggregation functions. It also measures what each round costs on the wire.
+It samples nodes, builds each node's train/evaluate message (the shared global tensors at
+the node's rank, the round config with the pruned adapters, the gate prior, SCAFFOLD's c),
+validates every reply into a :class:`ClientUpdate` (a bad one is rejected with the node id
+and reason, never averaged), and hands the updates to the recipe that
+``federation.strategy`` names (fedgate/aggregation/recipes.py). It keeps the server-side
+state a strategy needs across rounds (optimizer state, control variate, pruning streaks,
+node ranks) and measures what each round costs on the wire.
 """
 
 from __future__ import annotations
@@ -14,69 +18,107 @@ from typing import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedgate.aggregation import ClientUpdate, fedavg, gate_profile, prior_from_profile
+from fedgate.aggregation import ClientUpdate, gate_profile, prior_from_profile
+from fedgate.aggregation.gates import below_threshold_streaks, newly_pruned
+from fedgate.aggregation.lora import lora_modules, lora_rank, pad_to_rank, refactor_to_rank, truncate_to_rank
+from fedgate.aggregation.recipes import RECIPES, aggregate, make_server_optimizer, scaffold_control
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
-from fedgate.state import check_compatible, from_numpy, to_numpy
+from fedgate.federated.client_rules import shared_keys
+from server.messages import array_bytes, from_record, layout, parse_train_reply, to_record, wire_bytes
 
+__all__ = ["FedgateStrategy", "from_record", "to_record", "wire_bytes"]
 log = logging.getLogger(__name__)
 
 
-def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(from_numpy(state))
-
-
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return to_numpy(record.to_torch_state_dict())
-
-
-def wire_bytes(content: RecordDict) -> int:
-    """Bytes of a message's content as serialized for the wire."""
-    return recorddict_to_proto(content).ByteSize()
-
-
-def array_bytes(record: ArrayRecord) -> int:
-    """Bytes of the tensors alone (no framing, no array headers)."""
-    return int(sum(a.numpy().nbytes for a in record.values()))
-
-
 class FedgateStrategy(Strategy):
-    """FedAvg of adapter deltas plus the global gate profile (see ``federation.*`` config)."""
+    """Every ``federation.strategy``, composed from the pure rules (see module docstring)."""
 
     def __init__(self, cfg: FedgateConfig, global_state: dict[str, np.ndarray],
-                 profile: dict[str, dict[str, float]] | None = None) -> None:
+                 profile: dict[str, dict[str, float]] | None = None, saved: tuple[dict, dict] | None = None) -> None:
         self.cfg, self.fed = cfg, cfg.federation
         self.global_state = global_state
-        self.shapes = {k: tuple(v.shape) for k, v in global_state.items()}
         self.profile = profile or {}
+        self.optimizer = make_server_optimizer(self.fed)
+        modules = lora_modules(global_state)
+        self.rank = lora_rank(global_state, modules[0]) if modules else 0
+        self.opt_state: dict[str, np.ndarray] = {}
+        self.control: dict[str, np.ndarray] = {}  # SCAFFOLD's c over the shared tensors
+        self.pruned: list[str] = []
+        self.streaks: dict[str, int] = {}
+        self.node_ranks: dict[int, int] = {}
+        if saved is not None:
+            self.load_saved(*saved)
+        if not self.opt_state:
+            self.opt_state = self.optimizer.init(self.shared_state())
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # what each node of this round started from
         self.round_log: dict = {}  # what the current round sent, received and rejected
+
+    # ------------------------------------------------------------------ state across rounds
+    def shared_state(self) -> dict[str, np.ndarray]:
+        """The global tensors that travel this round (not pruned, not kept local)."""
+        keys = shared_keys(self.global_state, self.cfg, self.pruned)
+        return {k: self.global_state[k] for k in keys}
+
+    def saved(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON metadata) to checkpoint so that a resumed run continues exactly."""
+        arrays = {f"opt/{k}": v for k, v in self.opt_state.items()}
+        arrays.update({f"control/{k}": v for k, v in self.control.items()})
+        meta = {"pruned": self.pruned, "streaks": self.streaks,
+                "node_ranks": {str(k): v for k, v in self.node_ranks.items()}}
+        return arrays, meta
+
+    def load_saved(self, arrays: dict, meta: dict) -> None:
+        self.opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+        self.control = {k[8:]: v for k, v in arrays.items() if k.startswith("control/")}
+        self.pruned = list(meta.get("pruned", []))
+        self.streaks = {k: int(v) for k, v in meta.get("streaks", {}).items()}
+        self.node_ranks = {int(k): int(v) for k, v in meta.get("node_ranks", {}).items()}
 
     # ------------------------------------------------------------------ Flower interface
     def summary(self) -> None:
         f = self.fed
-        log.info("fedgate strategy %s: fraction train %.2f / evaluate %.2f, min nodes train %d / evaluate %d / "
-                 "available %d, server lr %g, gate prior %s", f.strategy, f.fraction_train, f.fraction_evaluate,
-                 f.min_train_nodes, f.min_evaluate_nodes, f.min_available_nodes, f.server_lr, f.gate_prior)
+        log.info("fedgate strategy %s (%s, server optimizer %s): fraction train %.2f / evaluate %.2f, min nodes "
+                 "train %d / evaluate %d / available %d, weighting %s, clip %g, gate prior %s, prune %g x %d, "
+                 "personal gates %s, heterogeneous ranks %s", f.strategy, RECIPES[f.strategy].combine,
+                 self.optimizer, f.fraction_train, f.fraction_evaluate, f.min_train_nodes, f.min_evaluate_nodes,
+                 f.min_available_nodes, f.weighting, f.clip_norm, f.gate_prior, f.prune_threshold, f.prune_patience,
+                 f.personal_gates, f.heterogeneous_ranks)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.round_log = {"round": server_round, "rejected": [], "failures": []}
+        """``arrays`` is ignored: each node gets the strategy's shared state at its own rank."""
+        self.round_log = {"round": server_round, "rejected": [], "failures": [], "pruned": list(self.pruned)}
         if self.fed.fraction_train == 0.0:  # evaluation-only rounds, as in Flower's FedAvg
             return []
         nodes = self._sample(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
+        self.round_log["num_nodes"] = len(grid.get_node_ids())
+        nodes = self._known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
-        content = RecordDict({P.ARRAYS: arrays, P.CONFIG: config, P.GATE_PRIOR: ConfigRecord(self.prior())})
-        self.round_log.update(train_nodes=nodes, bytes_down=wire_bytes(content) * len(nodes),
-                              array_bytes_down=array_bytes(arrays) * len(nodes))
-        return [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+        config[P.PRUNED] = ",".join(self.pruned)
+        prior = ConfigRecord(self.prior())
+        messages, self.sent, down, down_arrays = [], {}, 0, 0
+        for node in nodes:
+            self.sent[node] = self._state_for(node)
+            record = to_record(self.sent[node])
+            content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
+            if self.fed.strategy == "scaffold":
+                if not self.control:
+                    self.control = {k: np.zeros_like(v) for k, v in self.shared_state().items()}
+                content[P.CONTROL] = to_record({k: self.control[k] for k in self.sent[node]})
+            down += wire_bytes(content)
+            down_arrays += array_bytes(record)
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        self.round_log.update(train_nodes=nodes, bytes_down=down, array_bytes_down=down_arrays)
+        return messages
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates, up, up_arrays = [], 0, 0
+        updates, sent, controls, up, up_arrays = [], [], [], 0, 0
+        scaffold = self.fed.strategy == "scaffold"
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -86,19 +128,28 @@ class FedgateStrategy(Strategy):
             up += wire_bytes(msg.content)
             up_arrays += array_bytes(msg.content[P.ARRAYS]) if P.ARRAYS in msg.content else 0
             try:
-                updates.append(self._to_update(msg))
+                if node not in self.sent:
+                    raise ValueError("a reply from a node that was not sent a train message this round")
+                expected = layout(self.sent[node])
+                update, control_delta, norm = parse_train_reply(msg, expected, self.fed.max_update_norm,
+                                                                expected if scaffold else None)
             except (KeyError, ValueError, TypeError) as e:
                 self.round_log["rejected"].append({"node_id": node, "reason": str(e)})
                 log.warning("round %d: rejected the update of node %d: %s", server_round, node, e)
+                continue
+            update.metrics["update-norm"] = norm
+            updates.append(update)
+            sent.append(self.sent[node])
+            controls.append(control_delta)
         self.round_log.update(bytes_up=up, array_bytes_up=up_arrays, clients=[
             {"node_id": u.node_id, "num_examples": u.num_examples, **u.metrics} for u in updates])
         if not updates:
             log.warning("round %d: no usable update; the global adapters stay as they were", server_round)
             return None, None
-        weights = [u.num_examples for u in updates]
-        self.global_state, _ = fedavg(self.global_state, [u.delta for u in updates], weights, self.fed.server_lr)
-        if any(u.gate_stats for u in updates):
-            self.profile = gate_profile([u.gate_stats for u in updates], weights)
+        self._aggregate(updates, sent)
+        if scaffold:
+            self.control = scaffold_control(self.control, controls, self.round_log.get("num_nodes", len(updates)))
+        self._update_gates(updates, server_round)
         return to_record(self.global_state), MetricRecord(_weighted_metrics(updates))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -106,11 +157,16 @@ class FedgateStrategy(Strategy):
         if self.fed.fraction_evaluate == 0.0:
             return []
         nodes = self._sample(grid, server_round, self.fed.fraction_evaluate, self.fed.min_evaluate_nodes)
+        nodes = self._known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
-        content = RecordDict({P.ARRAYS: arrays, P.CONFIG: config})
+        config[P.PRUNED] = ",".join(self.pruned)
         self.round_log["eval_nodes"] = nodes
-        self.round_log["bytes_down"] = self.round_log.get("bytes_down", 0) + wire_bytes(content) * len(nodes)
-        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
+        messages = []
+        for node in nodes:
+            content = RecordDict({P.ARRAYS: to_record(self._state_for(node)), P.CONFIG: config})
+            self.round_log["bytes_down"] = self.round_log.get("bytes_down", 0) + wire_bytes(content)
+            messages.append(Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node))
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         aucs, rows = [], 0
@@ -139,6 +195,67 @@ class FedgateStrategy(Strategy):
             return {}
         return prior_from_profile(self.profile)
 
+    def _state_for(self, node: int) -> dict[str, np.ndarray]:
+        """The shared global tensors at ``node``'s adapter rank."""
+        state = self.shared_state()
+        rank = self.node_ranks.get(node, self.rank)
+        if rank == self.rank:
+            return state
+        if self.fed.strategy == "exact":
+            return refactor_to_rank(state, rank)[0]
+        return truncate_to_rank(state, rank) if rank < self.rank else pad_to_rank(state, rank)
+
+    def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]]) -> None:
+        if self.fed.heterogeneous_ranks and self.fed.strategy != "exact":
+            # zero-padding: bring every delta to the global rank (pad smaller, cut larger)
+            for u in updates:
+                r = lora_rank(u.delta, lora_modules(u.delta)[0]) if lora_modules(u.delta) else self.rank
+                if r != self.rank:
+                    u.delta = pad_to_rank(u.delta, self.rank) if r < self.rank else truncate_to_rank(u.delta, self.rank)
+        result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
+                           rank=self.rank)
+        self.global_state, self.opt_state = result.params, result.opt_state
+        for key, value in result.info.items():
+            self.round_log[key] = value
+
+    def _update_gates(self, updates: list[ClientUpdate], server_round: int) -> None:
+        stats = [{m: s for m, s in u.gate_stats.items() if m not in self.pruned} for u in updates]
+        if not any(stats):
+            return
+        self.profile = gate_profile(stats, [u.num_examples for u in updates])
+        if self.fed.personal_gates:  # the server's own copy routes like the federation's mean client
+            for module, values in self.profile.items():
+                key = f"{module}.struct_logit"
+                if key in self.global_state and P.STRUCTURAL_GATE in values:
+                    s = float(np.clip(values[P.STRUCTURAL_GATE], 1e-6, 1 - 1e-6))
+                    self.global_state[key] = np.full_like(self.global_state[key], np.log(s / (1 - s)))
+        if self.fed.prune_threshold > 0:
+            self.streaks = below_threshold_streaks(self.streaks, self.profile, self.fed.prune_threshold)
+            new = newly_pruned(self.streaks, self.fed.prune_patience, self.pruned)
+            if new:
+                self.pruned = sorted(self.pruned + new)
+                log.info("round %d: pruned %d adapter(s) whose structural gate stayed below %g for %d rounds: %s",
+                         server_round, len(new), self.fed.prune_threshold, self.fed.prune_patience, new)
+                self.round_log["newly_pruned"] = new
+
+    def _known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
+        """With heterogeneous ranks, ask nodes not seen before for their ``adapter.r`` (one
+        query message each); nodes that do not answer sit this round out."""
+        unknown = [n for n in nodes if n not in self.node_ranks]
+        if not self.fed.heterogeneous_ranks or not unknown:
+            return nodes
+        queries = [Message(RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})}),
+                           message_type=MessageType.QUERY, dst_node_id=n) for n in unknown]
+        for reply in grid.send_and_receive(queries, timeout=self.fed.round_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error() or P.METRICS not in reply.content:
+                reason = reply.error.reason if reply.has_error() else "no metrics"
+                self.round_log["failures"].append({"node_id": node, "reason": reason, "stage": "query"})
+                continue
+            self.node_ranks[node] = int(reply.content[P.METRICS][P.ADAPTER_RANK])
+            log.info("node %d trains adapter rank %d (global %d)", node, self.node_ranks[node], self.rank)
+        return [n for n in nodes if n in self.node_ranks]
+
     def _sample(self, grid: Grid, server_round: int, fraction: float, min_nodes: int) -> list[int]:
         wanted = max(self.fed.min_available_nodes, min_nodes)
         deadline = time.monotonic() + self.fed.round_timeout
@@ -151,26 +268,6 @@ class FedgateStrategy(Strategy):
         size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
         rng = random.Random(self.cfg.train.seed * 100_003 + server_round)  # reproducible sampling
         return sorted(rng.sample(nodes, size))
-
-    def _to_update(self, msg: Message) -> ClientUpdate:
-        content = msg.content
-        for key in (P.ARRAYS, P.METRICS):
-            if key not in content:
-                raise KeyError(f"reply has no {key!r} record")
-        delta = from_record(content[P.ARRAYS])
-        check_compatible(self.shapes, delta, what="update")
-        bad = [k for k, v in delta.items() if not np.isfinite(v).all()]
-        if bad:
-            raise ValueError(f"update contains NaN or Inf in {bad[:3]}")
-        metrics = {k: float(v) for k, v in content[P.METRICS].items()}
-        n = int(metrics.pop(P.NUM_EXAMPLES, -1))
-        if n <= 0:
-            raise ValueError(f"reply metric {P.NUM_EXAMPLES!r} must be a positive count, got {n}")
-        gates = {}
-        if P.GATE_TOKEN in content and P.GATE_STRUCT in content:
-            gates = P.join_gate_stats(dict(content[P.GATE_TOKEN]), dict(content[P.GATE_STRUCT]),
-                                      sender=f"node {msg.metadata.src_node_id}")
-        return ClientUpdate(msg.metadata.src_node_id, delta, n, metrics, gates)
 
 
 def _weighted_metrics(updates: list[ClientUpdate]) -> dict[str, float]:

@@ -3,7 +3,9 @@
     config.json               resolved config (flat keys) and package versions
     rounds.jsonl              one JSON object per round (round 0 = the initial global model)
     checkpoints/round-NNN.safetensors   global adapters after round NNN; the header holds the
-                              round, the config and the gate profile (what resuming needs)
+                              round, the config, the gate profile and the strategy's settings
+    checkpoints/round-NNN.server.safetensors   the strategy's arrays (server optimizer state,
+                              SCAFFOLD's control variate), when it has any (what resuming needs)
     test_predictions.csv      the final global model's test predictions (ROC curve)
     summary.json              final metrics, totals and status ("completed" or "failed")
     report.md, plots/         written by fedgate.federated.report
@@ -66,8 +68,16 @@ class RunDir:
             f.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n")
             f.flush()
 
-    def save_checkpoint(self, server_round: int, state: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
+    def save_checkpoint(self, server_round: int, state: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+                        server_arrays: Mapping[str, np.ndarray] | None = None) -> Path:
+        """The global state (and the strategy's arrays, written first: a checkpoint that
+        exists always has its server file)."""
         path = self.path / CHECKPOINT_DIR / f"round-{server_round:03d}.safetensors"
+        if server_arrays:
+            side = path.with_name(f"round-{server_round:03d}.server.safetensors")
+            tmp = side.with_name(side.name + ".tmp")
+            save_state(tmp, from_numpy(dict(server_arrays)), {"round": server_round})
+            tmp.replace(side)
         tmp = path.with_name(path.name + ".tmp")
         save_state(tmp, from_numpy(state), json_safe({**meta, "round": server_round}))
         tmp.replace(path)
@@ -104,6 +114,11 @@ class RunDir:
             if m:
                 found[int(m.group(1))] = p
         return dict(sorted(found.items()))
+
+    def server_arrays(self, server_round: int) -> dict[str, np.ndarray]:
+        """The strategy's arrays saved with round ``server_round``'s checkpoint ({} if none)."""
+        path = self.path / CHECKPOINT_DIR / f"round-{server_round:03d}.server.safetensors"
+        return to_numpy(load_state(path)[0]) if path.is_file() else {}
 
     def read_json(self, name: str) -> dict:
         path = self.path / name

@@ -30,7 +30,7 @@ class Nodes:
         return list(self.ids)
 
 
-GLOBAL = {"a.lora_A": np.array([[1.0, 2.0]], dtype=np.float32), "head.bias": np.array([0.5], dtype=np.float32)}
+GLOBAL = {"a.gate_weight": np.array([[1.0, 2.0]], dtype=np.float32), "head.bias": np.array([0.5], dtype=np.float32)}
 
 
 def reply(msg, delta, n, token=0.5, struct=0.9):
@@ -53,16 +53,16 @@ def test_round_trip_fedavg_gate_prior_and_bytes():
     assert strategy.round_log["array_bytes_down"] == 3 * 12
 
     deltas = [  # 30, 10 examples; the third reply is broken
-        {"a.lora_A": np.array([[4.0, 0.0]], dtype=np.float32), "head.bias": np.array([1.0], dtype=np.float32)},
-        {"a.lora_A": np.array([[-4.0, 8.0]], dtype=np.float32), "head.bias": np.array([-1.0], dtype=np.float32)},
-        {"a.lora_A": np.array([[np.nan, 0.0]], dtype=np.float32), "head.bias": np.array([0.0], dtype=np.float32)},
+        {"a.gate_weight": np.array([[4.0, 0.0]], dtype=np.float32), "head.bias": np.array([1.0], dtype=np.float32)},
+        {"a.gate_weight": np.array([[-4.0, 8.0]], dtype=np.float32), "head.bias": np.array([-1.0], dtype=np.float32)},
+        {"a.gate_weight": np.array([[np.nan, 0.0]], dtype=np.float32), "head.bias": np.array([0.0], dtype=np.float32)},
     ]
     replies = [reply(msgs[0], deltas[0], 30, token=0.2), reply(msgs[1], deltas[1], 10, token=0.6),
                reply(msgs[2], deltas[2], 10)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     # mean delta = 0.75 * d0 + 0.25 * d1 = [[2, 2]], [0.5]; global + mean = [[3, 4]], [1.0]
     new = from_record(arrays)
-    np.testing.assert_allclose(new["a.lora_A"], [[3.0, 4.0]])
+    np.testing.assert_allclose(new["a.gate_weight"], [[3.0, 4.0]])
     np.testing.assert_allclose(new["head.bias"], [1.0])
     assert metrics[P.NUM_EXAMPLES] == 40
     rejected = strategy.round_log["rejected"]
@@ -77,10 +77,10 @@ def test_wrong_shapes_and_failures_are_recorded_not_averaged():
     strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
     msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7])))
     good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
-    wrong = {"a.lora_A": np.ones((2, 2), dtype=np.float32), "head.bias": np.ones(1, dtype=np.float32)}
+    wrong = {"a.gate_weight": np.ones((2, 2), dtype=np.float32), "head.bias": np.ones(1, dtype=np.float32)}
     failed = Message(Error(code=0, reason="client crashed"), reply_to=msgs[2])
     arrays, _ = strategy.aggregate_train(1, [reply(msgs[0], good, 5), reply(msgs[1], wrong, 5), failed])
-    np.testing.assert_allclose(from_record(arrays)["a.lora_A"], GLOBAL["a.lora_A"] + 1)
+    np.testing.assert_allclose(from_record(arrays)["a.gate_weight"], GLOBAL["a.gate_weight"] + 1)
     assert "shape (2, 2)" in strategy.round_log["rejected"][0]["reason"]
     assert strategy.round_log["failures"] == [{"node_id": 7, "reason": "client crashed"}]
 
@@ -90,7 +90,7 @@ def test_no_usable_update_keeps_the_global_state():
     msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
     arrays, metrics = strategy.aggregate_train(1, [Message(Error(code=0, reason="x"), reply_to=m) for m in msgs])
     assert arrays is None and metrics is None
-    np.testing.assert_array_equal(strategy.global_state["a.lora_A"], GLOBAL["a.lora_A"])
+    np.testing.assert_array_equal(strategy.global_state["a.gate_weight"], GLOBAL["a.gate_weight"])
 
 
 def test_fixed_prior_sends_no_profile():
