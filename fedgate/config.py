@@ -175,6 +175,12 @@ class FederationConfig:
             raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
         if self.client_ranks and not self.heterogeneous_ranks:
             raise ValueError("federation.client-ranks needs federation.heterogeneous-ranks=true")
+        if self.weighting == "gates" and self.strategy in ("median", "trimmed-mean"):
+            raise ValueError(f"federation.weighting=gates weights a mean; federation.strategy={self.strategy} is an "
+                             "unweighted coordinate-wise rule")
+        if self.strategy == "scaffold" and self.heterogeneous_ranks:
+            raise ValueError("federation.strategy=scaffold keeps control variates at the global adapter shapes; "
+                             "it does not combine with federation.heterogeneous-ranks")
         if self.strategy == "exact" and self.server_lr not in (0.0, 1.0):
             raise ValueError("federation.strategy=exact replaces the factors by the re-factorized mean product; "
                              f"federation.server-lr must be 1 (or 0 = default), got {self.server_lr}")

@@ -178,3 +178,18 @@ def test_toml_arrays_and_value_checks():
         FedgateConfig.from_flat({"loss.beta": -1})
     with pytest.raises(ValueError, match="data.limit"):
         FedgateConfig.from_flat({"data.limit": -3})
+
+
+@pytest.mark.parametrize("flat, match", [
+    ({"federation.strategy": "median", "federation.weighting": "gates"}, "unweighted coordinate-wise"),
+    ({"federation.strategy": "scaffold", "federation.heterogeneous-ranks": True}, "does not combine"),
+    ({"federation.strategy": "scaffold", "engine.name": "deepspeed"}, "use engine.name=torch"),
+    ({"federation.strategy": "exact", "federation.server-lr": 0.5}, "server-lr must be 1"),
+    ({"federation.prune-threshold": 0.5, "adapter.structural-gate": False}, "needs structural gates"),
+    ({"federation.client-ranks": "4,8"}, "needs federation.heterogeneous-ranks"),
+    ({"federation.trim-fraction": 0.5}, "trim-fraction must be in"),
+    ({"federation.strategy": "fedsgd"}, "federation.strategy must be one of"),
+])
+def test_strategy_settings_that_cannot_work_are_refused(flat, match):
+    with pytest.raises(ValueError, match=match):
+        FedgateConfig.from_flat(flat)

@@ -159,9 +159,11 @@ class ClientTask:
             t, seed=round_seed(t.seed, server_round, self.partition_id)))
         t0 = time.perf_counter()
         hooks: dict = {}
-        new_control = None
+        new_control, control_norm = None, float("nan")
         if control is not None:
             c_global, c_local = from_numpy(control[0]), from_numpy(control[1])
+            # the c_i this client kept from its last round (0 on its first): shows context.state survives
+            control_norm = float(np.sqrt(sum(float((v.double() ** 2).sum()) for v in c_local.values())))
             hooks["before_step"] = control_correction(self.model, c_global, c_local)
             # option I: c_i+ is the gradient at the global model, taken before any local change
             new_control = mean_gradient(self.model, self.shard.train, cfg, self.pad_id, self.device, c_global, prior)
@@ -207,6 +209,7 @@ class ClientTask:
             # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
             "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
             "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
+            "scaffold-ci-norm": control_norm,
         }
         return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
                            control=control_out[0] if control_out else None,

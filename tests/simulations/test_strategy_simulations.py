@@ -36,6 +36,8 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
     if family == "client-state":  # the clients' own state survived from round 1 to round 2
         assert [c["rounds-trained"] for c in first["clients"]] == [1, 1]
         assert [c["rounds-trained"] for c in second["clients"]] == [2, 2]
+        assert all(c["scaffold-ci-norm"] == 0 for c in first["clients"])  # SCAFFOLD's c_i came back
+        assert all(c["scaffold-ci-norm"] > 0 for c in second["clients"])
     if family == "exact-ranks":
         assert sorted(c["partition-id"] for c in first["clients"]) == [0, 1]
         errors = first["strategy"]["truncation_error"]
