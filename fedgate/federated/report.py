@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -39,25 +40,33 @@ def _series(rounds: list[dict], section: str, key: str) -> tuple[list[int], list
     return xs, ys
 
 
-def plot_metrics(rounds: list[dict], path: Path) -> None:
+def line_plot(path: Path, series: dict[str, tuple[list, list]], *, ylabel: str, title: str = "",
+              dashed: Collection[str] = (), size: tuple[float, float] = (6.4, 4.0)) -> None:
+    """One line per ``{label: (rounds, values)}`` against the round number, saved as PNG."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
-    noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith("auc_noise_")})
-    keys += [("server_eval", k, f"ROC-AUC, noise {k.removeprefix('auc_noise_')}") for k in noise]
-    keys += [("federated_eval", "auc-mean", "clients' mean AUC"), ("federated_eval", "auc-worst", "worst client AUC")]
-    for section, key, label in keys:
-        xs, ys = _series(rounds, section, key)
+    fig, ax = plt.subplots(figsize=size)
+    for label, (xs, ys) in series.items():
         if xs:
-            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if section == "federated_eval" else "-")
+            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if label in dashed else "-")
     ax.set_xlabel("round")
     ax.xaxis.get_major_locator().set_params(integer=True)  # rounds, not 0.5 steps
-    ax.set_ylabel("metric")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_metrics(rounds: list[dict], path: Path) -> None:
+    keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
+    noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith("auc_noise_")})
+    keys += [("server_eval", k, f"ROC-AUC, noise {k.removeprefix('auc_noise_')}") for k in noise]
+    keys += [("federated_eval", "auc-mean", "clients' mean AUC"), ("federated_eval", "auc-worst", "worst client AUC")]
+    line_plot(path, {label: _series(rounds, section, key) for section, key, label in keys}, ylabel="metric",
+              dashed=[label for section, _, label in keys if section == "federated_eval"])
 
 
 def plot_roc(pred_csv: Path, threshold: int, path: Path) -> float:
