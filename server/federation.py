@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fedgate.config import FedgateConfig
@@ -22,7 +22,7 @@ from fedgate.federated.evaluator import ServerEvaluator
 from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
                                       load_checkpoint)
 from fedgate.pipeline import package_versions, write_predictions
-from server.strategy import FedgateStrategy, to_record
+from server.strategy import FedgateStrategy
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,12 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     total = cfg.federation.rounds
     timeout = cfg.federation.round_timeout
     t0 = time.perf_counter()
-    replies = grid.send_and_receive(strategy.configure_train(rnd, to_record(strategy.global_state),
+    # the strategy sends each node its own view of the global state; Flower's arrays argument stays empty
+    replies = grid.send_and_receive(strategy.configure_train(rnd, ArrayRecord(),
                                                              ConfigRecord(), grid), timeout=timeout)
     _, train_metrics = strategy.aggregate_train(rnd, replies)
     t1 = time.perf_counter()
-    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, to_record(strategy.global_state),
+    replies = grid.send_and_receive(strategy.configure_evaluate(rnd, ArrayRecord(),
                                                                 ConfigRecord(), grid), timeout=timeout)
     fed_eval = strategy.aggregate_evaluate(rnd, replies)
     t2 = time.perf_counter()

@@ -209,7 +209,8 @@ class FedgateStrategy(Strategy):
         if self.fed.heterogeneous_ranks and self.fed.strategy != "exact":
             # zero-padding: bring every delta to the global rank (pad smaller, cut larger)
             for u in updates:
-                r = lora_rank(u.delta, lora_modules(u.delta)[0]) if lora_modules(u.delta) else self.rank
+                modules = lora_modules(u.delta)
+                r = lora_rank(u.delta, modules[0]) if modules else self.rank
                 if r != self.rank:
                     u.delta = pad_to_rank(u.delta, self.rank) if r < self.rank else truncate_to_rank(u.delta, self.rank)
         result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,

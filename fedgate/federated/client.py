@@ -192,12 +192,10 @@ class ClientTask:
                 # ZeRO-3 converted the weights for the engine just destroyed; the next round
                 # builds the model afresh rather than reuse half-managed parameters.
                 _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
-        control_out = None
+        c_new = c_delta = None
         if new_control is not None:
-            c_local = control[1]
-            control_out = {k: v.numpy() for k, v in new_control.items()}
-            control_delta = {k: v - (c_local[k] if k in c_local else 0.0) for k, v in control_out.items()}
-            control_out = (control_out, control_delta)
+            c_new = {k: v.numpy() for k, v in new_control.items()}
+            c_delta = {k: v - control[1][k] if k in control[1] else v for k, v in c_new.items()}
         metrics = {
             "train-loss": result.train_loss,
             "local-auc": local["auc"],
@@ -212,8 +210,7 @@ class ClientTask:
             "scaffold-ci-norm": control_norm,
         }
         return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
-                           control=control_out[0] if control_out else None,
-                           control_delta=control_out[1] if control_out else None, personal=own)
+                           control=c_new, control_delta=c_delta, personal=own)
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
                  personal: Mapping[str, np.ndarray] | None = None) -> tuple[int, dict[str, float]]:
