@@ -122,6 +122,7 @@ class FederationConfig:
     min_evaluate_nodes: int = 2
     min_available_nodes: int = 2
     round_timeout: float = 3600.0  # seconds the server waits for the replies of one round
+    max_idle_rounds: int = 3  # stop the run (failed) after this many rounds in a row without an update; 0 = never
     strategy: str = "fedavg"  # see STRATEGIES and fedgate/aggregation/recipes.py
     weighting: str = "examples"  # examples | gates: per layer, examples x the client's mean gate there
     server_lr: float = 0.0  # server optimizer step size; 0 = the strategy's default (1.0, adaptive 0.01)
@@ -140,6 +141,8 @@ class FederationConfig:
     partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity): smaller = more skew
     local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
+    flipped_clients: float = 0.0  # conflicting feedback: share of clients whose training labels are all flipped
+    flipped_rows: float = 0.0  # conflicting feedback: share of every client's training rows flipped (v -> 4 - v)
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
 
     def __post_init__(self) -> None:
@@ -148,7 +151,7 @@ class FederationConfig:
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
         for key, v in (("min-train-nodes", self.min_train_nodes), ("min-evaluate-nodes", self.min_evaluate_nodes),
-                       ("min-available-nodes", self.min_available_nodes)):
+                       ("min-available-nodes", self.min_available_nodes), ("max-idle-rounds", self.max_idle_rounds)):
             if v < 0:
                 raise ValueError(f"federation.{key} must be >= 0, got {v}")
         if not self.round_timeout > 0:
@@ -171,6 +174,9 @@ class FederationConfig:
         if not 0.0 <= self.prune_threshold < 1.0:
             raise ValueError(f"federation.prune-threshold must be in [0, 1) (0 = no pruning), got {self.prune_threshold}")
         _positive("federation.prune-patience", self.prune_patience)
+        for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
         if any(r < 1 for r in self.client_ranks):
             raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
         if self.client_ranks and not self.heterogeneous_ranks:

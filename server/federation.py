@@ -21,6 +21,7 @@ from fedgate.config import FedgateConfig
 from fedgate.federated.evaluator import ServerEvaluator
 from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
                                       load_checkpoint)
+from fedgate.memory import resident_mib
 from fedgate.pipeline import package_versions, write_predictions
 from server.strategy import FedgateStrategy
 
@@ -71,10 +72,12 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             log.info("round 0: test AUC %.4f", metrics["auc"])
         strategy = FedgateStrategy(cfg, state, profile, saved)
         strategy.summary()
-        final_metrics, final_pred = None, None
+        final_metrics, final_pred, idle = None, None, 0
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
             run.append_round(record)
+            idle = 0 if record["aggregated"] or cfg.federation.fraction_train == 0 else idle + 1
+            _check_progress(cfg, run, rnd, idle)
             server_arrays, strategy_meta = strategy.saved()
             meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile, "strategy": strategy_meta}
             if final_metrics is not None:  # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
@@ -120,8 +123,11 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     record = {
         "round": rnd,
         "train": dict(train_metrics) if train_metrics is not None else None,
+        "sampled": rl.get("train_nodes", []),
+        "aggregated": train_metrics is not None,
         "clients": rl.get("clients", []),
         "failures": rl.get("failures", []),
+        "dropped": rl.get("dropped", []),
         "rejected": rl.get("rejected", []),
         "federated_eval": dict(fed_eval) if fed_eval is not None else None,
         "eval_clients": rl.get("eval_clients", []),
@@ -134,11 +140,37 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
         "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned,
                      **{k: rl[k] for k in ("newly_pruned", "truncation_error", "clip_scale") if k in rl}},
         "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
+        "finished_at": time.time(),
+        "server_rss_mib": resident_mib(),
     }
+    if "skipped" in rl:
+        record["skipped"] = rl["skipped"]
     auc = f"{server_eval['auc']:.4f}" if server_eval else "-"
-    log.info("round %d/%d: %d clients, test AUC %s, up %.1f KiB/client, %.1f s", rnd, total,
-             len(record["clients"]), auc, up_per_client / 1024, t3 - t0)
+    lost = len(record["failures"]) + len(record["dropped"]) + len(record["rejected"])
+    log.info("round %d/%d: %d clients%s, test AUC %s, up %.1f KiB/client, %.1f s", rnd, total,
+             len(record["clients"]), f" ({lost} failed, dropped or rejected)" if lost else "", auc,
+             up_per_client / 1024, t3 - t0)
     return record, server_eval, pred
+
+
+class NoProgressError(RuntimeError):
+    """The federation stopped producing updates: every sampled node failed, timed out or
+    was rejected for ``federation.max-idle-rounds`` rounds in a row (or in every round)."""
+
+
+def _check_progress(cfg: FedgateConfig, run: RunDir, rnd: int, idle: int) -> None:
+    """Raise when the run would go on (or end) without any client update behind it: its
+    final figures would be those of the initial model and must not pass for a result."""
+    limit = cfg.federation.max_idle_rounds
+    trained = [r for r in run.rounds() if r.get("round", 0) > 0]
+    if (limit and idle >= limit) or (rnd == cfg.federation.rounds and cfg.federation.fraction_train > 0
+                                     and not any(r.get("aggregated", True) for r in trained)):
+        last = trained[-1]
+        reasons = sorted({f"node {x['node_id']}: {x['reason']}"
+                          for x in last.get("failures", []) + last.get("dropped", []) + last.get("rejected", [])})
+        raise NoProgressError(f"no usable client update in {idle} round(s) in a row, through round {rnd} "
+                              f"(federation.max-idle-rounds={limit}); last round: "
+                              f"{last.get('skipped', 'no node was sampled')}; " + "; ".join(reasons[:5]))
 
 
 def _last_round(run: RunDir) -> int:

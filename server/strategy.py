@@ -91,7 +91,9 @@ class FedgateStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """``arrays`` is ignored: each node gets the strategy's shared state at its own rank."""
-        self.round_log = {"round": server_round, "rejected": [], "failures": [], "pruned": list(self.pruned)}
+        self.round_log = {"round": server_round, "rejected": [], "failures": [], "dropped": [],
+                          "pruned": list(self.pruned)}
+        self.sent = {}
         if self.fed.fraction_train == 0.0:  # evaluation-only rounds, as in Flower's FedAvg
             return []
         nodes = self._sample(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
@@ -117,13 +119,13 @@ class FedgateStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates, sent, controls, up, up_arrays = [], [], [], 0, 0
+        updates, sent, controls, up, up_arrays, answered = [], [], [], 0, 0, set()
         scaffold = self.fed.strategy == "scaffold"
         for msg in replies:
             node = msg.metadata.src_node_id
+            answered.add(node)
             if msg.has_error():
-                self.round_log["failures"].append({"node_id": node, "reason": msg.error.reason})
-                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                self._failed(server_round, node, msg, "train")
                 continue
             up += wire_bytes(msg.content)
             up_arrays += array_bytes(msg.content[P.ARRAYS]) if P.ARRAYS in msg.content else 0
@@ -141,10 +143,14 @@ class FedgateStrategy(Strategy):
             updates.append(update)
             sent.append(self.sent[node])
             controls.append(control_delta)
+        self._dropped(server_round, [n for n in self.sent if n not in answered], "train")
         self.round_log.update(bytes_up=up, array_bytes_up=up_arrays, clients=[
             {"node_id": u.node_id, "num_examples": u.num_examples, **u.metrics} for u in updates])
-        if not updates:
-            log.warning("round %d: no usable update; the global adapters stay as they were", server_round)
+        if len(updates) < max(1, self.fed.min_train_nodes):
+            reason = (f"{len(updates)} usable update(s), federation.min-train-nodes is {self.fed.min_train_nodes}: "
+                      "the global adapters stay as they were")
+            self.round_log["skipped"] = reason
+            log.warning("round %d: %s", server_round, reason)
             return None, None
         self._aggregate(updates, sent)
         if scaffold:
@@ -169,11 +175,11 @@ class FedgateStrategy(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        aucs, rows = [], 0
+        aucs, rows, answered = [], 0, set()
         for msg in replies:
+            answered.add(msg.metadata.src_node_id)
             if msg.has_error():
-                self.round_log["failures"].append({"node_id": msg.metadata.src_node_id, "reason": msg.error.reason,
-                                                   "stage": "evaluate"})
+                self._failed(server_round, msg.metadata.src_node_id, msg, "evaluate")
                 continue
             self.round_log["bytes_up"] = self.round_log.get("bytes_up", 0) + wire_bytes(msg.content)
             m = msg.content[P.METRICS]
@@ -181,12 +187,30 @@ class FedgateStrategy(Strategy):
             self.round_log.setdefault("eval_clients", []).append({"node_id": msg.metadata.src_node_id, **dict(m)})
             if np.isfinite(m.get("auc", float("nan"))):
                 aucs.append(float(m["auc"]))
+        self._dropped(server_round, [n for n in self.round_log.get("eval_nodes", []) if n not in answered], "evaluate")
         if not aucs:
             return None
         return MetricRecord({"auc-mean": float(np.mean(aucs)), "auc-worst": float(np.min(aucs)),
                              "nodes": len(aucs), P.NUM_EXAMPLES: rows})
 
     # ------------------------------------------------------------------ helpers
+    def _failed(self, server_round: int, node: int, msg: Message, stage: str) -> None:
+        """A node answered with an error (its ClientApp raised, or the SuperLink reports it
+        offline): recorded, never fatal to the run."""
+        self.round_log["failures"].append({"node_id": node, "stage": stage, "code": int(msg.error.code),
+                                           "reason": msg.error.reason})
+        log.warning("round %d: node %d failed to %s: %s", server_round, node, stage, msg.error.reason)
+
+    def _dropped(self, server_round: int, nodes: list[int], stage: str) -> None:
+        """Nodes that were sent a message and did not answer within ``federation.round-timeout``
+        (stragglers): left out of this round; a late reply is never read."""
+        for node in nodes:
+            self.round_log.setdefault("dropped", []).append(
+                {"node_id": node, "stage": stage, "reason": f"no reply within {self.fed.round_timeout:g} s "
+                                                            "(federation.round-timeout)"})
+            log.warning("round %d: node %d did not %s within %g s; dropped from this round", server_round, node,
+                        stage, self.fed.round_timeout)
+
     def prior(self) -> dict[str, float]:
         """The gate prior sent with the next train message: the global profile's mean token
         gates (``federation.gate-prior = global``), or nothing so that clients use the fixed

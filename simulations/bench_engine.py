@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from fedgate.memory import peak_mib, reset_peak, resident_mib
+
 VARIANTS = {
     "torch": {"engine.name": "torch"},
     "zero0": {"engine.name": "deepspeed", "engine.zero-stage": 0},
@@ -34,22 +36,6 @@ VARIANTS = {
     "zero3+offload": {"engine.name": "deepspeed", "engine.zero-stage": 3, "engine.offload-optimizer": True,
                       "engine.offload-params": True},
 }
-
-
-def _proc_status_mb(key: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def _reset_peak_rss() -> float:
-    """Reset the kernel's resident high-water mark (Linux >= 4.0); returns the RSS now."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _proc_status_mb("VmRSS")
 
 
 def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
@@ -75,7 +61,7 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
-    base = _reset_peak_rss()
+    base = reset_peak()
     stepper = make_stepper(model, cfg)
     times = []
     for _ in range(steps + 1):
@@ -90,7 +76,7 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     if device.type == "cuda":
         peak, base = torch.cuda.max_memory_allocated() / 2**20, 0.0
     else:
-        peak = _proc_status_mb("VmHWM")
+        peak = peak_mib()
     close_stepper(stepper)
     return {"variant": variant, "step_s": float(np.median(times[1:])), "peak_mb": peak, "above_mb": peak - base,
             "device": device.type, "loss": float(loss.detach())}
@@ -117,8 +103,8 @@ def run_rounds(variant: str, backbone: str, rounds: int, extra: dict) -> dict:
         global_state = {k: v + update.delta[k] for k, v in global_state.items()}
         del update
         gc.collect()
-        rss.append(_proc_status_mb("VmRSS"))
-        peak.append(_proc_status_mb("VmHWM"))
+        rss.append(resident_mib())
+        peak.append(peak_mib())
     if not all(np.isfinite(v).all() for v in global_state.values()):
         raise RuntimeError(f"{variant}: the adapters went non-finite")
     return {"variant": variant, "rss_mb": rss, "peak_mb": peak}

@@ -9,6 +9,7 @@ import torch
 
 from fedgate.config import FedgateConfig
 from fedgate.engine import load_deepspeed_config, memory_estimates, plan_engine
+from fedgate.memory import resident_mib
 from fedgate.model import build_reward_model
 
 TINY = {"model.backbone": "tiny-bert", "train.batch-size": 8}
@@ -126,11 +127,6 @@ def test_bf16_autocast_trains_under_deepspeed(plain_run):
     assert all(v.dtype == torch.float32 for v in state.values())  # weights stay fp32; autocast computes
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_rounds_release_their_engine_and_model(stage):
     """A simulation actor plays many rounds in one process: each round's DeepSpeed engine (and
@@ -155,7 +151,7 @@ def test_rounds_release_their_engine_and_model(stage):
         state = {k: v + update.delta[k] for k, v in state.items()}
         del task, update
         gc.collect()
-        rss.append(_rss_mb())
+        rss.append(resident_mib())
     clear_cache()
     gc.collect()
     assert all(ref() is None for ref in models), "a round's model is still referenced after its engine closed"

@@ -25,6 +25,7 @@ from fedgate.engine import close_stepper, make_stepper
 from fedgate.federated.client_rules import (configure_adapters, control_correction, mean_gradient,
                                             proximal_term, shared_keys)
 from fedgate.federated.shards import client_shard
+from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
 from fedgate.train import (evaluate, fit, fit_head_ridge, frozen_features, pick_device, prepare_cache)
@@ -66,6 +67,7 @@ class LocalUpdate:
 class _Shard:
     train: EncodedSplit
     holdout: EncodedSplit
+    flipped_rows: int = 0  # training rows whose labels were flipped (conflicting feedback)
 
 
 class _Cache:
@@ -81,12 +83,6 @@ def clear_cache() -> None:
     """Forget the cached backbones and shards of this process (tests; memory pressure)."""
     _CACHE.models.clear()
     _CACHE.shards.clear()
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _zero3(model: RewardModel) -> bool:
@@ -111,10 +107,13 @@ class ClientTask:
         self.model, self.tokenizer = _CACHE.models[model_key]
         self.pad_id = self.tokenizer.pad_token_id
         shard_key = (model_key, cfg.data, cfg.federation.partitioner, cfg.federation.alpha,
-                     cfg.federation.local_holdout, cfg.train.cache_lower_layers, partition_id, num_partitions)
+                     cfg.federation.local_holdout, cfg.federation.flipped_clients, cfg.federation.flipped_rows,
+                     cfg.train.cache_lower_layers, partition_id, num_partitions)
         if shard_key not in _CACHE.shards:
             rows = client_shard(cfg, partition_id, num_partitions)
-            shard = _Shard(*(encode_split(rows[k], self.tokenizer, cfg.model) for k in ("train", "holdout")))
+            flipped = sum(rows["train"]["flipped"]) if "flipped" in rows["train"].column_names else 0
+            shard = _Shard(*(encode_split(rows[k], self.tokenizer, cfg.model) for k in ("train", "holdout")),
+                           flipped_rows=int(flipped))
             prepare_cache(self.model, [shard.train, shard.holdout], cfg, self.pad_id, self.device, progress)
             _CACHE.shards[shard_key] = shard
             while len(_CACHE.shards) > MAX_CACHED_SHARDS:
@@ -202,12 +201,13 @@ class ClientTask:
             "steps": float(result.steps),
             "train-s": time.perf_counter() - t0,
             "setup-s": self.setup_s,
-            "rss-peak-mb": _peak_rss_mb(),  # of this process so far: flat over rounds = no leak
+            "rss-peak-mb": peak_mib(),  # of this process so far: flat over rounds = no leak
             "ridge-auc": ridge_auc,
             # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
             "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
             "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
             "scaffold-ci-norm": control_norm,
+            "flipped-rows": float(self.shard.flipped_rows),
         }
         return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
                            control=c_new, control_delta=c_delta, personal=own)

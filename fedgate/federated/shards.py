@@ -12,9 +12,10 @@ import functools
 import logging
 
 import datasets
+import numpy as np
 
 from fedgate.config import DataConfig, FedgateConfig, FederationConfig
-from fedgate.data import DataError, partition_dataset, split_by_prompt
+from fedgate.data import DataError, conflicting_feedback, partition_dataset, split_by_prompt
 from fedgate.pipeline import load_splits
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,20 @@ def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) ->
     return tuple(parts)
 
 
+def flipped_partitions(fraction: float, num_partitions: int, seed: int) -> list[int]:
+    """The partitions whose training labels are flipped (``federation.flipped-clients``):
+    ``round(fraction * num_partitions)`` of them, a seeded choice."""
+    count = round(fraction * num_partitions)
+    order = np.random.default_rng([seed, 0xF11B]).permutation(num_partitions)
+    return sorted(int(p) for p in order[:count])
+
+
 def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> dict[str, datasets.Dataset]:
-    """``{"train", "holdout"}`` rows of one client; deterministic for the config's data seed."""
+    """``{"train", "holdout"}`` rows of one client; deterministic for the config's data seed.
+
+    Conflicting feedback (``federation.flipped-clients`` / ``flipped-rows``) changes only the
+    training rows, and marks them in a ``flipped`` column: the local held-out rows keep the
+    true labels, so an adversarial client's own evaluation shows what it learned."""
     if num_partitions < 1:
         raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
     if not 0 <= partition_id < num_partitions:
@@ -38,10 +51,16 @@ def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> 
     shard = _partitions(cfg.data, cfg.federation, num_partitions)[partition_id]
     holdout = cfg.federation.local_holdout
     try:
-        return split_by_prompt(shard, {"train": 1.0 - holdout, "holdout": holdout}, seed=cfg.data.seed + partition_id)
+        rows = split_by_prompt(shard, {"train": 1.0 - holdout, "holdout": holdout}, seed=cfg.data.seed + partition_id)
     except DataError as e:
         raise DataError(f"partition {partition_id} of {num_partitions} ({len(shard)} rows): cannot keep "
                         f"{holdout:.0%} of its prompts for local evaluation: {e}") from None
+    fed = cfg.federation
+    adversarial = partition_id in flipped_partitions(fed.flipped_clients, num_partitions, cfg.data.seed)
+    fraction = 1.0 if adversarial else fed.flipped_rows
+    if fraction > 0:
+        rows["train"] = conflicting_feedback(rows["train"], fraction, seed=cfg.data.seed * 1000 + partition_id)
+    return rows
 
 
 def server_splits(cfg: FedgateConfig) -> dict[str, datasets.Dataset]:

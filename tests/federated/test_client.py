@@ -6,7 +6,7 @@ import torch
 
 from fedgate.data import DataError
 from fedgate.federated.client import ClientTask, client_config, clear_cache, round_seed
-from fedgate.federated.shards import client_shard
+from fedgate.federated.shards import client_shard, flipped_partitions
 from fedgate.inject import adapter_modules
 from fedgate.state import adapter_state, to_numpy
 
@@ -30,6 +30,31 @@ def test_shards_are_disjoint_and_keep_a_holdout(tiny_cfg):
     assert sum(len(s["train"]) + len(s["holdout"]) for s in shards) == 160
     with pytest.raises(DataError, match="partition-id 2 is outside 0..1"):
         client_shard(cfg, 2, 2)
+
+
+def test_flipped_clients_get_all_training_labels_flipped_and_keep_true_holdout(tiny_cfg):
+    clean = [client_shard(tiny_cfg(), p, 5) for p in range(5)]
+    cfg = tiny_cfg(**{"federation.flipped-clients": 0.2})
+    adversaries = flipped_partitions(0.2, 5, cfg.data.seed)
+    assert len(adversaries) == 1 and adversaries == flipped_partitions(0.2, 5, cfg.data.seed)
+    for p in range(5):
+        shard = client_shard(cfg, p, 5)
+        true, seen = np.array(clean[p]["train"]["helpfulness"]), np.array(shard["train"]["helpfulness"])
+        if p in adversaries:
+            np.testing.assert_array_equal(seen, 4 - true)
+            assert all(shard["train"]["flipped"])
+        else:
+            np.testing.assert_array_equal(seen, true)
+        assert shard["holdout"]["helpfulness"] == clean[p]["holdout"]["helpfulness"]
+
+
+def test_flipped_rows_flip_that_share_of_every_client(tiny_cfg):
+    cfg = tiny_cfg(**{"federation.flipped-rows": 0.25})
+    for p in range(2):
+        train = client_shard(cfg, p, 2)["train"]
+        assert sum(train["flipped"]) == round(0.25 * len(train))
+    task = ClientTask(cfg, 1, 2)
+    assert task.shard.flipped_rows == round(0.25 * len(client_shard(cfg, 1, 2)["train"]))
 
 
 def test_train_replies_only_adapter_gate_head_deltas(tiny_cfg):

@@ -73,16 +73,41 @@ def test_round_trip_fedavg_gate_prior_and_bytes():
     assert dict(msgs2[0].content[P.GATE_PRIOR]) == pytest.approx({"a": 0.3})  # the prior reaches round 2
 
 
-def test_wrong_shapes_and_failures_are_recorded_not_averaged():
-    strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
-    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7])))
+def test_wrong_shapes_failures_and_stragglers_are_recorded_not_averaged():
+    strategy = FedgateStrategy(FedgateConfig.from_flat({"federation.min-train-nodes": 1,
+                                                        "federation.round-timeout": 30.0}), dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7, 8])))
     good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
     wrong = {"a.gate_weight": np.ones((2, 2), dtype=np.float32), "head.bias": np.ones(1, dtype=np.float32)}
-    failed = Message(Error(code=0, reason="client crashed"), reply_to=msgs[2])
+    failed = Message(Error(code=2, reason="client crashed"), reply_to=msgs[2])
+    # node 8 never answers: Grid.send_and_receive returned at the round timeout without it
     arrays, _ = strategy.aggregate_train(1, [reply(msgs[0], good, 5), reply(msgs[1], wrong, 5), failed])
     np.testing.assert_allclose(from_record(arrays)["a.gate_weight"], GLOBAL["a.gate_weight"] + 1)
     assert "shape (2, 2)" in strategy.round_log["rejected"][0]["reason"]
-    assert strategy.round_log["failures"] == [{"node_id": 7, "reason": "client crashed"}]
+    assert strategy.round_log["failures"] == [{"node_id": 7, "stage": "train", "code": 2, "reason": "client crashed"}]
+    assert strategy.round_log["dropped"] == [{"node_id": 8, "stage": "train",
+                                             "reason": "no reply within 30 s (federation.round-timeout)"}]
+    assert [c["node_id"] for c in strategy.round_log["clients"]] == [5]
+
+
+def test_fewer_usable_updates_than_min_train_nodes_leave_the_global_state():
+    strategy = FedgateStrategy(FedgateConfig.from_flat({"federation.min-train-nodes": 2}), dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
+    good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+    arrays, metrics = strategy.aggregate_train(1, [reply(msgs[0], good, 5)])  # node 6 straggles
+    assert arrays is None and metrics is None
+    np.testing.assert_array_equal(strategy.global_state["a.gate_weight"], GLOBAL["a.gate_weight"])
+    assert "1 usable update(s), federation.min-train-nodes is 2" in strategy.round_log["skipped"]
+    assert [d["node_id"] for d in strategy.round_log["dropped"]] == [6]
+
+
+def test_evaluation_stragglers_are_recorded():
+    strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
+    strategy.round_log = {}
+    msgs = list(strategy.configure_evaluate(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
+    replies = [Message(RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: 10, "auc": 0.6})}), reply_to=msgs[0])]
+    assert strategy.aggregate_evaluate(1, replies)["nodes"] == 1
+    assert [(d["node_id"], d["stage"]) for d in strategy.round_log["dropped"]] == [(6, "evaluate")]
 
 
 def test_no_usable_update_keeps_the_global_state():
