@@ -1,0 +1,151 @@
+"""What every study script shares: run named config variants as real Flower simulations
+into one results folder, read each finished run back into a row, and write tables.
+
+A study is a dict ``{variant name: flat run config}``. ``run_study`` writes
+``variants.json`` (the exact config of every variant) and one run directory per variant;
+a variant whose run directory already holds a completed run with the same config is not
+run again, so an interrupted study picks up where it stopped. ``--summarize OUT`` in each
+script rebuilds the tables from those directories without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+from simulations.run import simulate
+
+VARIANTS_FILE = "variants.json"
+STUDY_FILE = "study.json"  # in each run directory: the variant config it was run with
+
+
+def config_string(flat: dict) -> str:
+    """A flat config as one ``--run-config`` string (TOML values)."""
+    def value(v) -> str:
+        return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+    return " ".join(f"{k}={value(v)}" for k, v in flat.items())
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` arguments as a dict of TOML-typed values."""
+    import tomllib
+
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value  # a bare string
+    return out
+
+
+def summarize_run(run_dir: Path) -> dict:
+    """One finished run as a row: final and per-round server metrics, uplink, wall time."""
+    run = RunDir(run_dir)
+    summary = run.read_json(SUMMARY_FILE)
+    if summary.get("status") != "completed":
+        raise RuntimeError(f"{run_dir}: the run did not complete ({summary.get('error', 'no error recorded')})")
+    rounds = run.rounds()
+    trained = [r for r in rounds if r["round"] > 0]
+    evaluated = [r for r in rounds if r.get("server_eval")]
+    final = evaluated[-1]["server_eval"]
+    return {
+        "auc": final["auc"], "f1": final["f1"],
+        **{k: v for k, v in final.items() if k.startswith("auc_noise_")},
+        "uplink_mib": sum(r["bytes"]["array_up"] for r in trained) / 2**20,
+        "uplink_wire_mib": sum(r["bytes"]["up"] for r in trained) / 2**20,
+        "wall_s": summary["wall_s"],
+        "pruned": len(trained[-1].get("strategy", {}).get("pruned", [])) if trained else 0,
+        "auc_per_round": [r["server_eval"]["auc"] for r in evaluated],
+        "trainable_percent": rounds[0]["params"]["percent"],
+    }
+
+
+def _already_done(run_dir: Path, config: str) -> bool:
+    try:
+        run = RunDir(run_dir)
+        done = run.read_json(SUMMARY_FILE).get("status") == "completed"
+        return done and run.read_json(STUDY_FILE).get("config") == config
+    except (OSError, ValueError):
+        return False
+
+
+def run_study(out: Path, variants: dict[str, dict], *, num_supernodes: int = 4, timeout: float = 1800.0,
+              summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
+    """Run every variant (one simulation each) into ``out/<name>``; returns the rows of the
+    runs that completed. Prints one line before and one summary line after each run."""
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {name: config_string(flat) for name, flat in variants.items()}
+    (out / VARIANTS_FILE).write_text(json.dumps(configs, indent=1))
+    rows: dict[str, dict] = {}
+    for i, (name, config) in enumerate(configs.items(), start=1):
+        tag = f"[{i}/{len(configs)}] {name}"
+        if _already_done(out / name, config):
+            print(f"{tag}: already completed in {out / name}; reusing it", flush=True)
+        else:
+            print(f"{tag}: {config}", flush=True)
+            code, run_dir = simulate([config], num_supernodes=num_supernodes, out=out / name, timeout=timeout)
+            if code != 0:
+                print(f"{tag}: the run failed (exit {code}); see {run_dir}", file=sys.stderr, flush=True)
+                continue
+            RunDir(run_dir).write_json(STUDY_FILE, {"config": config})
+        rows[name] = summarize(out / name)
+        r = rows[name]
+        print(f"{tag}: AUC {r['auc']:.4f}, F1 {r['f1']:.4f}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s",
+              flush=True)
+    return rows
+
+
+def rows_from_dir(out: Path, summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
+    """The rows of a finished (or partly finished) study, in ``variants.json`` order."""
+    names = json.loads((out / VARIANTS_FILE).read_text())
+    return {n: summarize(out / n) for n in names if (out / n / SUMMARY_FILE).is_file()}
+
+
+def write_table(out: Path, table: list[dict], columns: dict[str, str], name: str = "results") -> str:
+    """``name.csv`` (every key) and ``name.md`` (``columns``: key -> header, floats to 4
+    places); returns the markdown."""
+    fields = list(dict.fromkeys(k for row in table for k in row))
+    with (out / f"{name}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(table)
+
+    def cell(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(k, "")) for k in columns) + " |" for row in table]
+    md = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(md)
+    return md
+
+
+def study_parser(doc: str, variants: dict[str, dict], default_out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--variants", default=",".join(variants), help="comma-separated; choices: " + ", ".join(variants))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a shared config key")
+    p.add_argument("--out", default="", help=f"results folder (default {default_out}-<time>)")
+    p.add_argument("--num-supernodes", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    p.add_argument("--summarize", metavar="OUT_DIR", help="rebuild the tables and plots from finished runs")
+    return p
+
+
+def chosen(p: argparse.ArgumentParser, args: argparse.Namespace, variants: dict[str, dict]) -> list[str]:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in names if v not in variants]:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(variants)}")
+    return names
+
+
+def out_dir(args: argparse.Namespace, default_out: str) -> Path:
+    return Path(args.out or f"{default_out}-{time.strftime('%Y%m%d-%H%M%S')}")
