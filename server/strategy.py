@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -55,6 +56,7 @@ class FedgateStrategy(Strategy):
         if not self.opt_state:
             self.opt_state = self.optimizer.init(self.shared_state())
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # what each node of this round started from
+        self.outbox: list[Message] = []  # the messages of the current stage (Flower sets their ids on sending)
         self.round_log: dict = {}  # what the current round sent, received and rejected
 
     # ------------------------------------------------------------------ state across rounds
@@ -102,7 +104,7 @@ class FedgateStrategy(Strategy):
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
         prior = ConfigRecord(self.prior())
-        messages, self.sent, down, down_arrays = [], {}, 0, 0
+        messages, down, down_arrays = [], 0, 0
         for node in nodes:
             self.sent[node] = self._state_for(node)
             record = to_record(self.sent[node])
@@ -115,6 +117,7 @@ class FedgateStrategy(Strategy):
             down_arrays += array_bytes(record)
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         self.round_log.update(train_nodes=nodes, bytes_down=down, array_bytes_down=down_arrays)
+        self.outbox = messages
         return messages
 
     def aggregate_train(self, server_round: int,
@@ -122,7 +125,7 @@ class FedgateStrategy(Strategy):
         updates, sent, controls, up, up_arrays, answered = [], [], [], 0, 0, set()
         scaffold = self.fed.strategy == "scaffold"
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = self._origin(msg)
             answered.add(node)
             if msg.has_error():
                 self._failed(server_round, node, msg, "train")
@@ -167,7 +170,7 @@ class FedgateStrategy(Strategy):
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
         self.round_log["eval_nodes"] = nodes
-        messages = []
+        messages = self.outbox = []
         for node in nodes:
             content = RecordDict({P.ARRAYS: to_record(self._state_for(node)), P.CONFIG: config})
             self.round_log["bytes_down"] = self.round_log.get("bytes_down", 0) + wire_bytes(content)
@@ -177,14 +180,15 @@ class FedgateStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         aucs, rows, answered = [], 0, set()
         for msg in replies:
-            answered.add(msg.metadata.src_node_id)
+            node = self._origin(msg)
+            answered.add(node)
             if msg.has_error():
-                self._failed(server_round, msg.metadata.src_node_id, msg, "evaluate")
+                self._failed(server_round, node, msg, "evaluate")
                 continue
             self.round_log["bytes_up"] = self.round_log.get("bytes_up", 0) + wire_bytes(msg.content)
             m = msg.content[P.METRICS]
             rows += int(m[P.NUM_EXAMPLES])
-            self.round_log.setdefault("eval_clients", []).append({"node_id": msg.metadata.src_node_id, **dict(m)})
+            self.round_log.setdefault("eval_clients", []).append({"node_id": node, **dict(m)})
             if np.isfinite(m.get("auc", float("nan"))):
                 aucs.append(float(m["auc"]))
         self._dropped(server_round, [n for n in self.round_log.get("eval_nodes", []) if n not in answered], "evaluate")
@@ -194,6 +198,17 @@ class FedgateStrategy(Strategy):
                              "nodes": len(aucs), P.NUM_EXAMPLES: rows})
 
     # ------------------------------------------------------------------ helpers
+    def _origin(self, reply: Message) -> int:
+        """The node a reply speaks for. An error the SuperLink generates itself (the node
+        stopped sending heartbeats) comes from the SuperLink's own id: it belongs to the
+        node the answered message was sent to."""
+        src = reply.metadata.src_node_id
+        if src != SUPERLINK_NODE_ID:
+            return src
+        answered = reply.metadata.reply_to_message_id
+        return next((m.metadata.dst_node_id for m in self.outbox if answered and m.metadata.message_id == answered),
+                    src)
+
     def _failed(self, server_round: int, node: int, msg: Message, stage: str) -> None:
         """A node answered with an error (its ClientApp raised, or the SuperLink reports it
         offline): recorded, never fatal to the run."""

@@ -140,3 +140,43 @@ def stop_flwr_home(flwr_home: str | Path, grace: float = 15.0) -> None:
     for pid in left:
         log.warning("process %d of this run was still running; stopping it", pid)
         stop_tree(pid)
+
+
+def _address(hex_addr: str) -> tuple[str, int]:
+    """An address as /proc/net/tcp{,6} writes it ("0100007F:1F90"): (host, port)."""
+    host_hex, port_hex = hex_addr.split(":")
+    raw = bytes.fromhex(host_hex)
+    if len(raw) == 4:
+        host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+    else:  # four little-endian 32-bit words
+        host = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return host, int(port_hex, 16)
+
+
+def listening_addresses(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(host, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds:
+    what a launcher has exposed (Linux /proc)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                host, port = _address(fields[1])
+                found.append((host, port, inodes[fields[9]]))
+    return found

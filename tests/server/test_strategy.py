@@ -4,6 +4,7 @@ rejected updates, byte accounting."""
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedgate.config import FedgateConfig
@@ -88,6 +89,20 @@ def test_wrong_shapes_failures_and_stragglers_are_recorded_not_averaged():
     assert strategy.round_log["dropped"] == [{"node_id": 8, "stage": "train",
                                              "reason": "no reply within 30 s (federation.round-timeout)"}]
     assert [c["node_id"] for c in strategy.round_log["clients"]] == [5]
+
+
+def test_a_node_the_superlink_reports_unavailable_is_named_by_its_own_id():
+    """The SuperLink answers for a node whose heartbeats stopped, from its own node id."""
+    strategy = FedgateStrategy(FedgateConfig.from_flat({"federation.min-train-nodes": 1}), dict(GLOBAL))
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
+    for i, m in enumerate(msgs):  # what Grid.push_messages does
+        m.metadata.__dict__["_message_id"] = f"id-{i}"
+    unavailable = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=msgs[1])
+    unavailable.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+    strategy.aggregate_train(1, [reply(msgs[0], good, 5), unavailable])
+    assert [(f["node_id"], f["code"]) for f in strategy.round_log["failures"]] == [(6, 5)]
+    assert strategy.round_log["dropped"] == []
 
 
 def test_fewer_usable_updates_than_min_train_nodes_leave_the_global_state():
