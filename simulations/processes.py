@@ -24,6 +24,9 @@ FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray (the simulation runtime) binds its servers to the machine's address and to every
+    # interface unless it runs as a single local node: then it listens on loopback only.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -155,7 +158,7 @@ def _address(hex_addr: str) -> tuple[str, int]:
 
 def listening_addresses(pids: list[int]) -> list[tuple[str, int, int]]:
     """(host, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds:
-    what a launcher has exposed (Linux /proc)."""
+    what a launcher has exposed (Linux /proc). Check them with :func:`is_loopback`."""
     inodes: dict[str, int] = {}
     for pid in pids:
         try:
@@ -180,3 +183,12 @@ def listening_addresses(pids: list[int]) -> list[tuple[str, int, int]]:
                 host, port = _address(fields[1])
                 found.append((host, port, inodes[fields[9]]))
     return found
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (::ffff:127.0.0.1)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(host)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)

@@ -121,7 +121,7 @@ def write_table(out: Path, table: list[dict], columns: dict[str, str], name: str
         w.writerows(table)
 
     def cell(v) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        return (f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}") if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(k, "")) for k in columns) + " |" for row in table]
     md = "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedgate.federated.rundir import RunDir
 from simulations.deploy import CONNECTION, Deployment
-from simulations.processes import children, flower_env, listening_addresses, processes_with_flwr_home
+from simulations.processes import children, flower_env, is_loopback, listening_addresses, processes_with_flwr_home
 from simulations.run import REPO, prepare_run, run_config_arg, run_succeeded
 
 BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
@@ -52,7 +52,7 @@ def _assert_loopback_only(d: Deployment) -> None:
     pids = [p for proc in [d.superlink, *d.nodes] for p in (proc.pid, *children(proc.pid))]
     listening = listening_addresses(pids)
     assert listening, "found no listening socket at all: the check would be vacuous"
-    assert all(host == "127.0.0.1" for host, _, _ in listening), listening
+    assert all(is_loopback(host) for host, _, _ in listening), listening
 
 
 def _contributors(record: dict) -> list[int]:
