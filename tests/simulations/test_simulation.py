@@ -109,3 +109,11 @@ def test_run_config_is_checked_before_anything_starts():
         resolve_config(REPO, ["train.epochz=2"])
     with pytest.raises(ValueError, match="federation.partitioner"):
         resolve_config(REPO, ['federation.partitioner="random"'])
+
+
+def test_run_outputs_are_safetensors_json_and_text(run_dir):
+    """Nothing a run writes needs unpickling to read back (the Flower state under
+    flwr-home belongs to Flower)."""
+    files = [p for p in run_dir.rglob("*") if p.is_file() and "flwr-home" not in p.relative_to(run_dir).parts]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".csv", ".md", ".png"}, files
