@@ -138,7 +138,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
                   "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
         "gates": strategy.profile,
         "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned,
-                     **{k: rl[k] for k in ("newly_pruned", "truncation_error", "clip_scale") if k in rl}},
+                     **{k: rl[k] for k in ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback")
+                        if k in rl}},
         "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
         "finished_at": time.time(),
         "server_rss_mib": resident_mib(),

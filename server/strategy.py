@@ -257,6 +257,8 @@ class FedgateStrategy(Strategy):
         self.global_state, self.opt_state = result.params, result.opt_state
         for key, value in result.info.items():
             self.round_log[key] = value
+        if "excluded" in result.info:  # Krum: indices into this round's updates -> node ids
+            self.round_log["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
 
     def _update_gates(self, updates: list[ClientUpdate], server_round: int) -> None:
         stats = [{m: s for m, s in u.gate_stats.items() if m not in self.pruned} for u in updates]

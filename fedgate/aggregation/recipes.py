@@ -14,6 +14,7 @@ recipe by ``federation.strategy`` and calls :func:`aggregate`.
 | ffa            | weighted mean (B only; A fixed)| sgd              | A frozen from the seed   |
 | median         | coordinate-wise median         | sgd              |                          |
 | trimmed-mean   | coordinate-wise trimmed mean   | sgd              |                          |
+| krum           | Multi-Krum: mean of the K - f updates closest to the others | sgd |             |
 
 ``federation.weighting=gates`` makes the mean (and exact's product mean) weight each client
 per layer by examples x its mean gate there; ``federation.clip-norm`` clips every update
@@ -29,14 +30,14 @@ import numpy as np
 
 from fedgate.aggregation.fedavg import Params, weighted_mean
 from fedgate.aggregation.lora import exact_aggregate, gate_weights, module_weighted_mean
-from fedgate.aggregation.robust import clip_update, coordinate_median, trimmed_mean
+from fedgate.aggregation.robust import clip_update, coordinate_median, multi_krum, trimmed_mean
 from fedgate.aggregation.server_opt import ServerOptimizer, server_optimizer
 from fedgate.aggregation.update import ClientUpdate
 
 
 @dataclass(frozen=True)
 class Recipe:
-    combine: str  # mean | exact | median | trimmed-mean
+    combine: str  # mean | exact | median | trimmed-mean | krum
     server_opt: str  # sgd | avgm | adagrad | adam | yogi
     default_lr: float = 1.0
 
@@ -54,6 +55,7 @@ RECIPES: dict[str, Recipe] = {
     "ffa": Recipe("mean", "sgd"),
     "median": Recipe("median", "sgd"),
     "trimmed-mean": Recipe("trimmed-mean", "sgd"),
+    "krum": Recipe("krum", "sgd"),
 }
 
 
@@ -70,7 +72,7 @@ class Aggregated:
     params: Params
     opt_state: dict[str, np.ndarray]
     mean_delta: Params
-    info: dict = field(default_factory=dict)  # clip scales, truncation errors
+    info: dict = field(default_factory=dict)  # clip scales, truncation errors, updates Krum left out
 
 
 def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate], optimizer: ServerOptimizer,
@@ -107,6 +109,11 @@ def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpd
         mean_delta = coordinate_median(deltas)
     elif recipe.combine == "trimmed-mean":
         mean_delta = trimmed_mean(deltas, fed.trim_fraction)
+    elif recipe.combine == "krum":
+        if len(deltas) >= fed.byzantine_clients + 3:
+            mean_delta, info["excluded"] = multi_krum(deltas, examples, fed.byzantine_clients)
+        else:  # too few updates this round for Krum's vote: the median is robust without one
+            mean_delta, info["krum_fallback"] = coordinate_median(deltas), "median"
     elif per_layer is not None:
         mean_delta = module_weighted_mean(deltas, per_layer)
     else:

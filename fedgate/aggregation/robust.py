@@ -1,7 +1,8 @@
 """Robust aggregation of client deltas and checks on one update before it is aggregated.
 
 Coordinate-wise median and trimmed mean after Yin et al. 2018 ("Byzantine-Robust Distributed
-Learning"); norm clipping bounds how far a single client can move the global state.
+Learning"); Multi-Krum after Blanchard et al. 2017 (whole updates far from the crowd are left
+out); norm clipping bounds how far a single client can move the global state.
 """
 
 from __future__ import annotations
@@ -57,6 +58,36 @@ def trimmed_mean(deltas: Sequence[Mapping[str, np.ndarray]], trim_fraction: floa
         raise ValueError(f"trimmed_mean: trimming {b} per end needs at least {2 * b + 1} clients, got {k}")
     return {key: np.sort(s, axis=0)[b:k - b].mean(axis=0).astype(np.asarray(deltas[0][key]).dtype)
             for key, s in stacks.items()}
+
+
+def krum_scores(deltas: Sequence[Mapping[str, np.ndarray]], byzantine: int) -> np.ndarray:
+    """Krum's score per update (Blanchard et al. 2017): the sum of its squared L2 distances
+    to its ``K - f - 2`` nearest other updates, ``f = byzantine``. Low = in a dense crowd."""
+    stacks = _stack(deltas, "krum")
+    k = len(deltas)
+    nearest = k - byzantine - 2
+    if byzantine < 0 or nearest < 1:
+        raise ValueError(f"krum: {k} updates cannot outvote {byzantine} Byzantine ones (needs at least "
+                         f"f + 3 = {byzantine + 3})")
+    flat = np.concatenate([s.reshape(k, -1) for s in stacks.values()], axis=1)  # (clients, all coordinates)
+    sq = np.sum(flat**2, axis=1)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T, 0.0)
+    np.fill_diagonal(dist, np.inf)
+    return np.sort(dist, axis=1)[:, :nearest].sum(axis=1)
+
+
+def multi_krum(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], byzantine: int,
+               keep: int = 0) -> tuple[Params, list[int]]:
+    """Multi-Krum: the weighted mean of the ``keep`` updates with the lowest Krum scores
+    (``keep = 0``: ``K - f``). Returns (mean, indices left out)."""
+    scores = krum_scores(deltas, byzantine)
+    keep = keep or len(deltas) - byzantine
+    chosen = sorted(np.argsort(scores, kind="stable")[:keep].tolist())
+    total = sum(weights[i] for i in chosen)
+    stacks = _stack([deltas[i] for i in chosen], "multi_krum")
+    w = np.asarray([weights[i] / total for i in chosen], dtype=np.float64)
+    mean = {key: np.tensordot(w, s, axes=1).astype(np.asarray(deltas[0][key]).dtype) for key, s in stacks.items()}
+    return mean, [i for i in range(len(deltas)) if i not in chosen]
 
 
 def _listed(keys: list[str], at_most: int) -> str:

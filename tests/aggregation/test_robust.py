@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedgate.aggregation.robust import (clip_update, coordinate_median, trimmed_mean, update_norm,
+from fedgate.aggregation.robust import (clip_update, coordinate_median, krum_scores, multi_krum, trimmed_mean, update_norm,
                                         validate_update)
 
 
@@ -105,3 +105,36 @@ def test_validate_update_lists_at_most_five_keys_and_checks_keys_first():
     # a missing key is reported before the wrong dtype of another
     with pytest.raises(ValueError, match="missing keys.*; unexpected keys"):
         validate_update({"w": np.zeros(2), "z": np.zeros(1)}, {"w": EXPECTED["w"], "b": EXPECTED["b"]})
+
+
+def _scalars(values, split=False):
+    """One update per value: {"a": [v]} or, split over two tensors, {"a": [v], "b": [v]}."""
+    return [{"a": np.array([v]), **({"b": np.array([v])} if split else {})} for v in values]
+
+
+def test_krum_scores_by_hand():
+    # values 0 1 2 3 10, f = 1: each update's 5 - 1 - 2 = 2 nearest squared distances
+    # 0: 1 + 4 = 5;  1: 1 + 1 = 2;  2: 1 + 1 = 2;  3: 1 + 4 = 5;  10: 49 + 64 = 113
+    np.testing.assert_allclose(krum_scores(_scalars([0, 1, 2, 3, 10]), 1), [5, 2, 2, 5, 113])
+    # the distance runs over every tensor of the update: split in two, each score doubles
+    np.testing.assert_allclose(krum_scores(_scalars([0, 1, 2, 3, 10], split=True), 1), [10, 4, 4, 10, 226])
+
+
+def test_multi_krum_leaves_out_the_outlier_and_weights_the_rest():
+    mean, out = multi_krum(_scalars([0, 1, 2, 3, 10]), [1, 1, 1, 3, 5], byzantine=1)
+    assert out == [4]
+    np.testing.assert_allclose(mean["a"], [(0 + 1 + 2 + 3 * 3) / 6])  # 2.0
+    mean, out = multi_krum(_scalars([0, 1, 2, 3, 10]), [1] * 5, byzantine=1, keep=1)
+    assert out == [0, 2, 3, 4] and mean["a"][0] == 1.0  # plain Krum: the first of the two best
+
+
+def test_a_sign_flipped_update_is_the_one_krum_drops():
+    honest = [{"w": np.array([1.0, 2.0]) + e} for e in ([0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1])]
+    flipped = {"w": -honest[0]["w"]}
+    _, out = multi_krum([honest[0], flipped, *honest[1:]], [1.0] * 5, byzantine=1)
+    assert out == [1]
+
+
+def test_krum_needs_f_plus_three_updates():
+    with pytest.raises(ValueError, match=r"needs at least f \+ 3 = 4"):
+        krum_scores(_scalars([0, 1, 2]), 1)

@@ -108,6 +108,17 @@ def test_median_ignores_one_outlier_and_bad_updates_are_rejected():
     assert len(strategy.round_log["clients"]) == 3
 
 
+def test_krum_leaves_out_the_sign_flipped_client_by_node_id():
+    strategy, msgs = start(cfg(strategy="krum", **{"byzantine-clients": 1}), nodes=(1, 2, 3, 4, 5))
+    honest = [zeros_like(GLOBAL, **{"head.bias": [b], "m.gate_weight": [1.0, 1.0]}) for b in (0.1, 0.2, 0.3, 0.4)]
+    flipped = zeros_like(GLOBAL, **{"head.bias": [-0.25], "m.gate_weight": [-1.0, -1.0]})
+    strategy.aggregate_train(1, [reply(m, d, n) for m, d, n in zip(msgs, honest + [flipped], (10, 10, 10, 30, 10))])
+    assert strategy.round_log["excluded"] == [5]
+    # the four honest updates, weighted by examples: (0.1 + 0.2 + 0.3 + 3 * 0.4) / 6 = 0.3
+    assert strategy.global_state["head.bias"][0] == pytest.approx(0.5 + 0.3)
+    np.testing.assert_allclose(strategy.global_state["m.gate_weight"], [1.0, 1.0])
+
+
 def test_wrong_dtype_and_a_foreign_rank_are_rejected():
     strategy, msgs = start(cfg())
     f64 = {k: v.astype(np.float64) for k, v in zeros_like(GLOBAL).items()}
