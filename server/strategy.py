@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from typing import Iterable
 
@@ -33,6 +34,7 @@ from server.messages import array_bytes, from_record, layout, parse_train_reply,
 
 __all__ = ["FedgateStrategy", "from_record", "to_record", "wire_bytes"]
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in the tracebacks Ray puts into error reasons
 
 
 class FedgateStrategy(Strategy):
@@ -212,9 +214,11 @@ class FedgateStrategy(Strategy):
     def _failed(self, server_round: int, node: int, msg: Message, stage: str) -> None:
         """A node answered with an error (its ClientApp raised, or the SuperLink reports it
         offline): recorded, never fatal to the run."""
+        reason = _ANSI.sub("", msg.error.reason or "")
         self.round_log["failures"].append({"node_id": node, "stage": stage, "code": int(msg.error.code),
-                                           "reason": msg.error.reason})
-        log.warning("round %d: node %d failed to %s: %s", server_round, node, stage, msg.error.reason)
+                                           "reason": reason})
+        last = next((line.strip() for line in reversed(reason.splitlines()) if line.strip()), "no reason given")
+        log.warning("round %d: node %d failed to %s: %s", server_round, node, stage, last[-400:])
 
     def _dropped(self, server_round: int, nodes: list[int], stage: str) -> None:
         """Nodes that were sent a message and did not answer within ``federation.round-timeout``
