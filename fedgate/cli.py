@@ -92,6 +92,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if (Path(args.run_dir) / "variants.json").is_file():  # a study's results folder (simulations/)
+        from simulations.study import report_study
+
+        print(report_study(Path(args.run_dir)))
+        return 0
     from fedgate.federated.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
@@ -131,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_parser(s)
     s.set_defaults(func=cmd_simulate)
 
-    r = sub.add_parser("report", help="rebuild report.md and plots of a federated run directory")
-    r.add_argument("run_dir")
+    r = sub.add_parser("report", help="rebuild report.md and plots of a federated run directory, or the "
+                                      "tables and plots of a study's results folder (no runs)")
+    r.add_argument("run_dir", help="a run directory, or the --out folder of a simulations/ study script")
     r.set_defaults(func=cmd_report)
     return p
 

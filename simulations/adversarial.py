@@ -13,6 +13,7 @@ run, in points), ``auc_per_round.png`` and ``variants.json`` (the exact configs)
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -63,12 +64,20 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
     return md
 
 
+def report(out: Path) -> str:
+    """The tables and plot again from a finished (or partly finished) study."""
+    rows = rows_from_dir(out, summarize)
+    flipped = [json.loads((out / n / "config.json").read_text())["config"]["federation.flipped-clients"]
+               for n in rows if n.endswith("-flipped")]
+    return write_results(out, rows, flipped[0] if flipped else FLIPPED)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = study_parser(__doc__, VARIANTS, "runs/adversarial")
     p.set_defaults(num_supernodes=NUM_CLIENTS)
     args = p.parse_args(argv)
     if args.summarize:
-        print(write_results(Path(args.summarize), rows_from_dir(Path(args.summarize), summarize)))
+        print(report(Path(args.summarize)))
         return 0
     names = chosen(p, args, VARIANTS)
     overrides = parse_sets(args.set)
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             variants[n]["federation.flipped-clients"] = 0.0
     out = out_dir(args, "runs/adversarial")
-    rows = run_study(out, variants, num_supernodes=args.num_supernodes, timeout=args.timeout, summarize=summarize)
+    rows = run_study(out, variants, study=__spec__.name, num_supernodes=args.num_supernodes, timeout=args.timeout,
+                     summarize=summarize)
     if not rows:
         return 1
     print(write_results(out, rows, flipped))

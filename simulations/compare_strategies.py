@@ -68,17 +68,22 @@ def write_results(out: Path, rows: dict[str, dict]) -> str:
     return md
 
 
+def report(out: Path) -> str:
+    """The table and plot again from a finished (or partly finished) comparison."""
+    return write_results(out, rows_from_dir(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = study_parser(__doc__, VARIANTS, "runs/compare")
     args = p.parse_args(argv)
     if args.summarize:
-        print(write_results(Path(args.summarize), rows_from_dir(Path(args.summarize))))
+        print(report(Path(args.summarize)))
         return 0
     names = chosen(p, args, VARIANTS)
     overrides = parse_sets(args.set)
     out = out_dir(args, "runs/compare")
-    rows = run_study(out, {n: variant_config(n, overrides) for n in names}, num_supernodes=args.num_supernodes,
-                     timeout=args.timeout)
+    rows = run_study(out, {n: variant_config(n, overrides) for n in names}, study=__spec__.name,
+                     num_supernodes=args.num_supernodes, timeout=args.timeout)
     if not rows:
         return 1
     print(write_results(out, rows))

@@ -22,7 +22,7 @@ from fedgate.federated.rundir import SUMMARY_FILE, RunDir
 from simulations.run import simulate
 
 VARIANTS_FILE = "variants.json"
-STUDY_FILE = "study.json"  # in each run directory: the variant config it was run with
+STUDY_FILE = "study.json"  # in the results folder: which script; in each run directory: its config
 
 
 def config_string(flat: dict) -> str:
@@ -79,13 +79,15 @@ def _already_done(run_dir: Path, config: str) -> bool:
         return False
 
 
-def run_study(out: Path, variants: dict[str, dict], *, num_supernodes: int = 4, timeout: float = 1800.0,
-              summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
+def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernodes: int = 4,
+              timeout: float = 1800.0, summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
     """Run every variant (one simulation each) into ``out/<name>``; returns the rows of the
-    runs that completed. Prints one line before and one summary line after each run."""
+    runs that completed. ``study`` is the script's module: ``fedgate report OUT`` calls its
+    ``report(out)``. Prints one line before and one summary line after each run."""
     out.mkdir(parents=True, exist_ok=True)
     configs = {name: config_string(flat) for name, flat in variants.items()}
     (out / VARIANTS_FILE).write_text(json.dumps(configs, indent=1))
+    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": num_supernodes}, indent=1))
     rows: dict[str, dict] = {}
     for i, (name, config) in enumerate(configs.items(), start=1):
         tag = f"[{i}/{len(configs)}] {name}"
@@ -149,3 +151,15 @@ def chosen(p: argparse.ArgumentParser, args: argparse.Namespace, variants: dict[
 
 def out_dir(args: argparse.Namespace, default_out: str) -> Path:
     return Path(args.out or f"{default_out}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def report_study(out: Path) -> str:
+    """Tables and plots of a study's results folder again, from its run directories, by the
+    script that made it (``study.json``); returns the markdown it wrote."""
+    import importlib
+
+    meta = out / STUDY_FILE
+    if not meta.is_file():
+        raise FileNotFoundError(f"{out}: no {STUDY_FILE}; not a results folder written by a simulations/ study script")
+    name = json.loads(meta.read_text())["study"]
+    return importlib.import_module(name).report(out)

@@ -1,0 +1,54 @@
+"""The study runner and report on a tiny configuration: the adversarial study's clean and
+flipped fedavg runs (real Flower simulations, 5 clients, one of them on flipped labels),
+resumed without re-running, and its tables rebuilt by ``fedgate report``."""
+
+import csv
+import json
+
+import pytest
+
+from fedgate.cli import main as fedgate_main
+from simulations import adversarial
+
+TINY = ["model.backbone=\"tiny-bert\"", "data.limit=200", "server.eval-limit=40", "federation.rounds=1",
+        "train.batch-size=8", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "adv"
+    args = ["--out", str(out), "--variants", "fedavg-clean,fedavg-flipped", "--num-supernodes", "5",
+            "--timeout", "400"] + [a for kv in TINY for a in ("--set", kv)]
+    assert adversarial.main(args) == 0
+    return out, args
+
+
+def test_the_flipped_client_trained_on_flipped_labels_only_in_the_flipped_run(study):
+    out, _ = study
+    with (out / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["rule"] == "fedavg" and len(row["flipped_partitions"].split(",")) == 1
+    for name, flipped in (("fedavg-clean", 0), ("fedavg-flipped", 1)):
+        rounds = [json.loads(line) for line in (out / name / "rounds.jsonl").read_text().splitlines()]
+        assert sum(c["flipped-rows"] > 0 for c in rounds[1]["clients"]) == flipped
+    assert float(row["auc_clean"]) != float(row["auc_flipped"])
+    assert (out / "auc_per_round.png").stat().st_size > 0
+    configs = json.loads((out / "variants.json").read_text())
+    assert "federation.flipped-clients=0.2" in configs["fedavg-flipped"] and 'tiny-bert' in configs["fedavg-clean"]
+
+
+def test_a_finished_study_is_not_run_again(study, monkeypatch, capsys):
+    out, args = study
+    monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("ran a finished variant again"))
+    assert adversarial.main(args) == 0
+    assert capsys.readouterr().out.count("already completed") == 2
+
+
+def test_fedgate_report_rebuilds_the_tables_without_running(study, monkeypatch, capsys):
+    out, _ = study
+    before = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("report must not run anything"))
+    assert fedgate_main(["report", str(out)]) == 0
+    assert (out / "results.md").read_text() == before
+    assert "| fedavg |" in capsys.readouterr().out
