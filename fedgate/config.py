@@ -144,6 +144,7 @@ class FederationConfig:
     local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
     flipped_clients: float = 0.0  # conflicting feedback: share of clients whose training labels are all flipped
     flipped_rows: float = 0.0  # conflicting feedback: share of every client's training rows flipped (v -> 4 - v)
+    labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
 
     def __post_init__(self) -> None:
@@ -180,6 +181,8 @@ class FederationConfig:
         for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise ValueError(f"federation.labeled-fraction must be in (0, 1], got {self.labeled_fraction}")
         if any(r < 1 for r in self.client_ranks):
             raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
         if self.client_ranks and not self.heterogeneous_ranks:

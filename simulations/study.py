@@ -163,3 +163,44 @@ def report_study(out: Path) -> str:
         raise FileNotFoundError(f"{out}: no {STUDY_FILE}; not a results folder written by a simulations/ study script")
     name = json.loads(meta.read_text())["study"]
     return importlib.import_module(name).report(out)
+
+
+STANDARD_COLUMNS = {"variant": "variant", "auc": "final ROC-AUC", "vs_baseline": "vs baseline (points)",
+                    "f1": "F1", "trainable_percent": "trainable %", "uplink_mib": "uplink MiB", "wall_s": "wall s"}
+
+
+def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None = None, title: str = "",
+                     reference: tuple[str, float] | None = None, extra: dict[str, str] | None = None) -> str:
+    """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC, its
+    difference to ``baseline`` in points, F1, noisy-input AUCs, trainable share, uplink,
+    wall time, plus ``extra`` columns already in the rows) and two plots: final AUC per
+    variant (``final_auc.png``, with ``reference`` such as the centralized upper bound as a
+    dashed line) and AUC per round (``auc_per_round.png``)."""
+    from fedgate.federated.report import bar_plot, line_plot
+
+    base = rows.get(baseline) if baseline else None
+    noise = sorted({k for r in rows.values() for k in r if k.startswith("auc_noise_")})
+    table = []
+    for name, r in rows.items():
+        row = {"variant": name, "auc": r["auc"],
+               "vs_baseline": f"{100 * (r['auc'] - base['auc']):+.2f}" if base else "",
+               "f1": r["f1"], **{k: r.get(k, float("nan")) for k in noise},
+               "trainable_percent": f"{r['trainable_percent']:.3f}", "uplink_mib": f"{r['uplink_mib']:.2f}",
+               "wall_s": f"{r['wall_s']:.0f}"}
+        row.update({k: r[k] for k in (extra or {}) if k in r})
+        table.append(row)
+    columns = dict(STANDARD_COLUMNS)
+    if not base:
+        columns.pop("vs_baseline")
+    else:
+        columns["vs_baseline"] = f"vs {baseline} (points)"
+    for k in noise:
+        columns[k] = f"AUC, {float(k.removeprefix('auc_noise_')):.0%} noise"
+    columns.update(extra or {})
+    md = write_table(out, table, columns)
+    bar_plot(out / "final_auc.png", {n: r["auc"] for n, r in rows.items()}, ylabel="final server test ROC-AUC",
+             title=title, reference=reference)
+    line_plot(out / "auc_per_round.png",
+              {n: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for n, r in rows.items()},
+              ylabel="server test ROC-AUC", title=title, dashed=[baseline] if baseline else (), size=(7, 4.5))
+    return md

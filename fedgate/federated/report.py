@@ -169,3 +169,30 @@ def write_report(run_dir: str | Path) -> Path:
     path.write_text("\n".join(parts))
     log.info("report: %s", path)
     return path
+
+
+def bar_plot(path: Path, values: dict[str, float], *, ylabel: str, title: str = "",
+             reference: tuple[str, float] | None = None, size: tuple[float, float] = (7, 4.0)) -> None:
+    """One bar per ``{label: value}`` (in order), optionally a dashed horizontal reference line
+    such as an upper bound, saved as PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=size)
+    labels = list(values)
+    ax.bar(range(len(labels)), [values[k] for k in labels], color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    finite = [v for v in values.values() if v == v]
+    if reference is not None:
+        ax.axhline(reference[1], color="tab:red", linestyle="--", label=reference[0])
+        finite.append(reference[1])
+        ax.legend(fontsize=8)
+    if finite:  # zoom on the differences: AUCs of a study sit close together
+        lo, hi = min(finite), max(finite)
+        pad = max(0.01, 0.15 * (hi - lo))
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

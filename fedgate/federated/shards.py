@@ -41,9 +41,11 @@ def flipped_partitions(fraction: float, num_partitions: int, seed: int) -> list[
 def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> dict[str, datasets.Dataset]:
     """``{"train", "holdout"}`` rows of one client; deterministic for the config's data seed.
 
-    Conflicting feedback (``federation.flipped-clients`` / ``flipped-rows``) changes only the
-    training rows, and marks them in a ``flipped`` column: the local held-out rows keep the
-    true labels, so an adversarial client's own evaluation shows what it learned."""
+    Label sparsity (``federation.labeled-fraction``) keeps a seeded share of the training
+    rows, the ones that carry labels. Conflicting feedback (``federation.flipped-clients`` /
+    ``flipped-rows``) changes only training rows, and marks them in a ``flipped`` column: the
+    local held-out rows keep the true labels, so an adversarial client's own evaluation shows
+    what it learned."""
     if num_partitions < 1:
         raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
     if not 0 <= partition_id < num_partitions:
@@ -56,6 +58,11 @@ def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> 
         raise DataError(f"partition {partition_id} of {num_partitions} ({len(shard)} rows): cannot keep "
                         f"{holdout:.0%} of its prompts for local evaluation: {e}") from None
     fed = cfg.federation
+    if fed.labeled_fraction < 1.0:  # label sparsity: rows without labels are left out (no unsupervised loss)
+        train = rows["train"]
+        keep = max(1, round(fed.labeled_fraction * len(train)))
+        chosen = np.random.default_rng([cfg.data.seed, partition_id, 0x1AB]).choice(len(train), keep, replace=False)
+        rows["train"] = train.select(sorted(chosen.tolist()))
     adversarial = partition_id in flipped_partitions(fed.flipped_clients, num_partitions, cfg.data.seed)
     fraction = 1.0 if adversarial else fed.flipped_rows
     if fraction > 0:

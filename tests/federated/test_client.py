@@ -57,6 +57,14 @@ def test_flipped_rows_flip_that_share_of_every_client(tiny_cfg):
     assert task.shard.flipped_rows == round(0.25 * len(client_shard(cfg, 1, 2)["train"]))
 
 
+def test_labeled_fraction_keeps_that_share_of_training_rows_and_the_whole_holdout(tiny_cfg):
+    full = client_shard(tiny_cfg(), 0, 2)
+    sparse = client_shard(tiny_cfg(**{"federation.labeled-fraction": 0.25}), 0, 2)
+    assert len(sparse["train"]) == round(0.25 * len(full["train"]))
+    assert set(sparse["train"]["response"]) <= set(full["train"]["response"])
+    assert sparse["holdout"]["response"] == full["holdout"]["response"]
+
+
 def test_train_replies_only_adapter_gate_head_deltas(tiny_cfg):
     clear_cache()
     cfg = tiny_cfg()
