@@ -23,6 +23,7 @@ from simulations.run import simulate
 
 VARIANTS_FILE = "variants.json"
 STUDY_FILE = "study.json"  # in the results folder: which script; in each run directory: its config
+NUM_SUPERNODES = "simulation.num-supernodes"  # a variant key for run_study, not for the run config
 
 
 def config_string(flat: dict) -> str:
@@ -70,11 +71,12 @@ def summarize_run(run_dir: Path) -> dict:
     }
 
 
-def _already_done(run_dir: Path, config: str) -> bool:
+def _already_done(run_dir: Path, config: str, nodes: int) -> bool:
     try:
         run = RunDir(run_dir)
         done = run.read_json(SUMMARY_FILE).get("status") == "completed"
-        return done and run.read_json(STUDY_FILE).get("config") == config
+        meta = run.read_json(STUDY_FILE)
+        return done and meta.get("config") == config and meta.get("num_supernodes", nodes) == nodes
     except (OSError, ValueError):
         return False
 
@@ -85,21 +87,23 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
     runs that completed. ``study`` is the script's module: ``fedgate report OUT`` calls its
     ``report(out)``. Prints one line before and one summary line after each run."""
     out.mkdir(parents=True, exist_ok=True)
-    configs = {name: config_string(flat) for name, flat in variants.items()}
+    nodes = {name: int(flat.get(NUM_SUPERNODES, num_supernodes)) for name, flat in variants.items()}
+    configs = {name: config_string({k: v for k, v in flat.items() if k != NUM_SUPERNODES})
+               for name, flat in variants.items()}
     (out / VARIANTS_FILE).write_text(json.dumps(configs, indent=1))
-    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": num_supernodes}, indent=1))
+    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": nodes}, indent=1))
     rows: dict[str, dict] = {}
     for i, (name, config) in enumerate(configs.items(), start=1):
         tag = f"[{i}/{len(configs)}] {name}"
-        if _already_done(out / name, config):
+        if _already_done(out / name, config, nodes[name]):
             print(f"{tag}: already completed in {out / name}; reusing it", flush=True)
         else:
             print(f"{tag}: {config}", flush=True)
-            code, run_dir = simulate([config], num_supernodes=num_supernodes, out=out / name, timeout=timeout)
+            code, run_dir = simulate([config], num_supernodes=nodes[name], out=out / name, timeout=timeout)
             if code != 0:
                 print(f"{tag}: the run failed (exit {code}); see {run_dir}", file=sys.stderr, flush=True)
                 continue
-            RunDir(run_dir).write_json(STUDY_FILE, {"config": config})
+            RunDir(run_dir).write_json(STUDY_FILE, {"config": config, "num_supernodes": nodes[name]})
         rows[name] = summarize(out / name)
         r = rows[name]
         print(f"{tag}: AUC {r['auc']:.4f}, F1 {r['f1']:.4f}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s",
@@ -204,3 +208,31 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
               {n: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for n, r in rows.items()},
               ylabel="server test ROC-AUC", title=title, dashed=[baseline] if baseline else (), size=(7, 4.5))
     return md
+
+
+def study_main(argv: list[str] | None, *, doc: str, module: str, variants: dict[str, dict], common: dict,
+               default_out: str, report: Callable[[Path], str], num_supernodes: int = 4,
+               after: Callable[[Path, dict[str, dict], argparse.Namespace], None] | None = None) -> int:
+    """The command line of a study script: run the chosen variants (``common`` + ``--set``
+    + the variant's own keys, which win), call ``after`` (e.g. a centralized baseline), print
+    the report. ``--summarize OUT`` only reports."""
+    p = study_parser(doc, variants, default_out)
+    p.set_defaults(num_supernodes=num_supernodes)
+    args = p.parse_args(argv)
+    if args.summarize:
+        print(report(Path(args.summarize)))
+        return 0
+    names = chosen(p, args, variants)
+    try:
+        overrides = parse_sets(args.set)
+    except ValueError as e:
+        p.error(str(e))
+    out = out_dir(args, default_out)
+    flat = {n: {**common, **overrides, **variants[n]} for n in names}
+    rows = run_study(out, flat, study=module, num_supernodes=args.num_supernodes, timeout=args.timeout)
+    if after is not None and rows:
+        after(out, flat, args)
+    if not rows:
+        return 1
+    print(report(out))
+    return 0 if len(rows) == len(names) else 1

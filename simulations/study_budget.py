@@ -1,0 +1,54 @@
+"""Batch size and compute/memory budget: local batch size, local epochs per round, and the
+training engine (plain torch vs DeepSpeed ZeRO-2 / ZeRO-3), on one split and seed.
+
+    python -m simulations.study_budget [--variants ...] [--set KEY=VALUE] [--out DIR]
+    fedgate report DIR
+
+Writes ``results.csv`` / ``results.md`` (baseline: batch 16, one epoch, torch; with each
+run's peak client memory), ``final_auc.png``, ``auc_per_round.png``, ``variants.json`` and
+one run directory per variant. On CPU, ZeRO shows its cost, not its savings (README).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fedgate.federated.rundir import RunDir
+from simulations.study import rows_from_dir, standard_results, study_main, summarize_run
+
+COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,
+          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "", "server.report": False,
+          "federation.fraction-evaluate": 0.0}
+VARIANTS = {
+    "batch16-epoch1-torch": {},
+    "batch8": {"train.batch-size": 8},
+    "batch32": {"train.batch-size": 32},
+    "epoch0.5": {"train.epochs": 0.5},
+    "epoch2": {"train.epochs": 2.0},
+    "zero2": {"engine.name": "deepspeed", "engine.zero-stage": 2},
+    "zero3": {"engine.name": "deepspeed", "engine.zero-stage": 3},
+}
+EXTRA = {"local_steps": "local steps (all clients, all rounds)", "client_peak_mib": "peak client RSS MiB"}
+
+
+def summarize(run_dir: Path) -> dict:
+    row = summarize_run(run_dir)
+    clients = [c for r in RunDir(run_dir).rounds() if r["round"] > 0 for c in r.get("clients", [])]
+    row["local_steps"] = int(sum(c.get("steps", 0) for c in clients))
+    row["client_peak_mib"] = f"{max((c.get('rss-peak-mb', 0) for c in clients), default=0):.0f}"
+    return row
+
+
+def report(out: Path) -> str:
+    return standard_results(out, rows_from_dir(out, summarize), baseline="batch16-epoch1-torch",
+                            title="batch size and budget", extra=EXTRA)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main(argv, doc=__doc__, module=__spec__.name, variants=VARIANTS, common=COMMON,
+                      default_out="runs/study-budget", report=report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

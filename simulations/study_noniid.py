@@ -1,0 +1,92 @@
+"""Non-IID degree: Dirichlet label skew from mild to extreme, topic skew (whole module
+families per client) and quantity skew, against centralized training on the pooled rows
+with the same total number of optimizer steps (the upper bound).
+
+    python -m simulations.study_noniid [--variants ...] [--set KEY=VALUE] [--out DIR]
+    fedgate report DIR
+
+The centralized run trains on all the federation's training rows for as many steps as the
+IID federation's clients took together, and is scored by the same server evaluator on the
+same test rows. Writes ``results.csv`` / ``results.md`` (baseline: IID), ``final_auc.png``
+(centralized as a dashed line), ``auc_per_round.png``, ``centralized/`` (its metrics),
+``variants.json`` and one run directory per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedgate.federated.rundir import RunDir
+from simulations.study import config_string, rows_from_dir, standard_results, study_main, write_table
+
+COMMON = {"federation.rounds": 3, "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "",
+          "server.report": False, "federation.fraction-evaluate": 0.0}
+VARIANTS = {
+    "iid": {"federation.partitioner": "iid"},
+    "dirichlet-1.0": {"federation.partitioner": "dirichlet", "federation.alpha": 1.0},
+    "dirichlet-0.3": {"federation.partitioner": "dirichlet", "federation.alpha": 0.3},
+    "dirichlet-0.1": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1},
+    "topic-skew": {"federation.partitioner": "domain"},
+    "quantity-skew": {"federation.partitioner": "quantity", "federation.alpha": 0.5},
+}
+CENTRALIZED = "centralized"
+
+
+def total_client_steps(run_dir: Path) -> int:
+    """Optimizer steps all clients of a run took together."""
+    return int(sum(c.get("steps", 0) for r in RunDir(run_dir).rounds() if r["round"] > 0 for c in r["clients"]))
+
+
+def centralized_bound(flat: dict, steps: int, out: Path) -> dict:
+    """Train on the pooled training rows for ``steps`` steps, then score the adapters with
+    the federation's own server evaluator (same test rows, same validation cut)."""
+    from fedgate.config import FedgateConfig
+    from fedgate.federated.evaluator import ServerEvaluator
+    from fedgate.pipeline import train_centralized
+    from fedgate.state import load_state
+
+    cfg = FedgateConfig.from_flat({**flat, "train.max-steps": steps})
+    metrics = train_centralized(cfg, out, baselines=False, progress=True)
+    state, _ = load_state(out / "adapters.safetensors")
+    server_eval, _ = ServerEvaluator(cfg, progress=False).evaluate({k: v.numpy() for k, v in state.items()})
+    result = {"steps": metrics["train"]["steps"], "server_eval": server_eval, "wall_s": metrics["total_wall_s"],
+              "trainable_percent": metrics["params"]["percent"], "config": config_string(cfg.to_flat())}
+    (out / "server_eval.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def _after(out: Path, flat: dict[str, dict], args: argparse.Namespace) -> None:
+    source = "iid" if (out / "iid" / "rounds.jsonl").is_file() else next(iter(flat))
+    steps = total_client_steps(out / source)
+    print(f"centralized: {steps} steps (the {source} federation's clients together)", flush=True)
+    base = {k: v for k, v in flat[source].items() if not k.startswith(("federation.", "simulation."))}
+    centralized_bound(base, steps, out / CENTRALIZED)
+
+
+def report(out: Path) -> str:
+    rows = rows_from_dir(out)
+    reference = None
+    bound = out / CENTRALIZED / "server_eval.json"
+    if bound.is_file():
+        c = json.loads(bound.read_text())
+        reference = (f"centralized, {c['steps']} steps", c["server_eval"]["auc"])
+    md = standard_results(out, rows, baseline="iid", title="non-IID degree vs centralized", reference=reference)
+    if reference is not None:
+        gap = [{"variant": n, "auc": r["auc"], "gap_points": f"{100 * (r['auc'] - reference[1]):+.2f}"}
+               for n, r in rows.items()]
+        md += "\n" + write_table(out, gap, {"variant": "variant", "auc": "final ROC-AUC",
+                                            "gap_points": f"vs {reference[0]} ({reference[1]:.4f}), points"},
+                                 name="vs_centralized")
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main(argv, doc=__doc__, module=__spec__.name, variants=VARIANTS, common=COMMON,
+                      default_out="runs/study-noniid", report=report, after=_after)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

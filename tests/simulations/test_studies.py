@@ -1,0 +1,92 @@
+"""The study scripts without running federations: every variant is a valid config, the
+runner gives each variant its own client count, the standard tables and plots come out of
+run directories, and the centralized upper bound trains and scores on a tiny model."""
+
+import csv
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+from simulations.run import resolve_config
+from simulations.study import NUM_SUPERNODES, config_string, run_study, standard_results, summarize_run
+
+REPO = Path(__file__).resolve().parents[2]
+STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
+           "study_scale", "adversarial", "compare_strategies"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_variant_is_a_valid_config(name):
+    study = importlib.import_module(f"simulations.{name}")
+    for variant, keys in study.VARIANTS.items():
+        flat = {**study.COMMON, **keys}
+        cfg, _ = resolve_config(REPO, [config_string({k: v for k, v in flat.items() if k != NUM_SUPERNODES})])
+        assert cfg.federation.rounds >= 1, variant
+
+
+def fake_run(path, aucs, up_bytes=2**20, steps=10, percent=0.5, noise=None):
+    run = RunDir(path)
+    run.append_round({"round": 0, "server_eval": {"auc": 0.5, "f1": 0.8}, "params": {"percent": percent}})
+    for i, auc in enumerate(aucs, start=1):
+        ev = {"auc": auc, "f1": 0.8, **({"auc_noise_0.1": noise} if noise is not None else {})}
+        run.append_round({"round": i, "server_eval": ev, "bytes": {"array_up": up_bytes, "up": up_bytes},
+                          "clients": [{"steps": steps, "rss-peak-mb": 1000.0}], "wall_s": {"round": 5.0}})
+    run.write_json(SUMMARY_FILE, {"status": "completed", "wall_s": 30.0})
+    return path
+
+
+def test_standard_table_baseline_noise_and_plots(tmp_path):
+    rows = {"a": summarize_run(fake_run(tmp_path / "a", [0.55, 0.56], noise=0.54)),
+            "b": summarize_run(fake_run(tmp_path / "b", [0.56, 0.5725], percent=1.25, noise=0.55))}
+    md = standard_results(tmp_path, rows, baseline="a", title="t", reference=("upper", 0.6))
+    assert "| variant | final ROC-AUC | vs a (points) | F1 | trainable % |" in md
+    assert "| b | 0.5725 | +1.25 | 0.8000 | 1.250 | 2.00 | 30 | 0.5500 |" in md  # 2 rounds x 1 MiB up
+    with (tmp_path / "results.csv").open() as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["a", "b"]
+    for png in ("final_auc.png", "auc_per_round.png"):
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_each_variant_gets_its_own_client_count(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_simulate(run_config, *, num_supernodes, out, timeout):
+        calls.append((run_config[0], num_supernodes))
+        return 0, fake_run(out, [0.6])
+
+    monkeypatch.setattr("simulations.study.simulate", fake_simulate)
+    variants = {"small": {"federation.rounds": 1, NUM_SUPERNODES: 2}, "default": {"federation.rounds": 1}}
+    rows = run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=4)
+    assert [n for _, n in calls] == [2, 4] and set(rows) == {"small", "default"}
+    assert all(NUM_SUPERNODES not in c for c, _ in calls)
+    assert json.loads((tmp_path / "study.json").read_text())["num_supernodes"] == {"small": 2, "default": 4}
+    run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=4)
+    assert len(calls) == 2  # both completed with the same config and client count: reused
+    run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=5)
+    assert calls[-1][1] == 5 and len(calls) == 3  # another client count is another run
+
+
+def test_noniid_report_draws_the_centralized_bound(tmp_path):
+    from simulations import study_noniid
+
+    for name, aucs in (("iid", [0.58]), ("dirichlet-0.1", [0.55])):
+        fake_run(tmp_path / name, aucs)
+    (tmp_path / "variants.json").write_text(json.dumps({"iid": "", "dirichlet-0.1": ""}))
+    (tmp_path / "centralized").mkdir()
+    (tmp_path / "centralized" / "server_eval.json").write_text(json.dumps({"steps": 20, "server_eval": {"auc": 0.6}}))
+    md = study_noniid.report(tmp_path)
+    assert "| dirichlet-0.1 | 0.5500 | -5.00 |" in md  # vs centralized 0.6, in points
+    assert (tmp_path / "vs_centralized.csv").is_file()
+
+
+def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
+    from simulations.study_noniid import centralized_bound
+
+    flat = {"model.backbone": "tiny-bert", "data.limit": 120, "server.eval-limit": 30, "train.batch-size": 8,
+            "server.noise-rates": ""}
+    result = centralized_bound(flat, 3, tmp_path / "c")
+    assert result["steps"] == 3 and 0.0 <= result["server_eval"]["auc"] <= 1.0
+    assert json.loads((tmp_path / "c" / "server_eval.json").read_text())["steps"] == 3
