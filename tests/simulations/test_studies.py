@@ -90,3 +90,14 @@ def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(
     result = centralized_bound(flat, 3, tmp_path / "c")
     assert result["steps"] == 3 and 0.0 <= result["server_eval"]["auc"] <= 1.0
     assert json.loads((tmp_path / "c" / "server_eval.json").read_text())["steps"] == 3
+
+
+def test_aggregation_benchmark_times_every_strategy(tmp_path):
+    from simulations.bench_aggregation import STRATEGIES, main
+
+    assert main(["--set", 'model.backbone="tiny-bert"', "--clients", "3,5", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    with (tmp_path / "aggregation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    assert all(float(r["5 clients"]) > 0 for r in rows)
