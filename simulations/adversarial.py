@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from fedgate.federated.rundir import RunDir
-from simulations.study import (chosen, out_dir, parse_sets, rows_from_dir, run_study, study_parser, summarize_run,
+from simulations.study import (SCALES, chosen, out_dir, parse_sets, rows_from_dir, run_study, study_parser, summarize_run,
                                write_table)
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = chosen(p, args, VARIANTS)
     overrides = parse_sets(args.set)
-    variants = {n: {**COMMON, **overrides, **VARIANTS[n]} for n in names}
+    variants = {n: {**COMMON, **SCALES[args.scale], **overrides, **VARIANTS[n]} for n in names}
     flipped = float(overrides.get("federation.flipped-clients", FLIPPED))
     for n in names:
         if n.endswith("-flipped"):

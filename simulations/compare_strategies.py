@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
-from simulations.study import (chosen, config_string, out_dir, parse_sets, rows_from_dir, run_study, study_parser,
+from simulations.study import (SCALES, chosen, config_string, out_dir, parse_sets, rows_from_dir, run_study, study_parser,
                                summarize_run, write_table)
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     names = chosen(p, args, VARIANTS)
     overrides = parse_sets(args.set)
     out = out_dir(args, "runs/compare")
+    overrides = {**SCALES[args.scale], **overrides}
     rows = run_study(out, {n: variant_config(n, overrides) for n in names}, study=__spec__.name,
                      num_supernodes=args.num_supernodes, timeout=args.timeout)
     if not rows:

@@ -135,8 +135,19 @@ def write_table(out: Path, table: list[dict], columns: dict[str, str], name: str
     return md
 
 
+SCALES: dict[str, dict] = {
+    "cpu": {},  # each study's defaults: 10-30 minutes on 2 CPU cores
+    # every embedded row, more rounds and local epochs, the whole test split, bf16 on a GPU
+    "gpu": {"data.limit": 0, "federation.rounds": 10, "train.epochs": 2.0, "server.eval-limit": 0,
+            "train.device": "cuda", "train.bf16": True},
+}
+
+
 def study_parser(doc: str, variants: dict[str, dict], default_out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                   help="cpu: the small defaults; gpu: all rows, 10 rounds, 2 local epochs, bf16 on CUDA "
+                        "(--set still wins)")
     p.add_argument("--variants", default=",".join(variants), help="comma-separated; choices: " + ", ".join(variants))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a shared config key")
     p.add_argument("--out", default="", help=f"results folder (default {default_out}-<time>)")
@@ -228,7 +239,7 @@ def study_main(argv: list[str] | None, *, doc: str, module: str, variants: dict[
     except ValueError as e:
         p.error(str(e))
     out = out_dir(args, default_out)
-    flat = {n: {**common, **overrides, **variants[n]} for n in names}
+    flat = {n: {**common, **SCALES[args.scale], **overrides, **variants[n]} for n in names}
     rows = run_study(out, flat, study=module, num_supernodes=args.num_supernodes, timeout=args.timeout)
     if after is not None and rows:
         after(out, flat, args)

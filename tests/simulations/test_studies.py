@@ -11,18 +11,19 @@ import pytest
 
 from fedgate.federated.rundir import SUMMARY_FILE, RunDir
 from simulations.run import resolve_config
-from simulations.study import NUM_SUPERNODES, config_string, run_study, standard_results, summarize_run
+from simulations.study import NUM_SUPERNODES, SCALES, config_string, run_study, standard_results, summarize_run
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
            "study_scale", "adversarial", "compare_strategies"]
 
 
+@pytest.mark.parametrize("scale", sorted(SCALES))
 @pytest.mark.parametrize("name", STUDIES)
-def test_every_variant_is_a_valid_config(name):
+def test_every_variant_is_a_valid_config(name, scale):
     study = importlib.import_module(f"simulations.{name}")
     for variant, keys in study.VARIANTS.items():
-        flat = {**study.COMMON, **keys}
+        flat = {**study.COMMON, **SCALES[scale], **keys}
         cfg, _ = resolve_config(REPO, [config_string({k: v for k, v in flat.items() if k != NUM_SUPERNODES})])
         assert cfg.federation.rounds >= 1, variant
 
