@@ -167,7 +167,7 @@ def _check_progress(cfg: FedgateConfig, run: RunDir, rnd: int, idle: int) -> Non
     if (limit and idle >= limit) or (rnd == cfg.federation.rounds and cfg.federation.fraction_train > 0
                                      and not any(r.get("aggregated", True) for r in trained)):
         last = trained[-1]
-        reasons = sorted({f"node {x['node_id']}: {x['reason']}"
+        reasons = sorted({f"node {x['node_id']}: {(x['reason'].strip().splitlines() or ['?'])[-1]}"
                           for x in last.get("failures", []) + last.get("dropped", []) + last.get("rejected", [])})
         raise NoProgressError(f"no usable client update in {idle} round(s) in a row, through round {rnd} "
                               f"(federation.max-idle-rounds={limit}); last round: "
