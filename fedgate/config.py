@@ -132,7 +132,7 @@ class FederationConfig:
     server_tau: float = 1e-3  # adaptivity floor of fedadagrad / fedadam / fedyogi
     clip_norm: float = 0.0  # scale each client update to at most this L2 norm before combining; 0 = off
     trim_fraction: float = 0.2  # trimmed-mean: share of clients dropped at each end, per coordinate
-    byzantine_clients: int = 1  # krum: updates per round assumed malicious (f); it keeps the K - f most central
+    byzantine_clients: int = 1  # krum, validated: updates per round assumed malicious (f); the K - f best are kept
     max_update_norm: float = 1000.0  # validation: reject an update whose L2 norm is larger; 0 = no bound
     prune_threshold: float = 0.0  # prune an insertion point whose global structural gate stays below; 0 = off
     prune_patience: int = 2  # ... for this many consecutive rounds
@@ -187,7 +187,7 @@ class FederationConfig:
             raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
         if self.client_ranks and not self.heterogeneous_ranks:
             raise ValueError("federation.client-ranks needs federation.heterogeneous-ranks=true")
-        if self.weighting == "gates" and self.strategy in ("median", "trimmed-mean", "krum"):
+        if self.weighting == "gates" and self.strategy in ("median", "trimmed-mean", "krum", "validated"):
             raise ValueError(f"federation.weighting=gates weights a mean per layer; federation.strategy="
                              f"{self.strategy} is a robust rule that takes no per-layer weights")
         if self.strategy == "scaffold" and self.heterogeneous_ranks:
@@ -205,7 +205,7 @@ class FederationConfig:
 
 
 STRATEGIES = ("fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold",
-              "exact", "ffa", "median", "trimmed-mean", "krum")
+              "exact", "ffa", "median", "trimmed-mean", "krum", "validated")
 
 
 @dataclass(frozen=True)

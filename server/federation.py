@@ -28,6 +28,10 @@ from server.strategy import FedgateStrategy
 log = logging.getLogger(__name__)
 
 
+# what the strategy's round log adds to rounds.jsonl's "strategy" section
+STRATEGY_LOG = ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback", "validation_auc")
+
+
 def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
     every, last = cfg.server.eval_every, cfg.federation.rounds
     return server_round == last or (every > 0 and server_round % every == 0)
@@ -70,7 +74,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             metrics, _ = evaluator.evaluate(state)
             run.append_round({"round": 0, "server_eval": metrics, "params": params})
             log.info("round 0: test AUC %.4f", metrics["auc"])
-        strategy = FedgateStrategy(cfg, state, profile, saved)
+        strategy = FedgateStrategy(cfg, state, profile, saved, scorer=evaluator.validation_auc)
         strategy.summary()
         final_metrics, final_pred, idle = None, None, 0
         for rnd in range(first, cfg.federation.rounds + 1):
@@ -138,8 +142,7 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
                   "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
         "gates": strategy.profile,
         "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned,
-                     **{k: rl[k] for k in ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback")
-                        if k in rl}},
+                     **{k: rl[k] for k in STRATEGY_LOG if k in rl}},
         "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
         "finished_at": time.time(),
         "server_rss_mib": resident_mib(),

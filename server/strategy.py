@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -41,8 +41,15 @@ class FedgateStrategy(Strategy):
     """Every ``federation.strategy``, composed from the pure rules (see module docstring)."""
 
     def __init__(self, cfg: FedgateConfig, global_state: dict[str, np.ndarray],
-                 profile: dict[str, dict[str, float]] | None = None, saved: tuple[dict, dict] | None = None) -> None:
+                 profile: dict[str, dict[str, float]] | None = None, saved: tuple[dict, dict] | None = None,
+                 scorer: Callable[[dict[str, np.ndarray], list[str]], float] | None = None) -> None:
+        """``scorer(state, pruned)``: the server's validation ROC-AUC of a global state, which
+        ``federation.strategy=validated`` needs (the ServerApp passes its evaluator's)."""
         self.cfg, self.fed = cfg, cfg.federation
+        if self.fed.strategy == "validated" and scorer is None:
+            raise ValueError("federation.strategy=validated scores updates on the server's validation rows; "
+                             "give the strategy a scorer")
+        self.scorer = scorer
         self.global_state = global_state
         self.profile = profile or {}
         self.optimizer = make_server_optimizer(self.fed)
@@ -256,12 +263,16 @@ class FedgateStrategy(Strategy):
                 r = lora_rank(u.delta, modules[0]) if modules else self.rank
                 if r != self.rank:
                     u.delta = pad_to_rank(u.delta, self.rank) if r < self.rank else truncate_to_rank(u.delta, self.rank)
+        scores = None
+        if RECIPES[self.fed.strategy].combine == "validated":  # each update applied alone, scored by the server
+            scores = [self.scorer({k: v + u.delta[k] if k in u.delta else v for k, v in self.global_state.items()},
+                                  self.pruned) for u in updates]
         result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
-                           rank=self.rank)
+                           rank=self.rank, scores=scores)
         self.global_state, self.opt_state = result.params, result.opt_state
         for key, value in result.info.items():
             self.round_log[key] = value
-        if "excluded" in result.info:  # Krum: indices into this round's updates -> node ids
+        if "excluded" in result.info:  # krum, validated: indices into this round's updates -> node ids
             self.round_log["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
 
     def _update_gates(self, updates: list[ClientUpdate], server_round: int) -> None:

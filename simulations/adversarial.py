@@ -28,7 +28,8 @@ COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "feder
 RULES = {"fedavg": {"federation.strategy": "fedavg"},
          "median": {"federation.strategy": "median"},
          "trimmed-mean": {"federation.strategy": "trimmed-mean", "federation.trim-fraction": 0.2},
-         "krum": {"federation.strategy": "krum", "federation.byzantine-clients": 1}}
+         "krum": {"federation.strategy": "krum", "federation.byzantine-clients": 1},
+         "validated": {"federation.strategy": "validated", "federation.byzantine-clients": 1}}
 FLIPPED = 0.2
 VARIANTS = {f"{rule}-{kind}": {**keys, "federation.flipped-clients": FLIPPED if kind == "flipped" else 0.0}
             for rule, keys in RULES.items() for kind in ("clean", "flipped")}

@@ -15,6 +15,7 @@ recipe by ``federation.strategy`` and calls :func:`aggregate`.
 | median         | coordinate-wise median         | sgd              |                          |
 | trimmed-mean   | coordinate-wise trimmed mean   | sgd              |                          |
 | krum           | Multi-Krum: mean of the K - f updates closest to the others | sgd |             |
+| validated      | mean of the K - f updates whose global + delta scores best on the server's validation rows | sgd | |
 
 ``federation.weighting=gates`` makes the mean (and exact's product mean) weight each client
 per layer by examples x its mean gate there; ``federation.clip-norm`` clips every update
@@ -30,14 +31,14 @@ import numpy as np
 
 from fedgate.aggregation.fedavg import Params, weighted_mean
 from fedgate.aggregation.lora import exact_aggregate, gate_weights, module_weighted_mean
-from fedgate.aggregation.robust import clip_update, coordinate_median, multi_krum, trimmed_mean
+from fedgate.aggregation.robust import best_scored, clip_update, coordinate_median, multi_krum, trimmed_mean
 from fedgate.aggregation.server_opt import ServerOptimizer, server_optimizer
 from fedgate.aggregation.update import ClientUpdate
 
 
 @dataclass(frozen=True)
 class Recipe:
-    combine: str  # mean | exact | median | trimmed-mean | krum
+    combine: str  # mean | exact | median | trimmed-mean | krum | validated
     server_opt: str  # sgd | avgm | adagrad | adam | yogi
     default_lr: float = 1.0
 
@@ -56,6 +57,7 @@ RECIPES: dict[str, Recipe] = {
     "median": Recipe("median", "sgd"),
     "trimmed-mean": Recipe("trimmed-mean", "sgd"),
     "krum": Recipe("krum", "sgd"),
+    "validated": Recipe("validated", "sgd"),
 }
 
 
@@ -77,12 +79,14 @@ class Aggregated:
 
 def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate], optimizer: ServerOptimizer,
               opt_state: Mapping[str, np.ndarray], *, sent: Sequence[Mapping[str, np.ndarray]] | None = None,
-              rank: int = 0) -> Aggregated:
+              rank: int = 0, scores: Sequence[float] | None = None) -> Aggregated:
     """One round's new global state from validated client updates.
 
     Updates may cover a subset of ``params`` (tensors not sent stay as they are). ``sent[k]``
     is what client k started from (needed by ``exact``: its local factors are ``sent + delta``,
-    possibly at its own rank); ``rank`` is the global adapter rank ``exact`` re-factorizes to.
+    possibly at its own rank); ``rank`` is the global adapter rank ``exact`` re-factorizes to;
+    ``scores[k]`` is how well ``params + delta_k`` alone does on the server's validation rows
+    (needed by ``validated``).
     """
     if not updates:
         raise ValueError("aggregate: no updates")
@@ -114,6 +118,11 @@ def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpd
             mean_delta, info["excluded"] = multi_krum(deltas, examples, fed.byzantine_clients)
         else:  # too few updates this round for Krum's vote: the median is robust without one
             mean_delta, info["krum_fallback"] = coordinate_median(deltas), "median"
+    elif recipe.combine == "validated":
+        if scores is None:
+            raise ValueError("aggregate: strategy validated needs the server's validation score of each update")
+        mean_delta, info["excluded"] = best_scored(deltas, examples, scores, fed.byzantine_clients)
+        info["validation_auc"] = [float(s) for s in scores]
     elif per_layer is not None:
         mean_delta = module_weighted_mean(deltas, per_layer)
     else:

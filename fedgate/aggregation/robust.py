@@ -90,6 +90,22 @@ def multi_krum(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[flo
     return mean, [i for i in range(len(deltas)) if i not in chosen]
 
 
+def best_scored(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], scores: Sequence[float],
+                drop: int) -> tuple[Params, list[int]]:
+    """The weighted mean of the updates left after dropping the ``drop`` lowest ``scores``
+    (at least one is kept; ties keep the earlier update). Returns (mean, indices dropped)."""
+    if len(scores) != len(deltas):
+        raise ValueError(f"best_scored: {len(scores)} scores for {len(deltas)} updates")
+    keep = max(1, len(deltas) - max(0, drop))
+    order = sorted(range(len(deltas)), key=lambda i: (-scores[i], i))
+    chosen = sorted(order[:keep])
+    stacks = _stack([deltas[i] for i in chosen], "best_scored")
+    total = sum(weights[i] for i in chosen)
+    w = np.asarray([weights[i] / total for i in chosen], dtype=np.float64)
+    mean = {key: np.tensordot(w, s, axes=1).astype(np.asarray(deltas[0][key]).dtype) for key, s in stacks.items()}
+    return mean, [i for i in range(len(deltas)) if i not in chosen]
+
+
 def _listed(keys: list[str], at_most: int) -> str:
     more = f" (+{len(keys) - at_most} more)" if len(keys) > at_most else ""
     return f"{keys[:at_most]}{more}"

@@ -22,7 +22,8 @@ from fedgate.federated.shards import server_splits
 from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
-from fedgate.train import decision_threshold_from, evaluate, pick_device, predict, prepare_cache
+from fedgate.train import (decision_threshold_from, evaluate, metrics_from_predictions, pick_device, predict,
+                           prepare_cache)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,15 @@ class ServerEvaluator:
             metrics[noise_key(rate)] = float(noisy["auc"])
         metrics["eval_s"] = time.perf_counter() - t0
         return metrics, pred
+
+    def validation_auc(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = ()) -> float:
+        """ROC-AUC of ``state`` on the validation rows only (never the test rows): how the
+        ``validated`` strategy scores a candidate update."""
+        configure_adapters(self.model, self.cfg, pruned)
+        load_adapter_state(self.model, from_numpy(state))
+        val = self.splits["validation"]
+        return float(metrics_from_predictions(predict(self.model, val, self.cfg, self.pad_id, self.device), val,
+                                              self.cfg)["auc"])
 
     def test_labels(self) -> np.ndarray:
         return self.splits["test"].labels.numpy()

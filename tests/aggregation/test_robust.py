@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedgate.aggregation.robust import (clip_update, coordinate_median, krum_scores, multi_krum, trimmed_mean, update_norm,
+from fedgate.aggregation.robust import (best_scored, clip_update, coordinate_median, krum_scores, multi_krum, trimmed_mean, update_norm,
                                         validate_update)
 
 
@@ -138,3 +138,13 @@ def test_a_sign_flipped_update_is_the_one_krum_drops():
 def test_krum_needs_f_plus_three_updates():
     with pytest.raises(ValueError, match=r"needs at least f \+ 3 = 4"):
         krum_scores(_scalars([0, 1, 2]), 1)
+
+
+def test_best_scored_drops_the_lowest_scores_and_weights_the_rest():
+    mean, out = best_scored(_scalars([1.0, 2.0, 3.0, 10.0]), [1, 1, 2, 5], scores=[0.6, 0.7, 0.65, 0.4], drop=1)
+    assert out == [3]
+    np.testing.assert_allclose(mean["a"], [(1 + 2 + 2 * 3) / 4])  # 2.25
+    _, out = best_scored(_scalars([1, 2]), [1, 1], scores=[0.5, 0.5], drop=5)
+    assert out == [1]  # at least one update is kept; a tie keeps the earlier one
+    with pytest.raises(ValueError, match="2 scores for 3 updates"):
+        best_scored(_scalars([1, 2, 3]), [1, 1, 1], scores=[0.1, 0.2], drop=1)

@@ -31,3 +31,17 @@ def test_server_rows_are_not_client_rows(tiny_cfg):
     for p in range(2):
         shard = client_shard(cfg, p, 2)
         assert not server_prompts & (set(shard["train"]["prompt"]) | set(shard["holdout"]["prompt"]))
+
+
+def test_validation_auc_scores_on_validation_rows_and_flips_with_the_head(tiny_cfg):
+    from fedgate.metrics import roc_auc
+
+    ev = ServerEvaluator(tiny_cfg(), progress=False)
+    rng = np.random.default_rng(1)
+    state = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in ev.initial_state().items()}
+    auc = ev.validation_auc(state)
+    _, pred = ev.evaluate(state)
+    y_test = misaligned(ev.test_labels()[:, 0], 2)
+    assert auc != roc_auc(y_test, -pred[:, 0])  # not the test rows
+    flipped = {k: -v if k.startswith("head.") else v for k, v in state.items()}  # every score negated
+    assert abs(ev.validation_auc(flipped) - (1.0 - auc)) < 1e-9

@@ -119,6 +119,25 @@ def test_krum_leaves_out_the_sign_flipped_client_by_node_id():
     np.testing.assert_allclose(strategy.global_state["m.gate_weight"], [1.0, 1.0])
 
 
+def test_validated_scores_each_update_alone_and_leaves_out_the_worst():
+    scored = []
+
+    def scorer(state, pruned):  # stands in for the server's validation AUC: here, a high head bias is good
+        scored.append(float(state["head.bias"][0]))
+        return float(state["head.bias"][0])
+
+    c = cfg(strategy="validated", **{"byzantine-clients": 1})
+    strategy = FedgateStrategy(c, {k: v.copy() for k, v in GLOBAL.items()}, scorer=scorer)
+    msgs = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes((1, 2, 3))))
+    deltas = [zeros_like(GLOBAL, **{"head.bias": [b]}) for b in (0.2, -0.3, 0.4)]
+    strategy.aggregate_train(1, [reply(m, d, n) for m, d, n in zip(msgs, deltas, (10, 10, 30))])
+    assert scored == pytest.approx([0.7, 0.2, 0.9])  # global 0.5 + each delta alone
+    assert strategy.round_log["excluded"] == [2]
+    assert strategy.global_state["head.bias"][0] == pytest.approx(0.5 + (10 * 0.2 + 30 * 0.4) / 40)
+    with pytest.raises(ValueError, match="give the strategy a scorer"):
+        FedgateStrategy(c, dict(GLOBAL))
+
+
 def test_wrong_dtype_and_a_foreign_rank_are_rejected():
     strategy, msgs = start(cfg())
     f64 = {k: v.astype(np.float64) for k, v in zeros_like(GLOBAL).items()}
