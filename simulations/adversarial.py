@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from fedgate.federated.rundir import RunDir
-from simulations.study import (SCALES, chosen, out_dir, parse_sets, rows_from_dir, run_study, study_parser, summarize_run,
+from simulations.study import (SCALES, auc_difference_se, chosen, out_dir, parse_sets, rows_from_dir, run_study, study_parser, summarize_run,
                                write_table)
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
@@ -51,13 +51,15 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
         clean, bad = rows.get(f"{rule}-clean"), rows.get(f"{rule}-flipped")
         if not (clean and bad):
             continue
+        se = auc_difference_se(out / f"{rule}-clean", out / f"{rule}-flipped")
         table.append({"rule": rule, "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
-                      "drop_points": f"{100 * (clean['auc'] - bad['auc']):+.2f}",
+                      "drop_points": f"{100 * (clean['auc'] - bad['auc']):+.2f}", "drop_se_points": f"{se:.2f}",
                       "flipped_partitions": ",".join(map(str, bad["flipped_partitions"])),
                       "f1_clean": clean["f1"], "f1_flipped": bad["f1"]})
     md = write_table(out, table, {"rule": "rule", "auc_clean": "ROC-AUC clean",
                                   "auc_flipped": f"ROC-AUC, {flipped:.0%} clients flipped",
-                                  "drop_points": "drop (points)", "flipped_partitions": "flipped partitions"})
+                                  "drop_points": "drop (points)", "drop_se_points": "its bootstrap SE (points)",
+                                  "flipped_partitions": "flipped partitions"})
     line_plot(out / "auc_per_round.png",
               {name: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for name, r in rows.items()},
               ylabel="server test ROC-AUC", title="clean vs flipped-label clients",

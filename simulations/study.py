@@ -247,3 +247,30 @@ def study_main(argv: list[str] | None, *, doc: str, module: str, variants: dict[
         return 1
     print(report(out))
     return 0 if len(rows) == len(names) else 1
+
+
+def auc_difference_se(run_a: Path, run_b: Path, threshold: int = 2, resamples: int = 1000, seed: int = 0) -> float:
+    """Standard error, in ROC-AUC points, of ``AUC(a) - AUC(b)`` over the same test rows: a
+    paired bootstrap over the rows of both runs' ``test_predictions.csv``. What a difference
+    between two runs of a study has to exceed before it says anything."""
+    import numpy as np
+
+    from fedgate.metrics import roc_auc
+
+    def load(run: Path) -> tuple[np.ndarray, np.ndarray]:
+        with (run / "test_predictions.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        y = np.array([int(r["true_helpfulness"]) <= threshold for r in rows])
+        return y, -np.array([float(r["pred_helpfulness"]) for r in rows])  # low helpfulness = misaligned
+
+    (y, a), (y_b, b) = load(run_a), load(run_b)
+    if len(y) != len(y_b) or (y != y_b).any():
+        raise ValueError(f"{run_a} and {run_b} were not scored on the same test rows")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].all() or not y[i].any():
+            continue
+        diffs.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
+    return 100 * float(np.std(diffs))

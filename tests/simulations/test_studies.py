@@ -7,6 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedgate.federated.rundir import SUMMARY_FILE, RunDir
@@ -102,3 +103,26 @@ def test_aggregation_benchmark_times_every_strategy(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["strategy"] for r in rows] == list(STRATEGIES)
     assert all(float(r["5 clients"]) > 0 for r in rows)
+
+
+def _predictions(path, helpfulness, scores):
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "test_predictions.csv").open("w") as f:
+        f.write("kind,true_helpfulness,pred_helpfulness\n")
+        f.writelines(f"real,{h},{s}\n" for h, s in zip(helpfulness, scores))
+
+
+def test_auc_difference_se_is_zero_for_identical_runs_and_refuses_other_rows(tmp_path):
+    from simulations.study import auc_difference_se
+
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 5, 200)
+    scores = h + rng.normal(0, 2, 200)
+    _predictions(tmp_path / "a", h, scores)
+    _predictions(tmp_path / "b", h, scores)
+    _predictions(tmp_path / "c", h, scores + rng.normal(0, 2, 200))
+    _predictions(tmp_path / "d", 4 - h, scores)
+    assert auc_difference_se(tmp_path / "a", tmp_path / "b") == 0.0
+    assert 0.5 < auc_difference_se(tmp_path / "a", tmp_path / "c") < 10.0  # points
+    with pytest.raises(ValueError, match="not scored on the same test rows"):
+        auc_difference_se(tmp_path / "a", tmp_path / "d")
