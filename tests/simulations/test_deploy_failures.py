@@ -60,7 +60,7 @@ def _contributors(record: dict) -> list[int]:
 
 
 def test_a_supernode_killed_mid_round_leaves_the_run_to_the_survivors(tmp_path):
-    overrides, run_dir = prepare_run(REPO, [BASE + " federation.min-train-nodes=2 federation.round-timeout=240"],
+    overrides, run_dir = prepare_run(REPO, [BASE, "federation.min-train-nodes=2 federation.round-timeout=240"],
                                      tmp_path / "run")
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), tls=False, auth=False)
     started = time.time()
@@ -99,8 +99,8 @@ def test_a_supernode_killed_mid_round_leaves_the_run_to_the_survivors(tmp_path):
 
 def test_a_straggler_is_dropped_and_a_raising_client_is_a_failure(tmp_path):
     # one round: the server waits out the straggler once, then evaluates and finishes the run
-    overrides, run_dir = prepare_run(REPO, [BASE + " federation.min-train-nodes=1 federation.round-timeout=75 "
-                                            "federation.rounds=1"], tmp_path / "run")
+    overrides, run_dir = prepare_run(REPO, [BASE, "federation.min-train-nodes=1 federation.round-timeout=75 "
+                                                  "federation.rounds=1"], tmp_path / "run")
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), tls=False, auth=False)
     started = time.time()
     try:
