@@ -74,7 +74,7 @@ class Aggregated:
     params: Params
     opt_state: dict[str, np.ndarray]
     mean_delta: Params
-    info: dict = field(default_factory=dict)  # clip scales, truncation errors, updates Krum left out
+    info: dict = field(default_factory=dict)  # clip scales, truncation errors, updates left out, scores
 
 
 def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate], optimizer: ServerOptimizer,

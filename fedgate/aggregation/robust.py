@@ -82,12 +82,7 @@ def multi_krum(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[flo
     (``keep = 0``: ``K - f``). Returns (mean, indices left out)."""
     scores = krum_scores(deltas, byzantine)
     keep = keep or len(deltas) - byzantine
-    chosen = sorted(np.argsort(scores, kind="stable")[:keep].tolist())
-    total = sum(weights[i] for i in chosen)
-    stacks = _stack([deltas[i] for i in chosen], "multi_krum")
-    w = np.asarray([weights[i] / total for i in chosen], dtype=np.float64)
-    mean = {key: np.tensordot(w, s, axes=1).astype(np.asarray(deltas[0][key]).dtype) for key, s in stacks.items()}
-    return mean, [i for i in range(len(deltas)) if i not in chosen]
+    return _mean_of_chosen(deltas, weights, sorted(np.argsort(scores, kind="stable")[:keep].tolist()))
 
 
 def best_scored(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], scores: Sequence[float],
@@ -98,8 +93,13 @@ def best_scored(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[fl
         raise ValueError(f"best_scored: {len(scores)} scores for {len(deltas)} updates")
     keep = max(1, len(deltas) - max(0, drop))
     order = sorted(range(len(deltas)), key=lambda i: (-scores[i], i))
-    chosen = sorted(order[:keep])
-    stacks = _stack([deltas[i] for i in chosen], "best_scored")
+    return _mean_of_chosen(deltas, weights, sorted(order[:keep]))
+
+
+def _mean_of_chosen(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float],
+                    chosen: list[int]) -> tuple[Params, list[int]]:
+    """(weighted mean of the ``chosen`` updates, indices of the others)."""
+    stacks = _stack([deltas[i] for i in chosen], "robust selection")
     total = sum(weights[i] for i in chosen)
     w = np.asarray([weights[i] / total for i in chosen], dtype=np.float64)
     mean = {key: np.tensordot(w, s, axes=1).astype(np.asarray(deltas[0][key]).dtype) for key, s in stacks.items()}
