@@ -2,6 +2,7 @@
 go by, and what does a round cost?
 
     python -m simulations.bench_load                       # 100 clients, 10% per round, 5 rounds
+    python -m simulations.bench_load --clients 10,50,100 --sampled 10   # does memory grow with the clients?
     python -m simulations.bench_load --clients 1000 --fraction 0.01 --set model.backbone="tiny-bert"
 
 One real Flower simulation. While it runs, a sampler sums the resident memory (RSS) of
@@ -91,22 +92,44 @@ def run_load(clients: int, fraction: float, overrides: dict, out: Path, timeout:
     return code, rows
 
 
+ROUND_COLUMNS = {"round": "round", "wall_s": "wall s", "clients": "clients", "server_rss_mib": "ServerApp RSS MiB",
+                 "peak_total_rss_mib": "peak RSS of all run processes, MiB", "processes": "processes"}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--clients", default="100", help="number of simulated clients; a comma-separated list runs each")
     p.add_argument("--fraction", type=float, default=0.1, help="share of clients sampled per round")
+    p.add_argument("--sampled", type=int, default=0, help="clients per round instead of --fraction (same work "
+                                                          "per round whatever the number of clients)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--out", default="", help="run directory (default runs/load-<time>)")
+    p.add_argument("--out", default="", help="output folder (default runs/load-<time>)")
     p.add_argument("--timeout", type=float, default=None)
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/load-{time.strftime('%Y%m%d-%H%M%S')}")
-    code, rows = run_load(args.clients, args.fraction, parse_sets(args.set), out, args.timeout)
-    if rows:
-        print(write_table(out, rows, {"round": "round", "wall_s": "wall s", "clients": "clients",
-                                      "server_rss_mib": "ServerApp RSS MiB",
-                                      "peak_total_rss_mib": "peak RSS of all run processes, MiB",
-                                      "processes": "processes"}, name="load"))
-    return code
+    counts = [int(c) for c in args.clients.split(",")]
+    summary, worst = [], 0
+    for n in counts:
+        fraction = min(1.0, args.sampled / n) if args.sampled else args.fraction
+        target = out if len(counts) == 1 else out / f"{n}-clients"
+        code, rows = run_load(n, fraction, parse_sets(args.set), target, args.timeout)
+        worst = max(worst, code)
+        if rows:
+            target.mkdir(parents=True, exist_ok=True)
+            print(write_table(target, rows, ROUND_COLUMNS, name="load"))
+            later = rows[1:] or rows
+            summary.append({"clients": n, "per_round": rows[0]["clients"],
+                            "peak_total_rss_mib": max(r["peak_total_rss_mib"] for r in rows),
+                            "peak_after_round_1_mib": max(r["peak_total_rss_mib"] for r in later),
+                            "server_rss_mib": max(r["server_rss_mib"] for r in rows),
+                            "mean_round_s": round(sum(r["wall_s"] for r in rows) / len(rows), 1)})
+    if len(counts) > 1 and summary:
+        print(write_table(out, summary, {"clients": "clients", "per_round": "trained per round",
+                                         "peak_total_rss_mib": "peak RSS of all run processes, MiB",
+                                         "peak_after_round_1_mib": "same, rounds 2+", "server_rss_mib":
+                                         "peak ServerApp RSS MiB", "mean_round_s": "mean round s"},
+                          name="load_by_clients"))
+    return worst
 
 
 if __name__ == "__main__":

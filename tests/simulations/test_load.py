@@ -39,3 +39,22 @@ def test_twenty_clients_ten_percent_sampled_with_flat_memory(tmp_path):
     assert servers[-1] <= servers[1] + 30, servers
     assert seen and all(is_loopback(host) for host, _ in seen), seen  # the SuperLink, Ray's servers
     assert processes_with_flwr_home((out / "flwr-home").resolve()) == []
+
+
+def test_a_client_sweep_samples_the_same_number_per_round_and_tabulates_peaks(tmp_path, monkeypatch):
+    from simulations import bench_load
+
+    calls = []
+
+    def fake_run_load(clients, fraction, overrides, out, timeout):
+        calls.append((clients, fraction))
+        return 0, [{"round": r, "wall_s": 10.0, "clients": round(clients * fraction), "partitions": "",
+                    "server_rss_mib": 900.0, "peak_total_rss_mib": 4000.0 + 10 * r + clients, "processes": 9}
+                   for r in (1, 2, 3)]
+
+    monkeypatch.setattr(bench_load, "run_load", fake_run_load)
+    assert bench_load.main(["--clients", "10,50", "--sampled", "5", "--out", str(tmp_path)]) == 0
+    assert calls == [(10, 0.5), (50, 0.1)]
+    table = (tmp_path / "load_by_clients.md").read_text()
+    assert "| 50 | 5 | 4080.0 | 4080.0 | 900.0 | 10.0 |" in table
+    assert (tmp_path / "10-clients" / "load.md").is_file()
