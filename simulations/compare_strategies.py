@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
-from simulations.study import (SCALES, chosen, config_string, out_dir, parse_sets, rows_from_dir, run_study, study_parser,
-                               summarize_run, write_table)
+from simulations.study import config_string, rows_from_dir, study_main, summarize_run, write_table
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
           "data.limit": 800, "server.eval-limit": 300, "server.report": False}
@@ -74,21 +73,8 @@ def report(out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = study_parser(__doc__, VARIANTS, "runs/compare")
-    args = p.parse_args(argv)
-    if args.summarize:
-        print(report(Path(args.summarize)))
-        return 0
-    names = chosen(p, args, VARIANTS)
-    overrides = parse_sets(args.set)
-    out = out_dir(args, "runs/compare")
-    overrides = {**SCALES[args.scale], **overrides}
-    rows = run_study(out, {n: variant_config(n, overrides) for n in names}, study=__spec__.name,
-                     num_supernodes=args.num_supernodes, timeout=args.timeout)
-    if not rows:
-        return 1
-    print(write_results(out, rows))
-    return 0 if len(rows) == len(names) else 1
+    return study_main(argv, doc=__doc__, module=__spec__.name, variants=VARIANTS, common=COMMON,
+                      default_out="runs/compare", report=report)
 
 
 if __name__ == "__main__":
