@@ -35,8 +35,14 @@ class AdapterSpec:
     structural_gate: bool = True
     gate_init: float = 2.0  # initial token-gate bias: sigmoid(2) = 0.88, mostly open
     struct_init: float = 2.0  # initial structural logit: sigmoid(2) = 0.88
+    # gated-lora | ia3 | bottleneck | bitfit: the other methods are baselines (fedgate.peft_methods);
+    # bottleneck uses r as its inner width, and the gate settings apply to gated-lora only
+    method: str = "gated-lora"
 
     def __post_init__(self) -> None:
+        from fedgate.peft_methods import check_method
+
+        check_method(self.method)
         if self.r < 1:
             raise ValueError(f"adapter.r (adapter rank) must be >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -249,6 +249,15 @@ class FedgateConfig:
         if (fed.personal_gates or fed.prune_threshold > 0) and not self.adapter.structural_gate:
             what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
             raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
+        if self.adapter.method != "gated-lora":
+            lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
+                         "federation.weighting": "gates" if fed.weighting == "gates" else None,
+                         "federation.personal-gates": fed.personal_gates or None,
+                         "federation.prune-threshold": fed.prune_threshold or None,
+                         "federation.heterogeneous-ranks": fed.heterogeneous_ranks or None}
+            if used := [f"{k}={v}" for k, v in lora_only.items() if v is not None]:
+                raise ValueError(f"adapter.method={self.adapter.method} has no LoRA factors or gates; "
+                                 f"{', '.join(used)} needs adapter.method=gated-lora")
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], *, ignore_unknown_sections: bool = True) -> "FedgateConfig":

@@ -113,14 +113,16 @@ def adapter_modules(model: nn.Module) -> dict[str, GatedLoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, GatedLoRALinear)}
 
 
-def freeze_except(model: nn.Module, trainable_prefixes: Iterable[str] = ()) -> None:
-    """Freeze every parameter but adapter parameters and those under the given prefixes."""
+def freeze_except(model: nn.Module, trainable_prefixes: Iterable[str] = (), names: Iterable[str] = ()) -> None:
+    """Freeze every parameter but adapter parameters, those under the given prefixes and
+    those named in ``names``."""
     prefixes = tuple(trainable_prefixes)
+    named = set(names)
     adapter_param_ids = {
         id(p) for m in adapter_modules(model).values() for n in m.adapter_names for p in [getattr(m, n)]
     }
     for name, p in model.named_parameters():
-        p.requires_grad_(id(p) in adapter_param_ids or name.startswith(prefixes))
+        p.requires_grad_(id(p) in adapter_param_ids or name.startswith(prefixes) or name in named)
 
 
 @dataclass(frozen=True)

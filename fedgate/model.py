@@ -104,6 +104,8 @@ class RewardModel(nn.Module):
         self.hidden_size = backbone.config.hidden_size
         features = 3 * self.hidden_size if pairing == "separate" else self.hidden_size
         self.head = nn.Linear(features, NUM_ATTRIBUTES)
+        # trainable backbone parameters of a baseline method (adapter.method other than gated-lora)
+        self.method_params: tuple[str, ...] = ()
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -191,6 +193,7 @@ def build_reward_model(mcfg, spec):
     Takes a ``fedgate.config.ModelConfig`` and an ``AdapterSpec``; returns (model, tokenizer).
     """
     from fedgate.inject import default_targets, freeze_except, inject_adapters
+    from fedgate.peft_methods import GATED_LORA, inject_method
 
     backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None)
     model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None)
@@ -202,7 +205,11 @@ def build_reward_model(mcfg, spec):
     depth = getattr(backbone.config, "num_hidden_layers", None)
     if layers is None and mcfg.top_layers and depth:
         layers = tuple(range(max(0, depth - mcfg.top_layers), depth))
-    names = inject_adapters(model.backbone, spec, targets, regex=mcfg.target_regex or None, layers=layers)
-    freeze_except(model, ("head.",))
-    log.info("adapters in %d modules: %s", len(names), ", ".join(names))
+    if spec.method == GATED_LORA:
+        names = inject_adapters(model.backbone, spec, targets, regex=mcfg.target_regex or None, layers=layers)
+        log.info("adapters in %d modules: %s", len(names), ", ".join(names))
+    else:  # a baseline method: its own targets per model family, in the same blocks
+        model.method_params = tuple(f"backbone.{n}" for n in inject_method(model.backbone, spec.method, spec.r, layers))
+        log.info("%s: %d trainable tensors in the backbone", spec.method, len(model.method_params))
+    freeze_except(model, ("head.",), names=model.method_params)
     return model, tokenizer

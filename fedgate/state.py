@@ -22,10 +22,11 @@ State = dict[str, torch.Tensor]
 
 
 def trainable_names(model: nn.Module, extra_prefixes: tuple[str, ...] = ("head.",)) -> list[str]:
-    """Names of adapter/gate parameters plus parameters under ``extra_prefixes``, model order."""
+    """Names of adapter/gate parameters (or a baseline method's, ``model.method_params``) plus
+    parameters under ``extra_prefixes``, in model order."""
     adapter_names = {
         f"{mod_name}.{p}" for mod_name, m in adapter_modules(model).items() for p in m.adapter_names
-    }
+    } | set(getattr(model, "method_params", ()))
     return [n for n, _ in model.named_parameters() if n in adapter_names or n.startswith(extra_prefixes)]
 
 

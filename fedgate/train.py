@@ -40,8 +40,9 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def lowest_adapter_layer(model: torch.nn.Module) -> int | None:
-    """The lowest transformer layer holding an adapter (None if some adapter has no layer)."""
-    layers = [layer_index(n) for n in adapter_modules(model)]
+    """The lowest transformer layer holding an adapter or a baseline method's trainable tensor
+    (None if one of them has no layer)."""
+    layers = [layer_index(n) for n in [*adapter_modules(model), *getattr(model, "method_params", ())]]
     return None if not layers or None in layers else min(layers)  # type: ignore[type-var]
 
 

@@ -16,7 +16,7 @@ from simulations.study import NUM_SUPERNODES, SCALES, config_string, run_study, 
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
-           "study_scale", "adversarial", "compare_strategies"]
+           "study_scale", "study_peft", "adversarial", "compare_strategies"]
 
 
 @pytest.mark.parametrize("scale", sorted(SCALES))
