@@ -1,0 +1,58 @@
+"""Shared by the deployment failure tests (test_deploy_kill.py, test_deploy_straggler.py),
+which sit in two files so that two test workers wait out Flower's heartbeat and the round
+timeout at the same time."""
+
+import os
+import signal
+from pathlib import Path
+
+from simulations.deploy import CONNECTION, Deployment
+from simulations.processes import children, is_loopback, listening_addresses
+from simulations.run import REPO, run_config_arg
+
+BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
+        'server.noise-rates="" server.report=false federation.fraction-evaluate=0.0 federation.rounds=2 '
+        'federation.min-available-nodes=2')
+
+
+def start_run(d: Deployment, overrides: dict):
+    import subprocess
+
+    cmd = ["flwr", "run", str(REPO), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
+    log = (d.logs / "flwr-run.log").open("w")
+    return subprocess.Popen(cmd, env=d.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def clientapps(pid: int) -> list[int]:
+    """ClientApp processes a SuperNode has running now."""
+    out = []
+    for child in children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-clientapp" in cmdline:
+            out.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children at once, as a machine that loses power would."""
+    for p in [pid, *children(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def assert_loopback_only(d: Deployment) -> None:
+    pids = [p for proc in [d.superlink, *d.nodes] for p in (proc.pid, *children(proc.pid))]
+    listening = listening_addresses(pids)
+    assert listening, "found no listening socket at all: the check would be vacuous"
+    assert all(is_loopback(host) for host, _, _ in listening), listening
+
+
+def contributors(record: dict) -> list[int]:
+    return sorted(int(c["partition-id"]) for c in record["clients"])
+
+
