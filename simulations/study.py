@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+from fedgate.federated.rundir import PREDICTIONS_FILE, SUMMARY_FILE, RunDir
 from simulations.run import simulate
+
+log = logging.getLogger(__name__)
 
 VARIANTS_FILE = "variants.json"
 STUDY_FILE = "study.json"  # in the results folder: which script; in each run directory: its config
@@ -181,13 +184,26 @@ def report_study(out: Path) -> str:
 
 
 STANDARD_COLUMNS = {"variant": "variant", "auc": "final ROC-AUC", "vs_baseline": "vs baseline (points)",
-                    "f1": "F1", "trainable_percent": "trainable %", "uplink_mib": "uplink MiB", "wall_s": "wall s"}
+                    "se": "paired SE (points)", "f1": "F1", "trainable_percent": "trainable %", "uplink_mib": "uplink MiB", "wall_s": "wall s"}
+
+
+def paired_ses(out: Path, names: list[str], baseline: str) -> dict[str, float]:
+    """Paired bootstrap SE of each variant's AUC difference to ``baseline`` (points), for the
+    variants whose run directory and the baseline's hold test predictions of the same rows."""
+    ses = {}
+    for name in names:
+        if name != baseline and all((out / n / PREDICTIONS_FILE).is_file() for n in (name, baseline)):
+            try:
+                ses[name] = auc_difference_se(out / name, out / baseline)
+            except ValueError as e:  # scored on other rows: no paired SE, say why
+                log.warning("%s", e)
+    return ses
 
 
 def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None = None, title: str = "",
                      reference: tuple[str, float] | None = None, extra: dict[str, str] | None = None) -> str:
     """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC, its
-    difference to ``baseline`` in points, F1, noisy-input AUCs, trainable share, uplink,
+    difference to ``baseline`` in points with its paired bootstrap SE, F1, noisy-input AUCs, trainable share, uplink,
     wall time, plus ``extra`` columns already in the rows) and two plots: final AUC per
     variant (``final_auc.png``, with ``reference`` such as the centralized upper bound as a
     dashed line) and AUC per round (``auc_per_round.png``)."""
@@ -195,10 +211,12 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
 
     base = rows.get(baseline) if baseline else None
     noise = sorted({k for r in rows.values() for k in r if k.startswith("auc_noise_")})
+    se = paired_ses(out, list(rows), baseline) if base else {}
     table = []
     for name, r in rows.items():
         row = {"variant": name, "auc": r["auc"],
                "vs_baseline": f"{100 * (r['auc'] - base['auc']):+.2f}" if base else "",
+               "se": f"{se[name]:.2f}" if name in se else "",
                "f1": r["f1"], **{k: r.get(k, float("nan")) for k in noise},
                "trainable_percent": f"{r['trainable_percent']:.3f}", "uplink_mib": f"{r['uplink_mib']:.2f}",
                "wall_s": f"{r['wall_s']:.0f}"}
@@ -209,6 +227,8 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
         columns.pop("vs_baseline")
     else:
         columns["vs_baseline"] = f"vs {baseline} (points)"
+    if not se:
+        columns.pop("se")
     for k in noise:
         columns[k] = f"AUC, {float(k.removeprefix('auc_noise_')):.0%} noise"
     columns.update(extra or {})

@@ -126,3 +126,20 @@ def test_auc_difference_se_is_zero_for_identical_runs_and_refuses_other_rows(tmp
     assert 0.5 < auc_difference_se(tmp_path / "a", tmp_path / "c") < 10.0  # points
     with pytest.raises(ValueError, match="not scored on the same test rows"):
         auc_difference_se(tmp_path / "a", tmp_path / "d")
+
+
+def test_the_standard_table_gives_each_variants_paired_se_against_the_baseline(tmp_path):
+    from simulations.study import auc_difference_se
+
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 5, 200)
+    rows = {}
+    for name, noise in (("base", 1.0), ("other", 2.0)):
+        fake_run(tmp_path / name, [0.55])
+        _predictions(tmp_path / name, h, h + rng.normal(0, noise, 200))
+        rows[name] = summarize_run(tmp_path / name)
+    md = standard_results(tmp_path, rows, baseline="base")
+    se = auc_difference_se(tmp_path / "other", tmp_path / "base")
+    assert "| variant | final ROC-AUC | vs base (points) | paired SE (points) | F1 |" in md
+    assert f"| other | 0.5500 | +0.00 | {se:.2f} | 0.8000 |" in md and se > 0
+    assert "| base | 0.5500 | +0.00 |  | 0.8000 |" in md
