@@ -35,7 +35,7 @@ def report(out: Path) -> str:
     rows = rows_from_dir(out)
     scatter_plot(out / "auc_vs_params.png", {n: (r["trainable_percent"], r["auc"]) for n, r in rows.items()},
                  xlabel="trainable parameters (% of the backbone, head included)",
-                 ylabel="final server test ROC-AUC", title="PEFT methods, same federation", logx=True)
+                 ylabel="final server test ROC-AUC", title="PEFT methods, same federation")
     return standard_results(out, rows, baseline="plain-lora", title="PEFT baselines")
 
 

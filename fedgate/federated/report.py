@@ -199,7 +199,7 @@ def bar_plot(path: Path, values: dict[str, float], *, ylabel: str, title: str = 
 
 
 def scatter_plot(path: Path, points: dict[str, tuple[float, float]], *, xlabel: str, ylabel: str, title: str = "",
-                 logx: bool = False, size: tuple[float, float] = (6, 4.0)) -> None:
+                 size: tuple[float, float] = (6, 4.0)) -> None:
     """One labelled point per ``{label: (x, y)}``, e.g. accuracy against trainable-parameter
     percent as PEFT comparison tables plot it; saved as PNG."""
     plt = _plt()
@@ -207,8 +207,6 @@ def scatter_plot(path: Path, points: dict[str, tuple[float, float]], *, xlabel: 
     for label, (x, y) in points.items():
         ax.scatter([x], [y], s=30)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if logx:
-        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
