@@ -71,6 +71,8 @@ def summarize_run(run_dir: Path) -> dict:
         "pruned": len(trained[-1].get("strategy", {}).get("pruned", [])) if trained else 0,
         "auc_per_round": [r["server_eval"]["auc"] for r in evaluated],
         "trainable_percent": rounds[0]["params"]["percent"],
+        # client updates that never arrived: the ClientApp raised, the node went offline, or it was too slow
+        "lost_updates": sum(len(r.get("failures", [])) + len(r.get("dropped", [])) for r in trained),
     }
 
 
@@ -184,7 +186,8 @@ def report_study(out: Path) -> str:
 
 
 STANDARD_COLUMNS = {"variant": "variant", "auc": "final ROC-AUC", "vs_baseline": "vs baseline (points)",
-                    "se": "paired SE (points)", "f1": "F1", "trainable_percent": "trainable %", "uplink_mib": "uplink MiB", "wall_s": "wall s"}
+                    "se": "paired SE (points)", "f1": "F1", "trainable_percent": "trainable %",
+                    "uplink_mib": "uplink MiB", "wall_s": "wall s", "lost_updates": "lost client updates"}
 
 
 def paired_ses(out: Path, names: list[str], baseline: str) -> dict[str, float]:
@@ -219,7 +222,7 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
                "se": f"{se[name]:.2f}" if name in se else "",
                "f1": r["f1"], **{k: r.get(k, float("nan")) for k in noise},
                "trainable_percent": f"{r['trainable_percent']:.3f}", "uplink_mib": f"{r['uplink_mib']:.2f}",
-               "wall_s": f"{r['wall_s']:.0f}"}
+               "wall_s": f"{r['wall_s']:.0f}", "lost_updates": r.get("lost_updates", 0)}
         row.update({k: r[k] for k in (extra or {}) if k in r})
         table.append(row)
     columns = dict(STANDARD_COLUMNS)
@@ -229,6 +232,8 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
         columns["vs_baseline"] = f"vs {baseline} (points)"
     if not se:
         columns.pop("se")
+    if not any(r.get("lost_updates") for r in rows.values()):  # the column only when a client failed
+        columns.pop("lost_updates")
     for k in noise:
         columns[k] = f"AUC, {float(k.removeprefix('auc_noise_')):.0%} noise"
     columns.update(extra or {})

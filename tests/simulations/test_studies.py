@@ -143,3 +143,18 @@ def test_the_standard_table_gives_each_variants_paired_se_against_the_baseline(t
     assert "| variant | final ROC-AUC | vs base (points) | paired SE (points) | F1 |" in md
     assert f"| other | 0.5500 | +0.00 | {se:.2f} | 0.8000 |" in md and se > 0
     assert "| base | 0.5500 | +0.00 |  | 0.8000 |" in md
+
+
+def test_lost_client_updates_get_a_column_only_when_there_are_some(tmp_path):
+    rows = {"clean": summarize_run(fake_run(tmp_path / "clean", [0.55]))}
+    assert "lost client updates" not in standard_results(tmp_path, rows)
+    lossy = fake_run(tmp_path / "lossy", [0.55, 0.56])
+    records = RunDir(lossy).rounds()
+    (lossy / "rounds.jsonl").write_text("".join(
+        json.dumps({**r, "failures": [{"node_id": 7, "stage": "train", "reason": "DataError"}] if r["round"] else [],
+                    "dropped": [{"node_id": 8, "stage": "train", "reason": "timeout"}] if r["round"] == 2 else []}) + "\n"
+        for r in records))
+    rows["lossy"] = summarize_run(lossy)
+    md = standard_results(tmp_path, rows)
+    assert md.splitlines()[0].endswith("| wall s | lost client updates |")
+    assert md.splitlines()[3].startswith("| lossy |") and md.splitlines()[3].endswith("| 3 |")  # 2 failed + 1 dropped
