@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from torch import nn
 
@@ -102,10 +102,15 @@ def inject_adapters(
             f"linear layer names in this model end with: {available}"
         )
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, GatedLoRALinear(getattr(parent, child), spec))
+        replace_module(model, name, lambda base: GatedLoRALinear(base, spec))
     return names
+
+
+def replace_module(model: nn.Module, name: str, wrap: Callable[[nn.Module], nn.Module]) -> None:
+    """Put ``wrap(module)`` in the place of the submodule called `name`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, wrap(getattr(parent, child)))
 
 
 def adapter_modules(model: nn.Module) -> dict[str, GatedLoRALinear]:

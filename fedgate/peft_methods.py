@@ -26,7 +26,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from fedgate.inject import layer_index, match_targets
+from fedgate.inject import layer_index, match_targets, replace_module
 
 GATED_LORA = "gated-lora"
 METHODS = (GATED_LORA, "ia3", "bottleneck", "bitfit")
@@ -81,9 +81,7 @@ def _bottleneck(backbone: nn.Module, width: int, layers: Iterable[int] | None) -
     names = match_targets(backbone, _family_targets(BOTTLENECK_TARGETS, backbone.config.model_type, "bottleneck"),
                           layers=layers)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = backbone.get_submodule(parent_name) if parent_name else backbone
-        setattr(parent, child, BottleneckAdapter(getattr(parent, child), width))
+        replace_module(backbone, name, lambda base: BottleneckAdapter(base, width))
     return [f"{n}.{p}" for n in names for p in ("down.weight", "down.bias", "up.weight", "up.bias")]
 
 

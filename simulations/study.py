@@ -206,10 +206,10 @@ def paired_ses(out: Path, names: list[str], baseline: str) -> dict[str, float]:
 def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None = None, title: str = "",
                      reference: tuple[str, float] | None = None, extra: dict[str, str] | None = None) -> str:
     """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC, its
-    difference to ``baseline`` in points with its paired bootstrap SE, F1, noisy-input AUCs, trainable share, uplink,
-    wall time, plus ``extra`` columns already in the rows) and two plots: final AUC per
-    variant (``final_auc.png``, with ``reference`` such as the centralized upper bound as a
-    dashed line) and AUC per round (``auc_per_round.png``)."""
+    difference to ``baseline`` in points with its paired bootstrap SE, F1, noisy-input
+    AUCs, trainable share, uplink, wall time, plus ``extra`` columns already in the rows)
+    and two plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
+    centralized upper bound as a dashed line) and AUC per round (``auc_per_round.png``)."""
     from fedgate.federated.report import bar_plot, line_plot
 
     base = rows.get(baseline) if baseline else None
