@@ -1,8 +1,10 @@
 """Cheap reference scores for misaligned-response detection, on the same split as a model.
 
 A trained reward model must beat these to be worth its compute: response length, TF-IDF +
-logistic regression on "prompt [SEP] response", and a linear probe (logistic regression) on
-the frozen backbone's pooled features (the very features the reward head sees at step 0).
+logistic regression on "prompt [SEP] response", a linear probe (logistic regression) on
+the frozen backbone's pooled features (the very features the reward head sees at step 0),
+and gradient-boosted trees on those same features (the strongest cheap baseline: trees
+find non-linear interactions a linear head cannot).
 """
 
 from __future__ import annotations
@@ -46,6 +48,23 @@ def probe_auc(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
     return roc_auc(y_test, best[2].predict_proba(xs)[:, 1]), best[1]
 
 
+def boosted_trees_auc(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                      x_test: np.ndarray, y_test: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """scikit-learn's HistGradientBoostingClassifier on frozen features; its learning rate
+    chosen on validation. (test AUC, learning rate)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    best = (-1.0, 0.1, None)
+    for lr in (0.05, 0.1):
+        clf = HistGradientBoostingClassifier(learning_rate=lr, max_iter=300, early_stopping=True,
+                                             validation_fraction=0.1, n_iter_no_change=20, random_state=seed)
+        clf.fit(x_train, y_train)
+        auc = roc_auc(y_val, clf.predict_proba(x_val)[:, 1])
+        if best[2] is None or auc > best[0]:
+            best = (auc, lr, clf)
+    return roc_auc(y_test, best[2].predict_proba(x_test)[:, 1]), best[1]
+
+
 def all_baselines(train_ds, val_ds, test_ds, frozen: dict[str, np.ndarray] | None, threshold: int = 2,
                   seed: int = 0) -> dict[str, float]:
     """Test AUCs of every baseline; ``frozen`` holds 'train'/'validation'/'test' features."""
@@ -57,6 +76,7 @@ def all_baselines(train_ds, val_ds, test_ds, frozen: dict[str, np.ndarray] | Non
         "tfidf_logreg": tfidf_auc(joint(train_ds), y["train"], joint(test_ds), y["test"], seed),
     }
     if frozen is not None:
-        out["frozen_probe"], out["frozen_probe_C"] = probe_auc(
-            frozen["train"], y["train"], frozen["validation"], y["validation"], frozen["test"], y["test"], seed)
+        args = (frozen["train"], y["train"], frozen["validation"], y["validation"], frozen["test"], y["test"], seed)
+        out["frozen_probe"], out["frozen_probe_C"] = probe_auc(*args)
+        out["frozen_boosted_trees"], out["frozen_boosted_trees_lr"] = boosted_trees_auc(*args)
     return out

@@ -51,7 +51,7 @@ def _summary(metrics: dict) -> str:
              f"pearson(helpfulness) {t['pearson_helpfulness']:.3f}  (n={t['n']})"]
     if "baselines" in metrics:
         b = metrics["baselines"]
-        lines.append("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in b.items() if not k.endswith("_C")))
+        lines.append("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in b.items() if not k.endswith(("_C", "_lr"))))
     kinds = {k[len("auc_kind_"):]: v for k, v in t.items() if k.startswith("auc_kind_")}
     if kinds:
         lines.append("AUC per degradation: " + "  ".join(f"{k} {v:.3f}" for k, v in kinds.items()))

@@ -21,7 +21,7 @@ class ModelConfig:
     backbone: str = "all-MiniLM-L6-v2"  # hub id, local folder, "all-MiniLM-L6-v2" (offline wheel) or tiny-*
     gguf_file: str = ""
     pairing: str = "separate"  # separate | joint
-    pooling: str = ""  # mean | last; empty = mean for encoders, last for decoders
+    pooling: str = ""  # mean | last | mean-last; empty = mean-last for encoders, last for decoders
     targets: tuple[str, ...] = ("all-linear",)  # module-name suffixes, "all-linear", or empty = q/v
     target_regex: str = ""  # when set, selects modules alone (targets are ignored)
     layers: tuple[int, ...] = ()  # transformer layers that get adapters; empty = see top-layers
@@ -31,7 +31,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.pairing", self.pairing, ("separate", "joint"))
-        _choice("model.pooling", self.pooling, ("", "mean", "last"))
+        _choice("model.pooling", self.pooling, ("", "mean", "last", "mean-last"))
         _positive("model.max-prompt-tokens", self.max_prompt_tokens)
         if self.top_layers < 0:
             raise ValueError(f"model.top-layers must be >= 0, got {self.top_layers}")
@@ -139,7 +139,7 @@ class FederationConfig:
     personal_gates: bool = False  # structural gates stay with each client (shared adapters, personal routing)
     heterogeneous_ranks: bool = False  # clients may train their own adapter.r (node config); server asks
     client_ranks: tuple[int, ...] = ()  # simulations: adapter.r of partition i is client_ranks[i % len]
-    partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity
+    partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity | kind (degradation-kind skew)
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity): smaller = more skew
     local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
     flipped_clients: float = 0.0  # conflicting feedback: share of clients whose training labels are all flipped
@@ -196,7 +196,7 @@ class FederationConfig:
         if self.strategy == "exact" and self.server_lr not in (0.0, 1.0):
             raise ValueError("federation.strategy=exact replaces the factors by the re-factorized mean product; "
                              f"federation.server-lr must be 1 (or 0 = default), got {self.server_lr}")
-        _choice("federation.partitioner", self.partitioner, ("iid", "dirichlet", "domain", "quantity"))
+        _choice("federation.partitioner", self.partitioner, ("iid", "dirichlet", "domain", "quantity", "kind"))
         if not self.alpha > 0:
             raise ValueError(f"federation.alpha must be > 0, got {self.alpha}")
         if not 0.0 < self.local_holdout < 1.0:
@@ -218,6 +218,7 @@ class ServerConfig:
     output_dir: str = ""  # run directory; empty = runs/fed-<time> under the working directory
     resume_from: str = ""  # a run directory (or its checkpoint) to continue from the next round
     report: bool = True  # write report.md and plots at the end
+    baselines: bool = True  # fit the cheap baselines on the pooled training rows (summary.json "baselines")
 
     def __post_init__(self) -> None:
         if self.eval_every < 0:

@@ -128,27 +128,23 @@ def frozen_features(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig,
     return _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m.features(b, split.split_at)).numpy()
 
 
-@torch.no_grad()
+def set_head(model: RewardModel, weights: np.ndarray) -> None:
+    """Load ridge weights (d+1, 5), the last row the bias, into the head."""
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(weights[:-1].T, dtype=model.head.weight.dtype))
+        model.head.bias.copy_(torch.as_tensor(weights[-1], dtype=model.head.bias.dtype))
+
+
 def fit_head_ridge(model: RewardModel, x_train: np.ndarray, y_train: np.ndarray,
                    x_val: np.ndarray, y_val: np.ndarray, threshold: int) -> float:
     """Set the head to the ridge solution on frozen features (lambda chosen on validation AUC).
 
     Starting from the probe's solution, fine-tuning only has to improve on it."""
-    from fedgate.metrics import roc_auc
+    from fedgate import ridge
 
-    yt = to_normalised_scale(torch.as_tensor(y_train)).numpy().astype(np.float64)
-    xt = np.c_[x_train, np.ones(len(x_train))].astype(np.float64)
-    xv = np.c_[x_val, np.ones(len(x_val))].astype(np.float64)
-    gram, rhs = xt.T @ xt, xt.T @ yt
-    best = (-1.0, None, None)
-    for lam in (1.0, 10.0, 100.0, 1000.0):
-        w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)  # (d + 1, 5)
-        auc = roc_auc(misaligned(y_val[:, 0], threshold), -(xv @ w)[:, 0])
-        if best[2] is None or auc > best[0]:  # NaN (one-class validation) keeps the first lambda
-            best = (auc, lam, w)
-    auc, lam, w = best
-    model.head.weight.copy_(torch.as_tensor(w[:-1].T, dtype=model.head.weight.dtype))
-    model.head.bias.copy_(torch.as_tensor(w[-1], dtype=model.head.bias.dtype))
+    stats = ridge.ridge_stats(x_train, to_normalised_scale(torch.as_tensor(y_train)).numpy())
+    w, lam, auc = ridge.fit(stats, x_val, y_val, threshold)
+    set_head(model, w)
     log.info("ridge head: lambda=%g, validation AUC %.4f", lam, auc)
     return auc
 

@@ -23,6 +23,7 @@ from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FIL
                                       load_checkpoint)
 from fedgate.memory import resident_mib
 from fedgate.pipeline import package_versions, write_predictions
+from server.head_init import federated_head
 from server.strategy import FedgateStrategy
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,19 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
         params = {"trainable": evaluator.trainable_params, "backbone": evaluator.backbone_params,
                   "percent": 100.0 * evaluator.trainable_params / max(1, evaluator.backbone_params),
                   "backbone_bytes": evaluator.backbone_bytes}
-        if state is None:
-            state = evaluator.initial_state()
-            metrics, _ = evaluator.evaluate(state)
-            run.append_round({"round": 0, "server_eval": metrics, "params": params})
-            log.info("round 0: test AUC %.4f", metrics["auc"])
-        strategy = FedgateStrategy(cfg, state, profile, saved, scorer=evaluator.validation_auc)
+        fresh = state is None
+        strategy = FedgateStrategy(cfg, evaluator.initial_state() if fresh else state, profile, saved,
+                                   scorer=evaluator.validation_auc)
         strategy.summary()
+        if fresh:  # round 0: the starting point, with the federated ridge head when configured
+            record = {"round": 0, "params": params}
+            if cfg.server.baselines:  # at the initial adapters (B = 0): the frozen features
+                record["baselines"] = evaluator.baselines(strategy.global_state)
+            if cfg.train.head_init == "ridge":
+                record["head_init"] = federated_head(grid, strategy, evaluator)
+            record["server_eval"], _ = evaluator.evaluate(strategy.global_state)
+            run.append_round(record)
+            log.info("round 0: test AUC %.4f", record["server_eval"]["auc"])
         final_metrics, final_pred, idle = None, None, 0
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
@@ -187,6 +194,7 @@ def _last_round(run: RunDir) -> int:
 def _summary(run: RunDir, cfg: FedgateConfig, params: dict, wall_s: float, *, status: str) -> dict:
     rounds = run.rounds()
     evaluated = [r for r in rounds if r.get("server_eval")]
+    baselines = next((r["baselines"] for r in rounds if r.get("round") == 0 and "baselines" in r), None)
     trained = [r for r in rounds if r.get("round", 0) > 0]
     return {
         "status": status,
@@ -198,4 +206,5 @@ def _summary(run: RunDir, cfg: FedgateConfig, params: dict, wall_s: float, *, st
         "wall_s": wall_s,
         "run_dir": str(run.path),
         "strategy": cfg.federation.strategy,
+        **({"baselines": baselines} if baselines is not None else {}),
     }

@@ -107,7 +107,7 @@ class FedgateStrategy(Strategy):
         self.sent = {}
         if self.fed.fraction_train == 0.0:  # evaluation-only rounds, as in Flower's FedAvg
             return []
-        nodes = self._sample(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
+        nodes = self.sample_nodes(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
         self.round_log["num_nodes"] = len(grid.get_node_ids())
         nodes = self._known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
@@ -115,7 +115,7 @@ class FedgateStrategy(Strategy):
         prior = ConfigRecord(self.prior())
         messages, down, down_arrays = [], 0, 0
         for node in nodes:
-            self.sent[node] = self._state_for(node)
+            self.sent[node] = self.state_for(node)
             record = to_record(self.sent[node])
             content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
             if self.fed.strategy == "scaffold":
@@ -174,14 +174,14 @@ class FedgateStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         if self.fed.fraction_evaluate == 0.0:
             return []
-        nodes = self._sample(grid, server_round, self.fed.fraction_evaluate, self.fed.min_evaluate_nodes)
+        nodes = self.sample_nodes(grid, server_round, self.fed.fraction_evaluate, self.fed.min_evaluate_nodes)
         nodes = self._known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
         self.round_log["eval_nodes"] = nodes
         messages = self.outbox = []
         for node in nodes:
-            content = RecordDict({P.ARRAYS: to_record(self._state_for(node)), P.CONFIG: config})
+            content = RecordDict({P.ARRAYS: to_record(self.state_for(node)), P.CONFIG: config})
             self.round_log["bytes_down"] = self.round_log.get("bytes_down", 0) + wire_bytes(content)
             messages.append(Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node))
         return messages
@@ -245,7 +245,7 @@ class FedgateStrategy(Strategy):
             return {}
         return prior_from_profile(self.profile)
 
-    def _state_for(self, node: int) -> dict[str, np.ndarray]:
+    def state_for(self, node: int) -> dict[str, np.ndarray]:
         """The shared global tensors at ``node``'s adapter rank."""
         state = self.shared_state()
         rank = self.node_ranks.get(node, self.rank)
@@ -313,7 +313,7 @@ class FedgateStrategy(Strategy):
             log.info("node %d trains adapter rank %d (global %d)", node, self.node_ranks[node], self.rank)
         return [n for n in nodes if n in self.node_ranks]
 
-    def _sample(self, grid: Grid, server_round: int, fraction: float, min_nodes: int) -> list[int]:
+    def sample_nodes(self, grid: Grid, server_round: int, fraction: float, min_nodes: int) -> list[int]:
         wanted = max(self.fed.min_available_nodes, min_nodes)
         deadline = time.monotonic() + self.fed.round_timeout
         while len(nodes := sorted(grid.get_node_ids())) < wanted:

@@ -39,3 +39,15 @@ def test_probe_separable_vs_noise():
     noise = {k: rng.normal(size=(len(v), 8)) for k, v in y.items()}
     auc_noise, _ = probe_auc(noise["tr"], y["tr"], noise["va"], y["va"], noise["te"], y["te"])
     assert 0.3 < auc_noise < 0.7
+
+
+def test_boosted_trees_find_an_interaction_a_linear_probe_cannot():
+    from fedgate.baselines import boosted_trees_auc
+
+    rng = np.random.default_rng(0)
+    x = {k: rng.normal(size=(n, 4)) for k, n in (("tr", 600), ("va", 200), ("te", 200))}
+    y = {k: (v[:, 0] * v[:, 1]) > 0 for k, v in x.items()}  # XOR of signs: no linear signal
+    trees, lr = boosted_trees_auc(x["tr"], y["tr"], x["va"], y["va"], x["te"], y["te"])
+    linear, _ = probe_auc(x["tr"], y["tr"], x["va"], y["va"], x["te"], y["te"])
+    assert trees > 0.9 and lr in (0.05, 0.1)
+    assert linear < 0.65

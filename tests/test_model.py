@@ -51,8 +51,7 @@ def _expected_norm(d: int = HIDDEN) -> float:
 
 
 def test_separate_pairing_shapes(tiny_tokenizer):
-    model = _model("tiny-bert", tiny_tokenizer, pairing="separate")
-    assert model.pooling == "mean"
+    model = _model("tiny-bert", tiny_tokenizer, pairing="separate", pooling="mean")
     assert model.head.in_features == 3 * HIDDEN and model.head.out_features == NUM_ATTRIBUTES
     batch = _pair_batch(tiny_tokenizer, ["What is 2+2?", "Name a colour.", "Why?"],
                         ["Four.", "Blue, like the sky on a clear day.", "Because."])
@@ -71,9 +70,34 @@ def test_separate_pairing_shapes(tiny_tokenizer):
     torch.testing.assert_close(out, feats @ model.head.weight.T + model.head.bias)
 
 
+def test_encoders_default_to_mean_last_pooling(tiny_tokenizer):
+    from fedgate.model import appended_special_tokens
+
+    end = appended_special_tokens(tiny_tokenizer)
+    assert end == 1  # BERT's [SEP]
+    model = _model("tiny-bert", tiny_tokenizer, end_tokens=end)
+    assert model.pooling == "mean-last" and model.head.in_features == 4 * HIDDEN
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, HIDDEN)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    pooled = model.pool(hidden, mask)
+    assert pooled.shape == (2, 2 * HIDDEN)
+    norm = lambda v: v / v.norm(dim=-1, keepdim=True) * _expected_norm()  # noqa: E731
+    # [mean over real tokens, the token before the final [SEP]]
+    torch.testing.assert_close(pooled[:, :HIDDEN], norm(torch.stack([hidden[0, :4].mean(0), hidden[1].mean(0)])))
+    torch.testing.assert_close(pooled[:, HIDDEN:], norm(torch.stack([hidden[0, 2], hidden[1, 4]])))
+    batch = _pair_batch(tiny_tokenizer, ["What is 2+2?", "Why?"], ["Four.", "Because it is."])
+    with torch.no_grad():
+        feats = model.features(batch)
+        p = model.encode(batch, "prompt_")[:, :HIDDEN]
+        r = model.encode(batch, "response_")
+    # [r_mean, r_last, p_mean * r_mean, |p_mean - r_mean|]
+    torch.testing.assert_close(feats, torch.cat([r, p * r[:, :HIDDEN], (p - r[:, :HIDDEN]).abs()], dim=-1))
+
+
 def test_joint_pairing_shapes(tiny_tokenizer):
     model = _model("tiny-bert", tiny_tokenizer, pairing="joint")
-    assert model.head.in_features == HIDDEN
+    assert model.head.in_features == 2 * HIDDEN  # mean-last
     enc = tiny_tokenizer(["What is 2+2?", "Name a colour."], ["Four.", "Blue."], padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
@@ -90,7 +114,7 @@ def test_bad_pairing_or_pooling_raise(tiny_tokenizer):
 
 
 def test_mean_pool_reference_ignores_padding_values(tiny_tokenizer):
-    model = _model("tiny-bert", tiny_tokenizer)
+    model = _model("tiny-bert", tiny_tokenizer, pooling="mean")
     torch.manual_seed(0)
     hidden = torch.randn(2, 6, HIDDEN)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])

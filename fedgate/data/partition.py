@@ -1,4 +1,5 @@
-"""Split one Dataset into client partitions: IID, label skew, topic skew, quantity skew.
+"""Split one Dataset into client partitions: IID, label skew, topic skew, quantity skew, and
+degradation-kind skew.
 
 Partitions are always disjoint and together cover every row. A partition smaller than
 `min_partition_size` is an error, never silently tolerated. The random methods
@@ -18,7 +19,8 @@ from fedgate.data.schema import DataError
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("iid", "dirichlet", "domain", "quantity")
+METHODS: tuple[str, ...] = ("iid", "dirichlet", "domain", "quantity", "kind")
+ALIGNED_KINDS = frozenset({"", "real", "concise"})  # the embedded set's kinds that are not a flaw
 MAX_DRAWS = 10
 
 
@@ -106,6 +108,34 @@ def _domain(ds: datasets.Dataset, num_partitions: int, seed: int) -> list[datase
     return [ds.select(sorted(rows)) for rows in assigned]
 
 
+def _kind(ds: datasets.Dataset, num_partitions: int, seed: int) -> list[datasets.Dataset]:
+    """Degradation-kind skew: each client sees only some kinds of bad answer.
+
+    The degraded kinds (every ``kind`` but real and concise), sorted, are dealt round-robin:
+    client ``c`` gets kind ``i`` when ``i % P == c % K`` (P clients, K kinds), so with fewer
+    clients than kinds each client holds several whole kinds, with more each kind is shared
+    by several clients (rows split evenly among them). Good answers are spread IID over every
+    client. A federation must pool what each client learned about its own flaws to score
+    every flaw: the non-IID setting where federating matters most."""
+    if "kind" not in ds.column_names:
+        raise DataError(f"kind partitioning: no 'kind' column; columns are {ds.column_names}")
+    rng = np.random.default_rng(seed)
+    kinds = np.asarray(ds["kind"])
+    degraded = sorted(set(kinds.tolist()) - ALIGNED_KINDS)
+    if not degraded:
+        raise DataError("kind partitioning: no degraded rows (every kind is real or concise)")
+    assigned: list[list[int]] = [[] for _ in range(num_partitions)]
+    for i, kind in enumerate(degraded):
+        owners = [c for c in range(num_partitions) if i % num_partitions == c % len(degraded)]
+        rows = rng.permutation(np.flatnonzero(kinds == kind))
+        for owner, chunk in zip(owners, np.array_split(rows, len(owners))):
+            assigned[owner].extend(chunk.tolist())
+    good = rng.permutation(np.flatnonzero(np.isin(kinds, list(ALIGNED_KINDS))))
+    for c, chunk in enumerate(np.array_split(good, num_partitions)):
+        assigned[c].extend(chunk.tolist())
+    return [ds.select(sorted(rows)) for rows in assigned]
+
+
 def partition_dataset(
     ds: datasets.Dataset,
     num_partitions: int,
@@ -120,7 +150,8 @@ def partition_dataset(
 
     Methods: ``"iid"`` (random equal shards), ``"dirichlet"`` (label skew over `label`,
     smaller `alpha` = more skew), ``"domain"`` (each `domain` value wholly on one client),
-    ``"quantity"`` (client sizes ~ Dirichlet(`alpha`), labels IID). Deterministic for a seed.
+    ``"quantity"`` (client sizes ~ Dirichlet(`alpha`), labels IID), ``"kind"`` (each client
+    sees only some kinds of degraded answer, see :func:`_kind`). Deterministic for a seed.
     """
     if method not in METHODS:
         raise DataError(f"unknown partition method {method!r}; valid: {list(METHODS)}")
@@ -138,6 +169,8 @@ def partition_dataset(
         parts = _dirichlet(ds, num_partitions, label, alpha, seed, min_size)
     elif method == "quantity":
         parts = _quantity(ds, num_partitions, alpha, seed, min_size)
+    elif method == "kind":
+        parts = _kind(ds, num_partitions, seed)
     else:
         parts = _domain(ds, num_partitions, seed)
     retried = f" after {MAX_DRAWS} draws (raise alpha or lower min_partition_size)" if method == "dirichlet" else ""

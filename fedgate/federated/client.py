@@ -26,9 +26,10 @@ from fedgate.federated.client_rules import (configure_adapters, control_correcti
                                             proximal_term, shared_keys)
 from fedgate.federated.shards import client_shard
 from fedgate.memory import peak_mib
-from fedgate.model import RewardModel, build_reward_model
+from fedgate.model import RewardModel, build_reward_model, to_normalised_scale
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
-from fedgate.train import (evaluate, fit, fit_head_ridge, frozen_features, pick_device, prepare_cache)
+from fedgate.ridge import RidgeStats, ridge_stats
+from fedgate.train import evaluate, fit, frozen_features, pick_device, prepare_cache
 
 log = logging.getLogger(__name__)
 MAX_CACHED_SHARDS = 16  # per process; a 100-client simulation must not keep 100 caches
@@ -169,14 +170,6 @@ class ClientTask:
             new_control = mean_gradient(self.model, self.shard.train, cfg, self.pad_id, self.device, c_global, prior)
         if self.cfg.federation.strategy == "fedprox":
             hooks["extra_loss"] = proximal_term(self.model, start, t.proximal_mu)
-        ridge_auc = float("nan")
-        if server_round == 1 and t.head_init == "ridge":
-            # Round 1 only: every client fits the head on its own frozen features; FedAvg then
-            # averages those heads, and later rounds start from the federation's head.
-            x = {k: frozen_features(self.model, s, cfg, self.pad_id, self.device)
-                 for k, s in (("train", self.shard.train), ("holdout", self.shard.holdout))}
-            ridge_auc = fit_head_ridge(self.model, x["train"], self.shard.train.labels.numpy(), x["holdout"],
-                                       self.shard.holdout.labels.numpy(), cfg.data.misaligned_threshold)
         stepper = make_stepper(self.model, cfg)
         try:
             result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
@@ -203,7 +196,6 @@ class ClientTask:
             "train-s": time.perf_counter() - t0,
             "setup-s": self.setup_s,
             "rss-peak-mb": peak_mib(),  # of this process so far: flat over rounds = no leak
-            "ridge-auc": ridge_auc,
             # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
             "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
             "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
@@ -212,6 +204,13 @@ class ClientTask:
         }
         return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
                            control=c_new, control_delta=c_delta, personal=own)
+
+    def head_statistics(self, global_state: Mapping[str, np.ndarray]) -> RidgeStats:
+        """Ridge sufficient statistics of this client's training rows under the global
+        state (before round 1: the frozen backbone's features), for the federated head."""
+        self._load_global(global_state)
+        x = frozen_features(self.model, self.shard.train, self.cfg, self.pad_id, self.device)
+        return ridge_stats(x, to_normalised_scale(self.shard.train.labels).numpy())
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
                  personal: Mapping[str, np.ndarray] | None = None) -> tuple[int, dict[str, float]]:

@@ -19,11 +19,12 @@ from fedgate.config import FedgateConfig
 from fedgate.data import noisy_dataset
 from fedgate.federated.client_rules import configure_adapters
 from fedgate.federated.shards import server_splits
+from fedgate.pipeline import load_splits
 from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
-from fedgate.train import (decision_threshold_from, evaluate, metrics_from_predictions, pick_device, predict,
-                           prepare_cache)
+from fedgate.train import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
+                           pick_device, predict, prepare_cache)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class ServerEvaluator:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the initial global adapters are reproducible
-        self.model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
+        self.model, self.tokenizer = build_reward_model(cfg.model, cfg.adapter)
+        tokenizer = self.tokenizer
         configure_adapters(self.model, cfg)  # e.g. A drawn from the shared seed under ffa
         self.model.to(self.device)
         self.pad_id = tokenizer.pad_token_id
@@ -87,6 +89,35 @@ class ServerEvaluator:
         val = self.splits["validation"]
         return float(metrics_from_predictions(predict(self.model, val, self.cfg, self.pad_id, self.device), val,
                                               self.cfg)["auc"])
+
+    def validation_features(self, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Head inputs of the validation rows under ``state`` and their 0-4 labels: what the
+        federated ridge head chooses its regularisation on."""
+        configure_adapters(self.model, self.cfg)
+        load_adapter_state(self.model, from_numpy(state))
+        val = self.splits["validation"]
+        return frozen_features(self.model, val, self.cfg, self.pad_id, self.device), val.labels.numpy()
+
+    def baselines(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The cheap baselines (fedgate/baselines.py) fitted on the run's pooled training rows
+        (every client's shard) and scored on the server's test rows, the rows the federation
+        is scored on; feature baselines use the head inputs under ``state``."""
+        from fedgate.baselines import all_baselines
+
+        t0 = time.perf_counter()
+        rows = {**server_splits(self.cfg), "train": load_splits(self.cfg)["train"]}
+        train = encode_split(rows["train"], self.tokenizer, self.cfg.model)
+        prepare_cache(self.model, [train], self.cfg, self.pad_id, self.device, progress=False)
+        configure_adapters(self.model, self.cfg)
+        load_adapter_state(self.model, from_numpy(state))
+        frozen = {"train": frozen_features(self.model, train, self.cfg, self.pad_id, self.device)}
+        for name in ("validation", "test"):
+            frozen[name] = frozen_features(self.model, self.splits[name], self.cfg, self.pad_id, self.device)
+        out = all_baselines(rows["train"], rows["validation"], rows["test"], frozen,
+                            self.cfg.data.misaligned_threshold, self.cfg.train.seed)
+        log.info("baselines on %d pooled training rows (%.1f s): %s", len(train), time.perf_counter() - t0,
+                 {k: round(v, 4) for k, v in out.items()})
+        return out
 
     def test_labels(self) -> np.ndarray:
         return self.splits["test"].labels.numpy()

@@ -13,8 +13,11 @@ Up (client -> server), train replies:
     GATE_TOKEN   MetricRecord {adapter module name: mean token gate over local training}
     GATE_STRUCT  MetricRecord {adapter module name: structural gate sigmoid(alpha_l)}
     CONTROL_DELTA ArrayRecord, SCAFFOLD's c_i+ - c_i (scaffold only)
-Evaluate replies carry METRICS only. Query messages (heterogeneous ranks) ask for the
-client's ADAPTER_RANK, answered in METRICS.
+Evaluate replies carry METRICS only. Query messages carry CONFIG with ASK:
+    ASK_RANK        (heterogeneous ranks) the client's ADAPTER_RANK, answered in METRICS
+    ASK_HEAD_STATS  (before round 1, ``train.head-init = ridge``) the ridge sufficient
+                    statistics of the client's training rows under ARRAYS, answered as
+                    HEAD_STATS (ArrayRecord {GRAM, MOMENT}) plus NUM_EXAMPLES in METRICS
 A client's own state across rounds (Flower's ``context.state``): STATE_CONTROL (its SCAFFOLD
 c_i), STATE_PERSONAL (its personal structural gate logits), STATE_COUNTS (rounds trained, which
 the reply's ``rounds-trained`` metric reports: proof that the state survives between rounds).
@@ -36,6 +39,13 @@ CONTROL_DELTA = "scaffold-dc"
 STATE_CONTROL = "scaffold-ci"
 STATE_PERSONAL = "personal-gates"
 STATE_COUNTS = "counts"
+
+ASK = "ask"
+ASK_RANK = "adapter-rank"
+ASK_HEAD_STATS = "head-stats"
+HEAD_STATS = "head-stats"
+GRAM = "gram"
+MOMENT = "moment"
 
 NUM_EXAMPLES = "num-examples"
 PRUNED = "pruned"

@@ -158,6 +158,12 @@ def write_report(run_dir: str | Path) -> Path:
         parts += [f"Trainable parameters: {params['trainable']:,} ({params['percent']:.2f}% of the backbone's "
                   f"{params['backbone']:,}).", ""]
     parts += ["## Rounds", "", round_table(rounds), "", "![metrics per round](plots/metrics.png)", ""]
+    baselines = summary.get("baselines")
+    if baselines:
+        final = (summary.get("final") or {}).get("auc")
+        parts += ["## Cheap baselines (pooled training rows, same test rows)", "",
+                  "| method | test AUC |", "|---|---|", f"| federated model (final) | {_fmt(final)} |",
+                  *(f"| {k} | {_fmt(v)} |" for k, v in baselines.items() if not k.endswith(("_C", "_lr"))), ""]
     if (run.path / PREDICTIONS_FILE).is_file():
         auc = plot_roc(run.path / PREDICTIONS_FILE, int(config.get("data.misaligned-threshold", 2)),
                        plots / "roc.png")

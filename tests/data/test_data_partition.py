@@ -19,6 +19,8 @@ def rows() -> datasets.Dataset:
         "idx": list(range(n)),
         "helpfulness": rng.choice(5, size=n, p=[0.1, 0.15, 0.2, 0.3, 0.25]).tolist(),
         "domain": [f"d{int(v)}" for v in rng.zipf(1.6, size=n) % 25],
+        "kind": rng.choice(["real", "concise", "truncated", "padded", "shuffled", "offtopic", "corrupted"],
+                           size=n).tolist(),
     })
 
 
@@ -114,7 +116,7 @@ def test_impossible_min_size_names_partition(rows: datasets.Dataset) -> None:
 
 
 def test_bad_arguments(rows: datasets.Dataset) -> None:
-    with pytest.raises(DataError, match=r"unknown partition method 'label'; valid: \['iid', 'dirichlet', 'domain', 'quantity'\]"):
+    with pytest.raises(DataError, match=r"unknown partition method 'label'; valid: \['iid', 'dirichlet', 'domain', 'quantity', 'kind'\]"):
         partition_dataset(rows, 3, "label")
     with pytest.raises(DataError, match="no label column 'score'"):
         partition_dataset(rows, 3, "dirichlet", label="score")
@@ -122,3 +124,21 @@ def test_bad_arguments(rows: datasets.Dataset) -> None:
         partition_dataset(rows.remove_columns("domain"), 3, "domain")
     with pytest.raises(DataError, match="alpha must be > 0"):
         partition_dataset(rows, 3, "quantity", alpha=0)
+
+
+@pytest.mark.parametrize("clients", [2, 5, 10])
+def test_kind_skew_deals_degraded_kinds_round_robin_and_spreads_good_answers(rows, clients):
+    parts = partition_dataset(rows, clients, "kind", seed=1)
+    degraded = ["corrupted", "offtopic", "padded", "shuffled", "truncated"]  # sorted
+    for c, part in enumerate(parts):
+        seen = sorted(set(part["kind"]) - {"real", "concise"})
+        assert seen == [k for i, k in enumerate(degraded) if i % clients == c % len(degraded)]
+    # every degraded row lands on one of its kind's owners; good answers are split evenly
+    good = [sum(k in ("real", "concise") for k in p["kind"]) for p in parts]
+    assert max(good) - min(good) <= 1
+    if clients == 10:  # more clients than kinds: each kind shared by two clients, rows split evenly
+        for i, kind in enumerate(degraded):
+            counts = [sum(k == kind for k in parts[c]["kind"]) for c in (i, i + 5)]
+            assert abs(counts[0] - counts[1]) <= 1 and min(counts) > 0
+    with pytest.raises(DataError, match="no 'kind' column"):
+        partition_dataset(rows.remove_columns("kind"), 2, "kind")

@@ -101,14 +101,20 @@ def test_tasks_share_the_cached_backbone_and_reset_from_the_global_state(tiny_cf
         np.testing.assert_allclose(first.delta[k], again.delta[k], atol=1e-6)
 
 
-def test_round_one_fits_the_ridge_head(tiny_cfg):
+def test_head_statistics_are_the_ridge_statistics_of_the_training_rows(tiny_cfg):
+    from fedgate.model import to_normalised_scale
+    from fedgate.ridge import ridge_stats
+    from fedgate.train import frozen_features
+
     clear_cache()
     task = ClientTask(tiny_cfg(), 1, 2)
     glob = to_numpy(adapter_state(task.model))
-    glob = {k: np.zeros_like(v) if k.startswith("head.") else v for k, v in glob.items()}
-    update = task.train(glob, server_round=1)
-    assert not np.isnan(update.metrics["ridge-auc"])
-    assert np.abs(update.delta["head.weight"]).max() > 0
+    stats = task.head_statistics(glob)
+    x = frozen_features(task.model, task.shard.train, task.cfg, task.pad_id, task.device)
+    ref = ridge_stats(x, to_normalised_scale(task.shard.train.labels).numpy())
+    assert stats.count == len(task.shard.train) and stats.gram.shape == (x.shape[1] + 1,) * 2
+    np.testing.assert_allclose(stats.gram, ref.gram, rtol=1e-6)
+    np.testing.assert_allclose(stats.moment, ref.moment, rtol=1e-6)
     rows, metrics = task.evaluate(glob)
     assert rows == len(task.shard.holdout) and "auc" in metrics
 

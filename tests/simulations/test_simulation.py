@@ -50,6 +50,13 @@ def test_rounds_hold_every_metric(run_dir):
     assert config["config"]["model.backbone"] == "tiny-bert" and config["versions"]["flwr"]
 
 
+def test_round_zero_fits_the_head_from_every_clients_statistics(run_dir):
+    head = RunDir(run_dir).rounds()[0]["head_init"]
+    assert head["fitted"] and head["clients"] == 3 and head["failures"] == []
+    assert head["rows"] > 0 and head["bytes_up"] > head["bytes_down"] > 0  # a gram matrix per client
+    assert head["ridge_lambda"] > 0 and 0.0 <= head["validation_auc"] <= 1.0
+
+
 def test_messages_carry_adapters_gates_and_head_only(run_dir):
     rounds = RunDir(run_dir).rounds()
     params = rounds[0]["params"]

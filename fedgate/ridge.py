@@ -1,0 +1,78 @@
+"""The reward head as a ridge regression on frozen features, from sufficient statistics.
+
+Ridge regression needs only ``G = X1^T X1`` and ``M = X1^T Y`` (``X1`` = features with a
+column of ones for the bias): sums over rows. So a federation gets the exact centralized
+ridge head by adding up each client's ``(G_k, M_k)`` once before round 1, instead of
+averaging heads each client fitted on its own few rows (which, at 200 rows and 1,500
+features, are mostly noise: the averaged head ranked at chance). The regularisation
+strength is chosen on rows the statistics never saw (the validation split).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedgate.metrics import misaligned, roc_auc
+
+log = logging.getLogger(__name__)
+LAMBDAS = (1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass
+class RidgeStats:
+    """Sufficient statistics of ``count`` rows: gram (d+1, d+1) and moment (d+1, k)."""
+
+    gram: np.ndarray
+    moment: np.ndarray
+    count: int
+
+    def __add__(self, other: "RidgeStats") -> "RidgeStats":
+        if self.gram.shape != other.gram.shape or self.moment.shape != other.moment.shape:
+            raise ValueError(f"ridge statistics of different shapes: gram {self.gram.shape} vs {other.gram.shape}, "
+                             f"moment {self.moment.shape} vs {other.moment.shape}")
+        return RidgeStats(self.gram + other.gram, self.moment + other.moment, self.count + other.count)
+
+
+def with_bias(x: np.ndarray) -> np.ndarray:
+    return np.c_[x, np.ones(len(x))].astype(np.float64)
+
+
+def ridge_stats(x: np.ndarray, y: np.ndarray) -> RidgeStats:
+    """Statistics of features ``x`` (n, d) and targets ``y`` (n, k)."""
+    x1 = with_bias(x)
+    return RidgeStats(x1.T @ x1, x1.T @ np.asarray(y, dtype=np.float64), len(x))
+
+
+def sum_stats(parts: list[RidgeStats]) -> RidgeStats:
+    if not parts:
+        raise ValueError("no ridge statistics to add up")
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def solve(stats: RidgeStats, lam: float) -> np.ndarray:
+    """Weights (d+1, k), the last row the bias; the bias is penalised like the rest (the
+    features have unit scale, so this costs nothing measurable and keeps one formula)."""
+    return np.linalg.solve(stats.gram + lam * np.eye(len(stats.gram)), stats.moment)
+
+
+def fit(stats: RidgeStats, x_val: np.ndarray, y_val: np.ndarray, threshold: int,
+        lambdas: tuple[float, ...] = LAMBDAS) -> tuple[np.ndarray, float, float]:
+    """The weights whose lambda gives the best validation ROC-AUC of misaligned detection
+    (on ``y_val[:, 0]``, the 0-4 helpfulness); returns (weights, lambda, validation AUC).
+    A one-class validation split (AUC undefined) keeps the first lambda."""
+    xv = with_bias(x_val)
+    y = misaligned(np.asarray(y_val)[:, 0], threshold)
+    best: tuple[float, float, np.ndarray | None] = (-1.0, lambdas[0], None)
+    for lam in lambdas:
+        w = solve(stats, lam)
+        auc = roc_auc(y, -(xv @ w)[:, 0])
+        if best[2] is None or auc > best[0]:
+            best = (auc, lam, w)
+    auc, lam, w = best
+    return w, lam, auc

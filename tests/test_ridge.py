@@ -1,0 +1,52 @@
+"""Ridge head from sufficient statistics: summed client statistics give the pooled fit,
+and the solution matches scikit-learn's Ridge (bias penalised alike via an explicit column)."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+
+from fedgate import ridge
+
+
+def _data(n=60, d=7, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = x @ rng.normal(size=(d, k)) + 0.1 * rng.normal(size=(n, k))
+    return x, y
+
+
+def test_solve_matches_sklearn_ridge_with_a_bias_column():
+    x, y = _data()
+    w = ridge.solve(ridge.ridge_stats(x, y), lam=3.0)
+    ref = Ridge(alpha=3.0, fit_intercept=False).fit(np.c_[x, np.ones(len(x))], y)
+    np.testing.assert_allclose(w, ref.coef_.T, rtol=1e-8, atol=1e-10)
+
+
+def test_summed_client_statistics_equal_the_pooled_rows():
+    x, y = _data(n=90)
+    parts = [ridge.ridge_stats(x[i:i + 30], y[i:i + 30]) for i in (0, 30, 60)]
+    total, pooled = ridge.sum_stats(parts), ridge.ridge_stats(x, y)
+    assert total.count == 90
+    np.testing.assert_allclose(total.gram, pooled.gram, rtol=1e-12)
+    np.testing.assert_allclose(ridge.solve(total, 10.0), ridge.solve(pooled, 10.0), rtol=1e-10)
+
+
+def test_hand_worked_one_feature():
+    # x = [1, 2], y = [2, 4] with bias column: G = [[5, 3], [3, 2]], M = [10, 6]
+    stats = ridge.ridge_stats(np.array([[1.0], [2.0]]), np.array([[2.0], [4.0]]))
+    np.testing.assert_allclose(stats.gram, [[5, 3], [3, 2]])
+    np.testing.assert_allclose(stats.moment, [[10], [6]])
+    # lambda 1: [[6, 3], [3, 3]] w = [10, 6] -> w = [4/3, 2/3]
+    np.testing.assert_allclose(ridge.solve(stats, 1.0)[:, 0], [4 / 3, 2 / 3])
+
+
+def test_fit_chooses_lambda_on_validation_auc_and_refuses_mismatched_shapes():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5))
+    helpfulness = np.clip(np.round(2 + 1.5 * x[:, 0] + 0.3 * rng.normal(size=200)), 0, 4)
+    y = np.repeat(((helpfulness - 2) / 2)[:, None], 5, axis=1)
+    stats = ridge.ridge_stats(x[:150], y[:150])
+    w, lam, auc = ridge.fit(stats, x[150:], np.repeat(helpfulness[150:, None], 5, axis=1), threshold=2)
+    assert lam in ridge.LAMBDAS and auc > 0.9 and w.shape == (6, 5)
+    with pytest.raises(ValueError, match="different shapes"):
+        stats + ridge.ridge_stats(x[:, :3], y)
