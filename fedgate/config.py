@@ -62,7 +62,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 2.5
+    epochs: float = 2.0
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 32
     grad_accum: int = 1

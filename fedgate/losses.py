@@ -1,6 +1,7 @@
 """Loss terms of gated LoRA training.
 
     L = L_task + lambda_f * sum_l ||B_l A_l||_F^2 + beta * sum_l KL(q_l || p_l) + lambda_s * sum_l s_l
+    L_task = MSE(attributes) + alignment * BCE(alignment logit, aligned)
 
 q_l is the Bernoulli whose parameter is layer l's mean token gate on the batch; p_l is the
 prior (a constant, or in the federation the server's global gate profile from the last round).
@@ -25,21 +26,33 @@ class LossWeights:
     beta: float = 1e-3  # KL of the token gate to its prior
     lambda_s: float = 1e-3  # structural sparsity (sum of structural gates)
     gate_prior: float = 0.5  # default prior where no per-layer prior is given
+    alignment: float = 1.0  # weight of the alignment logit's BCE next to the attributes' MSE
 
     def __post_init__(self) -> None:
-        for key in ("lambda_f", "beta", "lambda_s"):
+        for key in ("lambda_f", "beta", "lambda_s", "alignment"):
             if getattr(self, key) < 0:
                 raise ValueError(f"loss.{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
         if not 0.0 < self.gate_prior < 1.0:
             raise ValueError(f"loss.gate-prior must be in (0, 1), got {self.gate_prior}")
 
 
-def task_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error over attributes (both on the normalised scale): (batch, 5) each."""
-    err = (pred.float() - target.float()) ** 2
+def task_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+              alignment: float = 1.0) -> torch.Tensor:
+    """Mean squared error over the attributes (normalised scale, the first 5 columns) plus
+    ``alignment`` times the binary cross-entropy of the alignment logit (column 6) against
+    the aligned / misaligned target (+1 / -1, see fedgate.model.head_targets).
+
+    The attributes' MSE alone spends the head on orderings the alignment score does not need
+    (off-topic at 0 vs corrupted at 1, 3 vs 4); the BCE term trains the score for the
+    decision it is judged on. With 5-column inputs only the MSE is computed."""
+    err = (pred[:, :5].float() - target[:, :5].float()) ** 2
     if weights is not None:
         err = err * weights
-    return err.mean()
+    loss = err.mean()
+    if alignment and pred.shape[1] > 5 and target.shape[1] > 5:
+        aligned = (target[:, 5].float() + 1.0) / 2.0
+        loss = loss + alignment * nn.functional.binary_cross_entropy_with_logits(pred[:, 5].float(), aligned)
+    return loss
 
 
 def bernoulli_kl(q: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
@@ -75,7 +88,7 @@ def structural_sparsity(model: nn.Module) -> torch.Tensor:
 def total_loss(pred: torch.Tensor, target: torch.Tensor, model: nn.Module, w: LossWeights,
                prior: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The full objective and its parts (as floats, for logging)."""
-    parts = {"task": task_loss(pred, target)}
+    parts = {"task": task_loss(pred, target, alignment=w.alignment)}
     if w.lambda_f:
         parts["frobenius"] = w.lambda_f * frobenius_penalty(model)
     if w.beta:

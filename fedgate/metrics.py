@@ -77,17 +77,25 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
+def misalignment_score(pred: np.ndarray) -> np.ndarray:
+    """Higher = more likely misaligned: minus the alignment logit (column 6 of a reward
+    model's predictions), or minus predicted helpfulness where there is no such column."""
+    pred = np.asarray(pred, dtype=np.float64)
+    return -(pred[:, 5] if pred.shape[1] > 5 else pred[:, 0])
+
+
 def alignment_metrics(pred: np.ndarray, labels: np.ndarray, *, threshold: int = 2,
                       decision_threshold: float | None = None) -> dict[str, float]:
-    """All evaluation metrics for predictions and labels on the 0-4 scale, both (n, 5).
+    """All evaluation metrics for predictions (n, 5 or 6: attributes on the 0-4 scale, then
+    the alignment logit) and 0-4 labels (n, 5).
 
-    ``decision_threshold`` is a cut on the misalignment score (-predicted helpfulness),
+    ``decision_threshold`` is a cut on :func:`misalignment_score`,
     chosen on held-out training data; without it F1 uses the cut that is best on these
     very rows (reported as ``f1_oracle``, an optimistic figure).
     """
     pred, labels = np.asarray(pred, dtype=np.float64), np.asarray(labels)
     y = misaligned(labels[:, 0], threshold)
-    score = -pred[:, 0]
+    score = misalignment_score(pred)
     out = {"auc": roc_auc(y, score), "n": int(len(y)), "misaligned_share": float(y.mean()) if len(y) else 0.0}
     if decision_threshold is not None:
         out["f1"] = f1_score(y, score >= decision_threshold)
@@ -95,5 +103,5 @@ def alignment_metrics(pred: np.ndarray, labels: np.ndarray, *, threshold: int = 
         out["f1_oracle"] = f1_score(y, score >= best_threshold(y, score))
     for i, name in enumerate(ATTRIBUTE_NAMES):
         out[f"pearson_{name}"] = pearson(pred[:, i], labels[:, i])
-    out["mae"] = float(np.abs(pred - labels).mean())
+    out["mae"] = float(np.abs(pred[:, :5] - labels).mean())
     return out

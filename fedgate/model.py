@@ -35,6 +35,8 @@ from fedgate.inject import adapter_modules, reset_gate_records
 log = logging.getLogger(__name__)
 
 NUM_ATTRIBUTES = 5
+ALIGNMENT = NUM_ATTRIBUTES  # the head's last output: the alignment logit
+NUM_OUTPUTS = NUM_ATTRIBUTES + 1
 OFFLINE_DEFAULT = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 POOLINGS = ("mean", "last", "mean-last")
@@ -108,7 +110,9 @@ def is_decoder(backbone: nn.Module) -> bool:
 
 
 class RewardModel(nn.Module):
-    """Backbone (with adapters injected by the caller) plus a linear head to 5 attributes."""
+    """Backbone (with adapters injected by the caller) plus a linear head to the 5 attributes
+    and an alignment logit (the log-odds that the response is aligned, i.e. its helpfulness
+    is above ``data.misaligned-threshold``): the model's alignment score."""
 
     def __init__(self, backbone: nn.Module, *, pairing: str = "separate", pooling: str | None = None,
                  end_tokens: int = 0) -> None:
@@ -128,7 +132,7 @@ class RewardModel(nn.Module):
         self.hidden_size = backbone.config.hidden_size
         pooled = self.hidden_size * (2 if pooling == "mean-last" else 1)
         features = pooled + 2 * self.hidden_size if pairing == "separate" else pooled
-        self.head = nn.Linear(features, NUM_ATTRIBUTES)
+        self.head = nn.Linear(features, NUM_OUTPUTS)
         # trainable backbone parameters of a baseline method (adapter.method other than gated-lora)
         self.method_params: tuple[str, ...] = ()
         nn.init.zeros_(self.head.weight)
@@ -200,7 +204,8 @@ class RewardModel(nn.Module):
         return torch.cat([r, p * r[:, :d], (p - r[:, :d]).abs()], dim=-1)
 
     def forward(self, batch: dict, split_at: int | None = None) -> torch.Tensor:
-        """Attribute predictions on the normalised scale (y - 2) / 2: (batch, 5).
+        """Attribute predictions on the normalised scale (y - 2) / 2, then the alignment
+        logit: (batch, 6).
 
         Resets the adapters' token-gate records first, so after the call they hold this
         batch's gate means (prompt and response passes together)."""
@@ -212,12 +217,24 @@ class RewardModel(nn.Module):
 
 
 def to_attribute_scale(pred: torch.Tensor) -> torch.Tensor:
-    """Map normalised predictions back to the 0-4 attribute scale."""
-    return pred * 2.0 + 2.0
+    """Map normalised attribute predictions back to the 0-4 scale; an alignment logit
+    column (the 6th) is left as it is."""
+    out = pred.clone()
+    out[..., :NUM_ATTRIBUTES] = pred[..., :NUM_ATTRIBUTES] * 2.0 + 2.0
+    return out
 
 
 def to_normalised_scale(labels: torch.Tensor) -> torch.Tensor:
     return (labels.float() - 2.0) / 2.0
+
+
+def head_targets(labels: torch.Tensor, threshold: int) -> torch.Tensor:
+    """What the head is trained towards, from 0-4 labels (n, 5): the normalised attributes,
+    then +1 for an aligned row (helpfulness > ``threshold``) and -1 for a misaligned one:
+    (n, 6). The last column is the BCE target of the alignment logit (as (t + 1) / 2) and
+    the ridge target of the head's initial alignment output."""
+    aligned = (labels[:, :1].float() > threshold).float() * 2.0 - 1.0
+    return torch.cat([to_normalised_scale(labels), aligned], dim=1)
 
 
 def build_reward_model(mcfg, spec):

@@ -29,7 +29,7 @@ from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_he
                           split_by_prompt)
 from fedgate.engine import close_stepper, make_stepper
 from fedgate.inject import adapter_modules, count_parameters
-from fedgate.metrics import misaligned, roc_auc
+from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, load_adapter_state, load_state, save_state, state_nbytes
 from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridge, frozen_features,
@@ -108,7 +108,8 @@ def write_predictions(path: Path, split: EncodedSplit, pred: np.ndarray) -> None
     labels = split.labels.numpy().astype(int)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["kind", *[f"true_{a}" for a in ATTRIBUTES], *[f"pred_{a}" for a in ATTRIBUTES]])
+        extra = ["alignment_logit"] if pred.shape[1] > len(ATTRIBUTES) else []
+        w.writerow(["kind", *[f"true_{a}" for a in ATTRIBUTES], *[f"pred_{a}" for a in ATTRIBUTES], *extra])
         for kind, y, p in zip(split.kinds, labels, pred):
             w.writerow([kind, *y.tolist(), *(f"{v:.4f}" for v in p)])
 
@@ -144,7 +145,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
         with torch.no_grad():
             head_pred = model.head(torch.as_tensor(frozen["test"], device=device)).cpu()
         step0_auc = roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
-                            -head_pred[:, 0].numpy())
+                            misalignment_score(head_pred.numpy()))
 
     stepper = make_stepper(model, cfg)
     try:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedgate.metrics import misaligned, roc_auc
+from fedgate.metrics import misaligned, misalignment_score, roc_auc
 
 log = logging.getLogger(__name__)
-LAMBDAS = (1.0, 10.0, 100.0, 1000.0)
+# Features have norm sqrt(d) per part (d = 384 for MiniLM), so useful penalties run high:
+# on the embedded set's frozen features the best is near 1e4.
+LAMBDAS = (1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 
 
 @dataclass
@@ -64,14 +66,15 @@ def solve(stats: RidgeStats, lam: float) -> np.ndarray:
 def fit(stats: RidgeStats, x_val: np.ndarray, y_val: np.ndarray, threshold: int,
         lambdas: tuple[float, ...] = LAMBDAS) -> tuple[np.ndarray, float, float]:
     """The weights whose lambda gives the best validation ROC-AUC of misaligned detection
-    (on ``y_val[:, 0]``, the 0-4 helpfulness); returns (weights, lambda, validation AUC).
+    (labels: ``y_val[:, 0]``, the 0-4 helpfulness; score: the alignment output, or the
+    helpfulness output for 5-column targets); returns (weights, lambda, validation AUC).
     A one-class validation split (AUC undefined) keeps the first lambda."""
     xv = with_bias(x_val)
     y = misaligned(np.asarray(y_val)[:, 0], threshold)
     best: tuple[float, float, np.ndarray | None] = (-1.0, lambdas[0], None)
     for lam in lambdas:
         w = solve(stats, lam)
-        auc = roc_auc(y, -(xv @ w)[:, 0])
+        auc = roc_auc(y, misalignment_score(xv @ w))
         if best[2] is None or auc > best[0]:
             best = (auc, lam, w)
     auc, lam, w = best

@@ -24,8 +24,8 @@ from fedgate.batching import (EncodedSplit, cache_lower_layers, iterate_batches,
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules, layer_index
 from fedgate.losses import total_loss
-from fedgate.metrics import alignment_metrics, best_threshold, misaligned
-from fedgate.model import RewardModel, to_attribute_scale, to_normalised_scale
+from fedgate.metrics import alignment_metrics, best_threshold, misaligned, misalignment_score
+from fedgate.model import RewardModel, head_targets, to_attribute_scale
 from fedgate.state import adapter_state, gathered, load_adapter_state
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _forward_sorted(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig,
 
 def predict(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
             device: torch.device) -> np.ndarray:
-    """Attribute predictions on the 0-4 scale, (n, 5)."""
+    """Attribute predictions on the 0-4 scale and the alignment logit, (n, 6)."""
     out = _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m(b, split.split_at))
     return to_attribute_scale(out).numpy()
 
@@ -101,7 +101,7 @@ def metrics_from_predictions(pred: np.ndarray, split: EncodedSplit, cfg: Fedgate
 
 def auc_per_kind(pred: np.ndarray, kinds: list[str], reference: str = "real") -> dict[str, float]:
     """Per degradation kind: AUC of ranking that kind's rows below the reference (real)
-    rows by predicted helpfulness, by kind and not by (noisy) label. Needs known kinds."""
+    rows by the alignment score, by kind and not by (noisy) label. Needs known kinds."""
     from fedgate.metrics import roc_auc
 
     kinds_arr = np.asarray(kinds)
@@ -111,14 +111,15 @@ def auc_per_kind(pred: np.ndarray, kinds: list[str], reference: str = "real") ->
     out = {}
     for kind in sorted(set(kinds) - {"", reference}):
         rows = ref | (kinds_arr == kind)
-        out[f"auc_kind_{kind}"] = roc_auc(kinds_arr[rows] == kind, -pred[rows, 0])
+        out[f"auc_kind_{kind}"] = roc_auc(kinds_arr[rows] == kind, misalignment_score(pred[rows]))
     return out
 
 
 def decision_threshold_from(pred: np.ndarray, split: EncodedSplit, cfg: FedgateConfig) -> float:
-    """The F1-best cut on the misalignment score (-predicted helpfulness), chosen on
+    """The F1-best cut on the misalignment score (minus the alignment logit), chosen on
     held-out training data (never on the rows it is reported on)."""
-    return best_threshold(misaligned(split.labels[:, 0].numpy(), cfg.data.misaligned_threshold), -pred[:, 0])
+    return best_threshold(misaligned(split.labels[:, 0].numpy(), cfg.data.misaligned_threshold),
+                          misalignment_score(pred))
 
 
 # ---------------------------------------------------------------------------- head init
@@ -129,7 +130,7 @@ def frozen_features(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig,
 
 
 def set_head(model: RewardModel, weights: np.ndarray) -> None:
-    """Load ridge weights (d+1, 5), the last row the bias, into the head."""
+    """Load ridge weights (d+1, 6), the last row the bias, into the head."""
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(weights[:-1].T, dtype=model.head.weight.dtype))
         model.head.bias.copy_(torch.as_tensor(weights[-1], dtype=model.head.bias.dtype))
@@ -142,7 +143,7 @@ def fit_head_ridge(model: RewardModel, x_train: np.ndarray, y_train: np.ndarray,
     Starting from the probe's solution, fine-tuning only has to improve on it."""
     from fedgate import ridge
 
-    stats = ridge.ridge_stats(x_train, to_normalised_scale(torch.as_tensor(y_train)).numpy())
+    stats = ridge.ridge_stats(x_train, head_targets(torch.as_tensor(y_train), threshold).numpy())
     w, lam, auc = ridge.fit(stats, x_val, y_val, threshold)
     set_head(model, w)
     log.info("ridge head: lambda=%g, validation AUC %.4f", lam, auc)
@@ -279,7 +280,8 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
-            loss, parts = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss, prior)
+            targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
+            loss, parts = total_loss(pred.float(), targets, model, cfg.loss, prior)
             if extra_loss is not None:
                 loss = loss + extra_loss()
             opt.backward(loss)

@@ -27,6 +27,23 @@ from server.head_init import federated_head
 from server.strategy import FedgateStrategy
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("fedgate.progress")  # one line per round: what the launcher shows
+
+
+def round_line(record: dict, total: int) -> str:
+    """``round 2/3 | test AUC 0.7012 | loss 0.3210 | up 1.2 MiB | down 1.2 MiB | 45.3 s | clients 4 ok, 0 failed``"""
+    s, t, b = record.get("server_eval") or {}, record.get("train") or {}, record.get("bytes") or {}
+    lost = len(record.get("failures", [])) + len(record.get("dropped", [])) + len(record.get("rejected", []))
+    parts = [f"round {record['round']}/{total}",
+             f"test AUC {s['auc']:.4f}" if "auc" in s else "test AUC -",
+             f"loss {t['train-loss']:.4f}" if "train-loss" in t else "loss -"]
+    if "up" in b:
+        parts += [f"up {b['up'] / 2**20:.2f} MiB", f"down {b['down'] / 2**20:.2f} MiB"]
+    if "wall_s" in record:
+        parts.append(f"{record['wall_s']['round']:.1f} s")
+    if "clients" in record:
+        parts.append(f"clients {len(record['clients'])} ok, {lost} failed")
+    return " | ".join(parts)
 
 
 # what the strategy's round log adds to rounds.jsonl's "strategy" section
@@ -82,7 +99,9 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
                 record["head_init"] = federated_head(grid, strategy, evaluator)
             record["server_eval"], _ = evaluator.evaluate(strategy.global_state)
             run.append_round(record)
-            log.info("round 0: test AUC %.4f", record["server_eval"]["auc"])
+            head = record.get("head_init") or {}
+            progress.info(round_line(record, cfg.federation.rounds) + (
+                f" | federated ridge head from {head['clients']} clients" if head.get("fitted") else ""))
         final_metrics, final_pred, idle = None, None, 0
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
@@ -98,7 +117,11 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
         run.write_json(SUMMARY_FILE, summary)
-        log.info("federation finished: %s", {k: summary["final"].get(k) for k in ("auc", "f1")})
+        final, base = summary["final"], summary.get("baselines") or {}
+        progress.info("finished: test AUC %.4f, F1 %.4f%s | run directory %s", final.get("auc", float("nan")),
+                      final.get("f1", float("nan")),
+                      "".join(f" | {k} {v:.4f}" for k, v in base.items() if not k.endswith(("_C", "_lr"))),
+                      run.path)
     except BaseException as e:
         run.write_json(SUMMARY_FILE, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(), "rounds_completed": _last_round(run)})
@@ -156,11 +179,7 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     }
     if "skipped" in rl:
         record["skipped"] = rl["skipped"]
-    auc = f"{server_eval['auc']:.4f}" if server_eval else "-"
-    lost = len(record["failures"]) + len(record["dropped"]) + len(record["rejected"])
-    log.info("round %d/%d: %d clients%s, test AUC %s, up %.1f KiB/client, %.1f s", rnd, total,
-             len(record["clients"]), f" ({lost} failed, dropped or rejected)" if lost else "", auc,
-             up_per_client / 1024, t3 - t0)
+    progress.info(round_line(record, total))
     return record, server_eval, pred
 
 

@@ -48,7 +48,7 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     from fedgate.data import build_embedded_dataset
     from fedgate.engine import close_stepper, make_stepper
     from fedgate.losses import total_loss
-    from fedgate.model import build_reward_model, to_normalised_scale
+    from fedgate.model import build_reward_model, head_targets
 
     cfg = FedgateConfig.from_flat({"model.backbone": backbone, "train.batch-size": 16, "model.top-layers": 0,
                                    "train.cache-lower-layers": False, **extra, **VARIANTS[variant]})
@@ -67,7 +67,8 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     for _ in range(steps + 1):
         t0 = time.perf_counter()
         pred = stepper.forward(model, batch, None)
-        loss, _ = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss)
+        loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
+                             cfg.loss)
         stepper.backward(loss)
         stepper.step()
         if device.type == "cuda":

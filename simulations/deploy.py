@@ -177,7 +177,7 @@ def deploy(run_config: list[str], *, nodes: int = 2, tls: bool = True, auth: boo
             d.start_node(i, nodes, gpu=gpus[i] if gpus else None)
         d.wait_online(nodes)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
-        code = stream_flwr_run(cmd, d.env, timeout)
+        code = stream_flwr_run(cmd, d.env, timeout, log_file=run_dir / "run.log", verbose=False)
     finally:
         d.stop()
     return (0 if run_succeeded(code, run_dir / "summary.json", started_at) else 1), run_dir

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tr
 log = logging.getLogger("fedgate.simulate")
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedgate-sim"
+LOG_FILE = "simulation.log"
 
 
 def app_config(app: Path) -> dict:
@@ -82,9 +84,25 @@ def run_config_arg(overrides: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
 
 
-def stream_flwr_run(cmd: list[str], env: dict, timeout: float | None = None) -> int:
-    """Run ``flwr run ... --stream``, copying its output to ours; returns its exit code."""
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Ray's and Flower's colour codes
+# fedgate's round lines; lines whose level (after an optional "(Actor pid=...)" prefix) is a
+# warning or an error; tracebacks
+_SHOWN = re.compile(r"fedgate\.progress|^(\([^)]*\)\s*)?(WARNING|ERROR|CRITICAL)\b|^Traceback")
+
+
+def console_line(line: str) -> bool:
+    """Whether a line of the run's output belongs on the console: fedgate's per-round and
+    final lines, warnings and errors. Everything goes to the run's log file."""
+    return bool(_SHOWN.search(line))
+
+
+def stream_flwr_run(cmd: list[str], env: dict, timeout: float | None = None, *, log_file: Path | None = None,
+                    verbose: bool = True) -> int:
+    """Run ``flwr run ... --stream``; returns its exit code. Every output line, without colour
+    codes, goes to ``log_file``; the console gets all of them (``verbose``) or only those
+    :func:`console_line` keeps (fedgate's one line per round, warnings, errors)."""
     log.info("running: %s", " ".join(cmd))
+    sink = log_file.open("a") if log_file is not None else None
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as flwr:
         assert flwr.stdout is not None
@@ -98,12 +116,19 @@ def stream_flwr_run(cmd: list[str], env: dict, timeout: float | None = None) -> 
             watchdog.start()
         try:
             for line in flwr.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                plain = ANSI.sub("", line)
+                if sink is not None:
+                    sink.write(plain)
+                    sink.flush()
+                if verbose or console_line(plain):
+                    sys.stdout.write(plain)
+                    sys.stdout.flush()
             return flwr.wait()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if sink is not None:
+                sink.close()
 
 
 def run_succeeded(code: int, summary: Path, started_at: float) -> bool:
@@ -145,9 +170,10 @@ def start_superlink(flwr_home: Path, env: dict) -> tuple[subprocess.Popen, int]:
 
 def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client: float = 1.0,
              out: str | Path | None = None, app: str | Path = REPO,
-             timeout: float | None = None) -> tuple[int, Path]:
+             timeout: float | None = None, verbose: bool = False) -> tuple[int, Path]:
     """Run one simulation; returns (exit code, run directory). 0 only when summary.json says
-    the run completed."""
+    the run completed. The console shows one line per round (all output with ``verbose``);
+    the full output is in the run directory's ``simulation.log``."""
     app = Path(app).resolve()
     overrides, run_dir = prepare_run(app, run_config, out)
     flwr_home = run_dir / "flwr-home"
@@ -160,7 +186,8 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream",
                "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
                "--run-config", run_config_arg(overrides)]
-        code = stream_flwr_run(cmd, env, timeout)
+        log.info("full output: %s", run_dir / LOG_FILE)
+        code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
     finally:
         stop_tree(proc.pid)
         stop_flwr_home(flwr_home)
@@ -183,6 +210,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--out", help="run directory (default: server.output-dir, else runs/fed-<time>)")
     p.add_argument("--app", default=str(REPO), help="Flower app directory (default: this checkout)")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
+    p.add_argument("--verbose", action="store_true",
+                   help="print every line of the run's output (default: one line per round, warnings, errors; "
+                        "everything is in the run directory's simulation.log)")
     return p
 
 
@@ -190,7 +220,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = args or build_parser().parse_args(argv)
     return exit_code(simulate, args.run_config, num_supernodes=args.num_supernodes,
-                     cpus_per_client=args.cpus_per_client, out=args.out, app=args.app, timeout=args.timeout)
+                     cpus_per_client=args.cpus_per_client, out=args.out, app=args.app, timeout=args.timeout,
+                     verbose=args.verbose)
 
 
 def exit_code(launch, *args, **kwargs) -> int:

@@ -280,13 +280,14 @@ def auc_difference_se(run_a: Path, run_b: Path, threshold: int = 2, resamples: i
     between two runs of a study has to exceed before it says anything."""
     import numpy as np
 
+    from fedgate.federated.report import prediction_file_score
     from fedgate.metrics import roc_auc
 
     def load(run: Path) -> tuple[np.ndarray, np.ndarray]:
         with (run / "test_predictions.csv").open() as f:
             rows = list(csv.DictReader(f))
         y = np.array([int(r["true_helpfulness"]) <= threshold for r in rows])
-        return y, -np.array([float(r["pred_helpfulness"]) for r in rows])  # low helpfulness = misaligned
+        return y, prediction_file_score(rows)
 
     (y, a), (y_b, b) = load(run_a), load(run_b)
     if len(y) != len(y_b) or (y != y_b).any():

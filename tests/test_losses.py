@@ -132,6 +132,17 @@ def test_task_loss_is_mse():
     assert float(task_loss(pred, target, w)) == pytest.approx((1 + 2) / 5)
 
 
+def test_task_loss_adds_the_alignment_logits_bce():
+    pred = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 0.0], [0.0, 1.0, 2.0, 3.0, 4.0, 2.0]])
+    target = torch.tensor([[1.0, 1.0, 0.0, 3.0, 2.0, 1.0], [1.0, 1.0, 0.0, 3.0, 2.0, -1.0]])
+    mse = (1 + 0 + 4 + 0 + 4) / 5
+    # BCE: aligned at logit 0 -> log 2; misaligned at logit 2 -> log(1 + e^2)
+    bce = (math.log(2.0) + math.log(1.0 + math.exp(2.0))) / 2
+    assert float(task_loss(pred, target)) == pytest.approx(mse + bce)
+    assert float(task_loss(pred, target, alignment=0.5)) == pytest.approx(mse + 0.5 * bce)
+    assert float(task_loss(pred, target, alignment=0.0)) == pytest.approx(mse)
+
+
 def test_total_loss_parts_and_gradients():
     torch.manual_seed(0)
     net = _Net()

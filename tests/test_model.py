@@ -12,7 +12,7 @@ from fedgate.adapters import AdapterSpec
 from fedgate.config import ModelConfig
 from fedgate.inject import adapter_modules, inject_adapters
 from fedgate.model import (
-    NUM_ATTRIBUTES,
+    NUM_OUTPUTS,
     RewardModel,
     build_reward_model,
     is_decoder,
@@ -52,7 +52,7 @@ def _expected_norm(d: int = HIDDEN) -> float:
 
 def test_separate_pairing_shapes(tiny_tokenizer):
     model = _model("tiny-bert", tiny_tokenizer, pairing="separate", pooling="mean")
-    assert model.head.in_features == 3 * HIDDEN and model.head.out_features == NUM_ATTRIBUTES
+    assert model.head.in_features == 3 * HIDDEN and model.head.out_features == NUM_OUTPUTS
     batch = _pair_batch(tiny_tokenizer, ["What is 2+2?", "Name a colour.", "Why?"],
                         ["Four.", "Blue, like the sky on a clear day.", "Because."])
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_separate_pairing_shapes(tiny_tokenizer):
         nn_init.normal_(model.head.weight)
         out = model(batch)
         feats = model.features(batch)
-    assert out.shape == (3, NUM_ATTRIBUTES)
+    assert out.shape == (3, NUM_OUTPUTS)
     assert feats.shape == (3, 3 * HIDDEN)
     # features are [r, p * r, |p - r|] of the pooled (normalised) embeddings
     p = model.encode(batch, "prompt_").detach()
@@ -101,7 +101,7 @@ def test_joint_pairing_shapes(tiny_tokenizer):
     enc = tiny_tokenizer(["What is 2+2?", "Name a colour."], ["Four.", "Blue."], padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-    assert out.shape == (2, NUM_ATTRIBUTES)
+    assert out.shape == (2, NUM_OUTPUTS)
     assert torch.count_nonzero(out) == 0  # the head starts at zero
 
 
@@ -232,6 +232,18 @@ def test_scale_conversions_are_inverse():
     norm = to_normalised_scale(labels)
     torch.testing.assert_close(norm, torch.tensor([[-1.0, -0.5, 0.0, 0.5, 1.0]]))
     torch.testing.assert_close(to_attribute_scale(norm), labels.float())
+    # an alignment logit (6th column) is not rescaled
+    torch.testing.assert_close(to_attribute_scale(torch.cat([norm, torch.tensor([[0.7]])], 1)),
+                               torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 0.7]]))
+
+
+def test_head_targets_add_plus_one_for_aligned_rows_minus_one_for_misaligned():
+    from fedgate.model import head_targets
+
+    labels = torch.tensor([[2, 4, 4, 1, 1], [3, 0, 0, 0, 0]])
+    t = head_targets(labels, threshold=2)
+    torch.testing.assert_close(t[:, :5], to_normalised_scale(labels))
+    torch.testing.assert_close(t[:, 5], torch.tensor([-1.0, 1.0]))  # helpfulness 2 <= 2: misaligned
 
 
 def test_top_layers_puts_adapters_only_in_the_top_k_layers():

@@ -15,7 +15,7 @@ from fedgate.state import adapter_state, to_numpy
 from fedgate.train import lowest_adapter_layer
 
 HIDDEN, FFN = 32, 64  # tiny-bert: hidden size, intermediate size (2 x hidden)
-HEAD = 4 * HIDDEN * 5 + 5  # separate pairing, mean-last pooling: [r_mean, r_last, p*r, |p-r|] -> 5 attributes
+HEAD = 4 * HIDDEN * 6 + 6  # separate pairing, mean-last pooling: [r_mean, r_last, p*r, |p-r|] -> 5 attributes + alignment logit
 
 
 def build(method: str, **over):

@@ -26,7 +26,7 @@ from fedgate.federated.client_rules import (configure_adapters, control_correcti
                                             proximal_term, shared_keys)
 from fedgate.federated.shards import client_shard
 from fedgate.memory import peak_mib
-from fedgate.model import RewardModel, build_reward_model, to_normalised_scale
+from fedgate.model import RewardModel, build_reward_model, head_targets
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
 from fedgate.ridge import RidgeStats, ridge_stats
 from fedgate.train import evaluate, fit, frozen_features, pick_device, prepare_cache
@@ -210,7 +210,7 @@ class ClientTask:
         state (before round 1: the frozen backbone's features), for the federated head."""
         self._load_global(global_state)
         x = frozen_features(self.model, self.shard.train, self.cfg, self.pad_id, self.device)
-        return ridge_stats(x, to_normalised_scale(self.shard.train.labels).numpy())
+        return ridge_stats(x, head_targets(self.shard.train.labels, self.cfg.data.misaligned_threshold).numpy())
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
                  personal: Mapping[str, np.ndarray] | None = None) -> tuple[int, dict[str, float]]:

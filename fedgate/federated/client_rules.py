@@ -25,7 +25,7 @@ from fedgate.batching import EncodedSplit, make_batch, sorted_batches
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules
 from fedgate.losses import total_loss
-from fedgate.model import RewardModel, to_normalised_scale
+from fedgate.model import RewardModel, head_targets
 
 FFA = "ffa"
 
@@ -112,7 +112,8 @@ def mean_gradient(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, p
         batch = make_batch(split, rows, pad_id, device)
         model.zero_grad(set_to_none=True)
         pred = model(batch, split.split_at)
-        loss, _ = total_loss(pred.float(), to_normalised_scale(batch["labels"]), model, cfg.loss, prior)
+        targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
+        loss, _ = total_loss(pred.float(), targets, model, cfg.loss, prior)
         loss.backward()
         for n, p in params.items():
             if p.grad is not None:

@@ -69,11 +69,18 @@ def plot_metrics(rounds: list[dict], path: Path) -> None:
               dashed=[label for section, _, label in keys if section == "federated_eval"])
 
 
+def prediction_file_score(rows: list[dict]) -> np.ndarray:
+    """The misalignment score of test_predictions.csv rows: minus the alignment logit, or
+    minus predicted helpfulness in files without that column."""
+    key = "alignment_logit" if rows and "alignment_logit" in rows[0] else "pred_helpfulness"
+    return -np.array([float(r[key]) for r in rows])
+
+
 def plot_roc(pred_csv: Path, threshold: int, path: Path) -> float:
     with pred_csv.open() as f:
         rows = list(csv.DictReader(f))
     y = misaligned(np.array([int(r["true_helpfulness"]) for r in rows]), threshold)
-    score = -np.array([float(r["pred_helpfulness"]) for r in rows])
+    score = prediction_file_score(rows)
     fpr, tpr = roc_curve(y, score)
     auc = roc_auc(y, score)
     plt = _plt()

@@ -102,7 +102,7 @@ def test_tasks_share_the_cached_backbone_and_reset_from_the_global_state(tiny_cf
 
 
 def test_head_statistics_are_the_ridge_statistics_of_the_training_rows(tiny_cfg):
-    from fedgate.model import to_normalised_scale
+    from fedgate.model import head_targets
     from fedgate.ridge import ridge_stats
     from fedgate.train import frozen_features
 
@@ -111,7 +111,7 @@ def test_head_statistics_are_the_ridge_statistics_of_the_training_rows(tiny_cfg)
     glob = to_numpy(adapter_state(task.model))
     stats = task.head_statistics(glob)
     x = frozen_features(task.model, task.shard.train, task.cfg, task.pad_id, task.device)
-    ref = ridge_stats(x, to_normalised_scale(task.shard.train.labels).numpy())
+    ref = ridge_stats(x, head_targets(task.shard.train.labels, task.cfg.data.misaligned_threshold).numpy())
     assert stats.count == len(task.shard.train) and stats.gram.shape == (x.shape[1] + 1,) * 2
     np.testing.assert_allclose(stats.gram, ref.gram, rtol=1e-6)
     np.testing.assert_allclose(stats.moment, ref.moment, rtol=1e-6)

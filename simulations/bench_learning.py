@@ -1,0 +1,206 @@
+"""Does the reward model learn? Every default run next to the cheap baselines, over seeds.
+
+    python -m simulations.bench_learning [--out runs/bench-learning] [--seeds 0,1,2] [--rows central,fed,...]
+    python -m simulations.bench_learning --summarize runs/bench-learning
+
+Rows (each run once per seed; seeds change ``train.seed``, so runs of a seed share their
+data and test rows and differences between rows are paired):
+
+- ``central``: ``fedgate train`` with every default; its metrics.json also holds the cheap
+  baselines fitted on the same training rows (length, TF-IDF, linear probe and
+  gradient-boosted trees on the frozen features).
+- ``fed``: ``fedgate simulate`` with every default (4 clients); its summary.json holds the
+  baselines fitted on the federation's pooled training rows.
+- ``fed-head-only``: the same federation with adapters and gates frozen at their start
+  (``train.lr-adapter=0``): what the adapters add.
+- ``fed-iid`` and ``central-fed-steps``: an IID federation and a centralized run on the
+  same training rows (``data.limit``) with the same total number of optimizer steps.
+- ``fed-dirichlet-0.1`` and ``fed-kind``: label skew and degradation-kind skew.
+
+Each run writes its own folder ``OUT/<row>/seed-<s>``; a finished run is never run again,
+so an interrupted benchmark resumes. The table (``OUT/learning.md`` / ``.csv``) gives the
+mean and standard error over seeds of each figure, and for the federated rows the paired
+difference to ``fed`` (mean and SE over seeds of the per-seed difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedgate.config import FedgateConfig
+from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+from simulations.run import app_config, simulate
+from simulations.study import config_string
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+NUM_SUPERNODES = 4
+
+# name -> (kind, overrides)
+ROWS: dict[str, tuple[str, dict]] = {
+    "central": ("central", {}),
+    "fed": ("fed", {}),
+    "fed-head-only": ("fed", {"train.lr-adapter": 0.0}),
+    "fed-iid": ("fed", {"federation.partitioner": "iid"}),
+    "central-fed-steps": ("central-matched", {}),
+    "fed-dirichlet-0.1": ("fed", {"federation.partitioner": "dirichlet", "federation.alpha": 0.1}),
+    "fed-kind": ("fed", {"federation.partitioner": "kind"}),
+}
+BASELINES = ("length", "tfidf_logreg", "frozen_probe", "frozen_boosted_trees")
+
+
+def _done(path: Path, name: str) -> bool:
+    f = path / name
+    return f.is_file() and json.loads(f.read_text()).get("status", "completed") == "completed"
+
+
+def run_central(out: Path, overrides: dict) -> dict:
+    """``fedgate train`` in this process (the same code path as the command)."""
+    from fedgate.pipeline import train_centralized
+
+    if not _done(out, "metrics.json"):
+        cfg = FedgateConfig.from_flat(overrides)
+        t0 = time.perf_counter()
+        metrics = train_centralized(cfg, out, progress=False)
+        metrics["bench_wall_s"] = time.perf_counter() - t0
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    m = json.loads((out / "metrics.json").read_text())
+    row = {"auc": m["test"]["auc"], "auc_step0": m["test_at_step0"]["auc"], "steps": m["train"]["steps"],
+           "wall_s": m.get("bench_wall_s", m["total_wall_s"])}
+    row.update({f"baseline_{k}": m["baselines"][k] for k in BASELINES if k in m.get("baselines", {})})
+    return row
+
+
+def fed_steps(run_dir: Path) -> int:
+    """Optimizer steps the federation took in all, summed over clients and rounds."""
+    return int(sum(c.get("steps", 0) for r in RunDir(run_dir).rounds() for c in r.get("clients", [])))
+
+
+def run_fed(out: Path, overrides: dict) -> dict:
+    if not _done(out, SUMMARY_FILE):
+        code, _ = simulate([config_string(overrides)], num_supernodes=NUM_SUPERNODES, out=out, timeout=3600)
+        if code != 0:
+            raise RuntimeError(f"the federation in {out} failed; see its simulation.log")
+    run = RunDir(out)
+    summary = run.read_json(SUMMARY_FILE)
+    aucs = [r["server_eval"]["auc"] for r in run.rounds() if r.get("server_eval")]
+    row = {"auc": summary["final"]["auc"], "auc_step0": aucs[0], "steps": fed_steps(out), "wall_s": summary["wall_s"],
+           "auc_per_round": aucs, "rising": all(b > a for a, b in zip(aucs, aucs[1:]))}
+    row.update({f"baseline_{k}": summary["baselines"][k] for k in BASELINES if k in summary.get("baselines", {})})
+    return row
+
+
+def run_row(out: Path, name: str, seed: int) -> dict:
+    kind, overrides = ROWS[name]
+    path = out / name / f"seed-{seed}"
+    path.mkdir(parents=True, exist_ok=True)
+    overrides = {**overrides, "train.seed": seed}
+    if kind == "central":
+        return run_central(path, overrides)
+    if kind == "fed":
+        return run_fed(path, overrides)
+    # the centralized twin of fed-iid: the same rows, the same total optimizer steps
+    twin = out / "fed-iid" / f"seed-{seed}"
+    if not _done(twin, SUMMARY_FILE):
+        raise RuntimeError(f"{name} needs fed-iid's run for seed {seed} first")
+    defaults = app_config(REPO)
+    return run_central(path, {**overrides, "data.limit": defaults["data.limit"], "train.max-steps": fed_steps(twin)})
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def _cell(values: list[float], scale: float = 1.0, fmt: str = ".4f") -> str:
+    m, se = _mean_se([x * scale for x in values if x is not None])
+    if not np.isfinite(m):
+        return "-"
+    return f"{m:{fmt}}" + (f" ± {se:{fmt}}" if np.isfinite(se) else "")
+
+
+def table(results: dict[str, dict[int, dict]]) -> str:
+    """One line per row: mean ± SE over seeds of each figure, and for federated rows the
+    paired difference to ``fed`` in AUC points."""
+    lines = ["| row | seeds | test AUC | AUC before training | vs fed (points, paired) | length | TF-IDF | "
+             "linear probe | boosted trees | optimizer steps | AUC rises every round | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = results.get("fed", {})
+    for name, by_seed in results.items():
+        if not by_seed:
+            continue
+        rows = list(by_seed.values())
+        col = lambda k: [r.get(k) for r in rows]  # noqa: E731
+        diff = "-"
+        if name != "fed" and ROWS[name][0] == "fed":
+            pairs = [by_seed[s]["auc"] - base[s]["auc"] for s in by_seed if s in base]
+            diff = _cell(pairs, 100.0, ".2f") if pairs else "-"
+        rising = [r["rising"] for r in rows if "rising" in r]
+        lines.append(
+            f"| {name} | {len(rows)} | {_cell(col('auc'))} | {_cell(col('auc_step0'))} | {diff} | "
+            + " | ".join(_cell(col(f"baseline_{k}")) for k in BASELINES)
+            + f" | {_cell(col('steps'), fmt='.0f')} | {f'{sum(rising)}/{len(rising)}' if rising else '-'} | "
+            f"{_cell(col('wall_s'), fmt='.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def collect(out: Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """Rows of the runs that finished (nothing is run)."""
+    results: dict[str, dict[int, dict]] = {}
+    for name in names:
+        results[name] = {}
+        for seed in seeds:
+            path = out / name / f"seed-{seed}"
+            done = _done(path, "metrics.json") if ROWS[name][0].startswith("central") else _done(path, SUMMARY_FILE)
+            if done:
+                results[name][seed] = run_row(out, name, seed)
+    return results
+
+
+def write(out: Path, results: dict[str, dict[int, dict]]) -> str:
+    md = table(results)
+    (out / "learning.md").write_text(md)
+    (out / "learning.json").write_text(json.dumps(results, indent=1, default=float))
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fedgate.simulate").setLevel(logging.INFO)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/bench-learning")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated; choices: " + ", ".join(ROWS))
+    p.add_argument("--summarize", action="store_true", help="only rebuild the table from finished runs")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in ROWS]:
+        p.error(f"unknown row(s) {unknown}; choose from {list(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.summarize:
+        for seed in seeds:  # seed-major: every row gets a first seed before any gets a third
+            for name in names:
+                t0 = time.perf_counter()
+                try:
+                    row = run_row(out, name, seed)
+                except RuntimeError as e:
+                    print(f"{name} seed {seed}: {e}", flush=True)
+                    continue
+                print(f"{name} seed {seed}: test AUC {row['auc']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                write(out, collect(out, names, seeds))
+    print(write(out, collect(out, names, seeds)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

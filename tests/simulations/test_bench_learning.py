@@ -1,0 +1,26 @@
+"""The learning benchmark's table: mean ± SE over seeds, paired differences to ``fed``."""
+
+import math
+
+from simulations.bench_learning import table
+
+
+def _row(auc, **kw):
+    return {"auc": auc, "auc_step0": 0.6, "steps": 100, "wall_s": 60.0, **kw}
+
+
+def test_table_gives_mean_and_standard_error_and_the_paired_difference():
+    results = {
+        "fed": {0: _row(0.70, rising=True, baseline_frozen_probe=0.64), 1: _row(0.72, rising=True), 2: _row(0.74, rising=False)},
+        "fed-head-only": {0: _row(0.66), 1: _row(0.69), 2: _row(0.69)},
+    }
+    md = table(results)
+    fed, head = md.splitlines()[2], md.splitlines()[3]
+    se = math.sqrt(((0.70 - 0.72) ** 2 + (0.74 - 0.72) ** 2) / 2) / math.sqrt(3)  # sample SD / sqrt(n)
+    assert f"| fed | 3 | 0.7200 ± {se:.4f} |" in fed and "| 2/3 |" in fed and "| 0.6400 |" in fed
+    # per-seed differences -4, -3, -5 points: mean -4.00, SE 0.58
+    assert "| -4.00 ± 0.58 |" in head
+
+
+def test_a_row_without_runs_is_left_out():
+    assert "central" not in table({"central": {}, "fed": {0: _row(0.7)}})
