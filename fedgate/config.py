@@ -70,6 +70,7 @@ class TrainConfig:
     lr_head: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
+    schedule: str = "cosine"  # after warmup: cosine (decay to 0 by the last step) | constant
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.01  # FedProx: mu/2 ||theta - theta_global||^2 (federation.strategy=fedprox only)
     bf16: bool = False  # bf16 autocast: use on GPUs and CPUs with native bf16 (AMX/AVX512-BF16)
@@ -84,6 +85,7 @@ class TrainConfig:
         _positive("train.batch-size", self.batch_size)
         _positive("train.grad-accum", self.grad_accum)
         _choice("train.head-init", self.head_init, ("ridge", "zero"))
+        _choice("train.schedule", self.schedule, ("cosine", "constant"))
         if self.proximal_mu < 0:
             raise ValueError(f"train.proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.epochs <= 0 and self.max_steps <= 0:

@@ -19,8 +19,8 @@ from fedgate.metrics import misaligned, misalignment_score, roc_auc
 
 log = logging.getLogger(__name__)
 # Features have norm sqrt(d) per part (d = 384 for MiniLM), so useful penalties run high:
-# on the embedded set's frozen features the best is near 1e4.
-LAMBDAS = (1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4, 1e5)
+# on the embedded set's frozen features the best runs from 1e4 (all rows) to 1e5 (a few thousand).
+LAMBDAS = (1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 
 
 @dataclass
@@ -78,4 +78,29 @@ def fit(stats: RidgeStats, x_val: np.ndarray, y_val: np.ndarray, threshold: int,
         if best[2] is None or auc > best[0]:
             best = (auc, lam, w)
     auc, lam, w = best
+    if w.shape[1] > 5:
+        w = calibrate_alignment(w, xv, ~y)
     return w, lam, auc
+
+
+def calibrate_alignment(w: np.ndarray, xv: np.ndarray, aligned: np.ndarray) -> np.ndarray:
+    """Rescale the alignment column (6th) of ridge weights into a logit: a one-feature
+    logistic regression of the aligned labels on the ridge score (Platt scaling) over the
+    validation rows ``xv`` (with the bias column). A heavily penalised ridge score is tiny
+    (all near 0), and the head's BCE term would start by tearing it apart; calibrated, the
+    head starts as a sensible classifier and training refines it. Ranking is unchanged
+    (``a > 0``); with one class in validation the weights are returned as they are."""
+    from sklearn.linear_model import LogisticRegression
+
+    if aligned.all() or not aligned.any():
+        return w
+    score = xv @ w[:, 5]
+    scale = float(np.std(score)) or 1.0
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit((score / scale)[:, None], aligned)
+    a, b = float(clf.coef_[0, 0]) / scale, float(clf.intercept_[0])
+    if a <= 0:  # the score ranks backwards on validation: keep it uncalibrated rather than flip it
+        return w
+    out = w.copy()
+    out[:, 5] = a * w[:, 5]
+    out[-1, 5] += b
+    return out

@@ -213,9 +213,15 @@ class TorchStepper:
         self.opt.zero_grad(set_to_none=True)
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` or constant.
+
+    A federation's local rounds are short (tens of steps); decaying to 0 inside each one
+    halves the average step size, so the federation's default is ``constant``."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -272,7 +278,7 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     bar = tqdm(total=total, desc="training", disable=not progress, unit="step")
     for step in range(total):
         for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * lr_factor(step, total, warmup)
+            g["lr"] = lr * lr_factor(step, total, warmup, t.schedule)
         for _ in range(t.grad_accum):
             if not batches:
                 batches = iterate_batches(len(train), t.batch_size, rng, lengths)

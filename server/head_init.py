@@ -42,6 +42,7 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
     cfg = strategy.cfg
     t0 = time.perf_counter()
     nodes = strategy.sample_nodes(grid, 0, cfg.federation.fraction_train or 1.0, cfg.federation.min_train_nodes)
+    nodes = strategy.known_ranks(grid, nodes, 0)  # heterogeneous ranks: each node gets the state at its rank
     config = ConfigRecord({P.ASK: P.ASK_HEAD_STATS, P.SERVER_ROUND: 0})
     queries = [Message(RecordDict({P.CONFIG: config, P.ARRAYS: to_record(strategy.state_for(n))}),
                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]

@@ -109,7 +109,7 @@ class FedgateStrategy(Strategy):
             return []
         nodes = self.sample_nodes(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
         self.round_log["num_nodes"] = len(grid.get_node_ids())
-        nodes = self._known_ranks(grid, nodes, server_round)
+        nodes = self.known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
         prior = ConfigRecord(self.prior())
@@ -175,7 +175,7 @@ class FedgateStrategy(Strategy):
         if self.fed.fraction_evaluate == 0.0:
             return []
         nodes = self.sample_nodes(grid, server_round, self.fed.fraction_evaluate, self.fed.min_evaluate_nodes)
-        nodes = self._known_ranks(grid, nodes, server_round)
+        nodes = self.known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
         self.round_log["eval_nodes"] = nodes
@@ -295,7 +295,7 @@ class FedgateStrategy(Strategy):
                          server_round, len(new), self.fed.prune_threshold, self.fed.prune_patience, new)
                 self.round_log["newly_pruned"] = new
 
-    def _known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
+    def known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
         """With heterogeneous ranks, ask nodes not seen before for their ``adapter.r`` (one
         query message each); nodes that do not answer sit this round out."""
         unknown = [n for n in nodes if n not in self.node_ranks]

@@ -50,3 +50,23 @@ def test_fit_chooses_lambda_on_validation_auc_and_refuses_mismatched_shapes():
     assert lam in ridge.LAMBDAS and auc > 0.9 and w.shape == (6, 5)
     with pytest.raises(ValueError, match="different shapes"):
         stats + ridge.ridge_stats(x[:, :3], y)
+
+
+def test_the_alignment_column_is_calibrated_into_a_logit_without_changing_its_ranking():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 4))
+    helpfulness = np.clip(np.round(2.5 + 1.2 * x[:, 0] + 0.5 * rng.normal(size=400)), 0, 4)
+    y = np.zeros((400, 5))
+    y[:, 0] = helpfulness
+    aligned = np.where(helpfulness > 2, 1.0, -1.0)
+    stats = ridge.ridge_stats(x[:300], np.c_[(y[:300] - 2) / 2, aligned[:300]])
+    raw = ridge.solve(stats, 1e4)  # heavy penalty: a tiny score
+    w, lam, _ = ridge.fit(stats, x[300:], y[300:], threshold=2, lambdas=(1e4,))
+    xv = ridge.with_bias(x[300:])
+    s_raw, s_cal = xv @ raw[:, 5], xv @ w[:, 5]
+    assert np.abs(s_raw).max() < 0.2 < np.abs(s_cal).max()  # now on a logit scale
+    assert np.corrcoef(s_raw, s_cal)[0, 1] > 0.999  # an increasing affine map: same ranking
+    np.testing.assert_allclose(w[:, :5], raw[:, :5])  # the attributes are untouched
+    # the calibrated logit fits the validation labels better than the raw score does
+    p = 1 / (1 + np.exp(-s_cal))
+    assert -np.mean(np.where(aligned[300:] > 0, np.log(p), np.log(1 - p))) < np.log(2)

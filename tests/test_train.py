@@ -107,3 +107,11 @@ def test_length_bucketed_batches_cover_every_row_once(setup):
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     random_spread = np.mean([np.ptp(lengths[b]) for b in iterate_batches(len(train), 8, np.random.default_rng(0))])
     assert spread < random_spread
+
+
+def test_lr_schedules_warm_up_then_decay_or_stay():
+    from fedgate.train import lr_factor
+
+    assert [lr_factor(s, 10, 2) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(2, 10, 2) == 1.0 and lr_factor(9, 10, 2) < 0.05  # cosine: near 0 at the end
+    assert [lr_factor(s, 10, 2, "constant") for s in (0, 2, 9)] == [0.5, 1.0, 1.0]

@@ -113,8 +113,12 @@ class ServerEvaluator:
         frozen = {"train": frozen_features(self.model, train, self.cfg, self.pad_id, self.device)}
         for name in ("validation", "test"):
             frozen[name] = frozen_features(self.model, self.splits[name], self.cfg, self.pad_id, self.device)
-        out = all_baselines(rows["train"], rows["validation"], rows["test"], frozen,
-                            self.cfg.data.misaligned_threshold, self.cfg.train.seed)
+        try:
+            out = all_baselines(rows["train"], rows["validation"], rows["test"], frozen,
+                                self.cfg.data.misaligned_threshold, self.cfg.train.seed)
+        except ValueError as e:  # e.g. a single class or no shared word in a handful of rows
+            log.warning("cheap baselines skipped on %d pooled training rows: %s", len(train), e)
+            return {}
         log.info("baselines on %d pooled training rows (%.1f s): %s", len(train), time.perf_counter() - t0,
                  {k: round(v, 4) for k, v in out.items()})
         return out

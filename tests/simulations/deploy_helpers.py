@@ -11,7 +11,7 @@ from simulations.processes import children, is_loopback, listening_addresses
 from simulations.run import REPO, run_config_arg
 
 BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
-        'server.noise-rates="" server.report=false federation.fraction-evaluate=0.0 federation.rounds=2 '
+        'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 federation.rounds=2 '
         'federation.min-available-nodes=2')
 
 

@@ -5,7 +5,7 @@ from simulations.run import simulate
 
 DS = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=3 train.batch-size=8 '
       'engine.name="deepspeed" engine.zero-stage=3 server.noise-rates="" federation.fraction-evaluate=0.0 '
-      'server.report=false']
+      'server.report=false server.baselines=false']
 
 
 def test_three_rounds_with_zero3_clients(tmp_path):

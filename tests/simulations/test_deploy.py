@@ -11,7 +11,7 @@ from simulations.processes import alive, flower_env, processes_with_flwr_home
 from simulations.run import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
 
 TINY = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=1 train.batch-size=8 '
-        'server.noise-rates="" server.report=false federation.fraction-evaluate=0.0 train.threads=1']
+        'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 train.threads=1']
 
 
 def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):

@@ -7,7 +7,7 @@ import threading
 from simulations.bench_load import run_load
 from simulations.processes import is_loopback, listening_addresses, processes_with_flwr_home
 
-TINY = {"model.backbone": "tiny-bert", "data.limit": 400, "server.eval-limit": 30, "train.batch-size": 8,
+TINY = {"model.backbone": "tiny-bert", "server.baselines": False, "data.limit": 400, "server.eval-limit": 30, "train.batch-size": 8,
         "train.threads": 1, "federation.rounds": 4}
 
 

@@ -8,7 +8,7 @@ from fedgate.federated.rundir import RunDir, load_checkpoint
 from simulations.run import simulate
 
 RUN = ('model.backbone="tiny-bert" data.limit=100 server.eval-limit=20 train.batch-size=8 server.noise-rates="" '
-       'federation.fraction-evaluate=0.0 server.report=false federation.strategy="fedyogi" ')
+       'federation.fraction-evaluate=0.0 server.report=false server.baselines=false federation.strategy="fedyogi" ')
 
 
 def test_resumed_run_matches_the_uninterrupted_one(tmp_path):

@@ -7,7 +7,7 @@ from fedgate.federated.rundir import RunDir
 from simulations.run import simulate
 
 BASE = ('model.backbone="tiny-bert" data.limit=100 server.eval-limit=20 federation.rounds=2 train.batch-size=8 '
-        'server.noise-rates="" federation.fraction-evaluate=0.0 server.report=false ')
+        'server.noise-rates="" federation.fraction-evaluate=0.0 server.report=false server.baselines=false ')
 
 FAMILIES = {
     # server optimizer, gate-weighted averaging and norm clipping together

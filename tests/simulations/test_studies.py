@@ -87,7 +87,7 @@ def test_noniid_report_draws_the_centralized_bound(tmp_path):
 def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
     from simulations.study_noniid import centralized_bound
 
-    flat = {"model.backbone": "tiny-bert", "data.limit": 120, "server.eval-limit": 30, "train.batch-size": 8,
+    flat = {"model.backbone": "tiny-bert", "server.baselines": False, "data.limit": 120, "server.eval-limit": 30, "train.batch-size": 8,
             "server.noise-rates": ""}
     result = centralized_bound(flat, 3, tmp_path / "c")
     assert result["steps"] == 3 and 0.0 <= result["server_eval"]["auc"] <= 1.0

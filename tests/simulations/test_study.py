@@ -10,7 +10,7 @@ import pytest
 from fedgate.cli import main as fedgate_main
 from simulations import adversarial
 
-TINY = ["model.backbone=\"tiny-bert\"", "data.limit=200", "server.eval-limit=40", "federation.rounds=1",
+TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=200", "server.eval-limit=40", "federation.rounds=1",
         "train.batch-size=8", "train.threads=1"]
 
 

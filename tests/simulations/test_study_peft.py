@@ -11,7 +11,7 @@ from fedgate.federated.rundir import RunDir
 from fedgate.state import load_state
 from simulations import study_peft
 
-TINY = ["model.backbone=\"tiny-bert\"", "data.limit=160", "server.eval-limit=40", "federation.rounds=1",
+TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=160", "server.eval-limit=40", "federation.rounds=1",
         "train.batch-size=8", "train.threads=1"]
 
 
