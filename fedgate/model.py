@@ -1,7 +1,7 @@
 """Backbone loading and the reward model (backbone + adapters + attribute head).
 
-The reward model scores a (prompt, response) pair with five attribute predictions. Two ways
-to pair the texts:
+The reward model scores a (prompt, response) pair with five attribute predictions and an
+alignment logit (the log-odds that the response is aligned). Two ways to pair the texts:
 
 - ``separate`` (encoders, the default for MiniLM): prompt and response are encoded on their
   own by the same backbone, pooled, and compared: the head sees ``[r, p * r, |p - r|]``

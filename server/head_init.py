@@ -30,8 +30,9 @@ def _parse(reply: Message) -> RidgeStats:
     arrays = from_record(reply.content[P.HEAD_STATS])
     gram, moment = arrays[P.GRAM], arrays[P.MOMENT]
     count = int(reply.content[P.METRICS][P.NUM_EXAMPLES])
-    d = gram.shape[0]
-    if count <= 0 or gram.ndim != 2 or gram.shape != (d, d) or moment.ndim != 2 or moment.shape[0] != d or not np.isfinite(gram).all() or not np.isfinite(moment).all():
+    d = gram.shape[0] if gram.ndim else 0
+    square = gram.ndim == 2 and gram.shape == (d, d) and moment.ndim == 2 and moment.shape[0] == d
+    if count <= 0 or not square or not (np.isfinite(gram).all() and np.isfinite(moment).all()):
         raise ValueError(f"malformed head statistics: gram {gram.shape}, moment {moment.shape}, {count} rows")
     return RidgeStats(gram.astype(np.float64), moment.astype(np.float64), count)
 
@@ -55,7 +56,7 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
                 raise ValueError(reply.error.reason or "no reason given")
             up += wire_bytes(reply.content)
             parts.append(_parse(reply))
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             reason = (str(e).strip().splitlines() or ["?"])[-1]
             failures.append({"node_id": node, "reason": reason})
             log.warning("head statistics of node %d unusable: %s", node, reason)

@@ -19,9 +19,9 @@ from fedgate.config import FedgateConfig
 from fedgate.data import noisy_dataset
 from fedgate.federated.client_rules import configure_adapters
 from fedgate.federated.shards import server_splits
-from fedgate.pipeline import load_splits
 from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
+from fedgate.pipeline import load_splits
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
 from fedgate.train import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
                            pick_device, predict, prepare_cache)
@@ -41,16 +41,15 @@ class ServerEvaluator:
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the initial global adapters are reproducible
         self.model, self.tokenizer = build_reward_model(cfg.model, cfg.adapter)
-        tokenizer = self.tokenizer
         configure_adapters(self.model, cfg)  # e.g. A drawn from the shared seed under ffa
         self.model.to(self.device)
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.pad_token_id
         t0 = time.perf_counter()
         rows = server_splits(cfg)
-        self.splits: dict[str, EncodedSplit] = {k: encode_split(v, tokenizer, cfg.model) for k, v in rows.items()}
+        self.splits: dict[str, EncodedSplit] = {k: encode_split(v, self.tokenizer, cfg.model) for k, v in rows.items()}
         for rate in cfg.server.noise_rates:
             noisy = noisy_dataset(rows["test"], rate, seed=cfg.data.seed)
-            self.splits[noise_key(rate)] = encode_split(noisy, tokenizer, cfg.model)
+            self.splits[noise_key(rate)] = encode_split(noisy, self.tokenizer, cfg.model)
         prepare_cache(self.model, list(self.splits.values()), cfg, self.pad_id, self.device, progress)
         self.setup_s = time.perf_counter() - t0
         log.info("server evaluation rows: %s (%.1f s to encode and cache)",

@@ -53,3 +53,20 @@ def test_round_table_marks_missing_values():
 def test_report_needs_rounds(tmp_path):
     with pytest.raises(FileNotFoundError, match="no rounds.jsonl"):
         write_report(RunDir(tmp_path / "none").path)
+
+
+def test_report_lists_the_baselines_next_to_the_final_model_and_scores_by_the_alignment_logit(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    summary = run.read_json("summary.json")
+    run.write_json("summary.json", {**summary, "final": {"auc": 0.7},
+                                    "baselines": {"frozen_probe": 0.65, "frozen_probe_C": 0.01, "length": 0.55}})
+    # a prediction file with the alignment logit: it, not predicted helpfulness, is the score
+    with (run.path / "test_predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", *[f"true_{a}" for a in ATTRIBUTES], *[f"pred_{a}" for a in ATTRIBUTES], "alignment_logit"])
+        for true_h, logit in ((4, 2.0), (3, 1.0), (1, 1.5), (0, -1.0)):  # one misaligned row above an aligned one
+            w.writerow(["real", true_h, 2, 2, 2, 2, 2.0, 2, 2, 2, 2, logit])
+    report = write_report(run.path).read_text()
+    assert "| federated model (final) | 0.7000 |" in report and "| frozen_probe | 0.6500 |" in report
+    assert "| length | 0.5500 |" in report and "frozen_probe_C" not in report
+    assert "ROC-AUC 0.7500" in report  # 3 of the 4 (misaligned, aligned) pairs ordered right
