@@ -19,6 +19,7 @@ import torch
 
 from fedgate.batching import encode_split, iterate_batches, make_batch, row_lengths
 from fedgate.config import FedgateConfig
+from fedgate.inject import reset_gate_records
 from fedgate.losses import total_loss
 from fedgate.model import build_reward_model, head_targets
 from fedgate.pipeline import load_splits
@@ -42,6 +43,7 @@ def profile(cfg: FedgateConfig, steps: int, rows: int) -> dict[str, float]:
     model.train()
     for i, rows_ in enumerate(batches[: steps + 3]):
         t = [time.perf_counter()]
+        reset_gate_records(model)  # what RewardModel.forward does first
         batch = make_batch(enc, rows_, tok.pad_token_id, device)
         t.append(time.perf_counter())
         p = model.encode(batch, "prompt_", split_at)
