@@ -16,11 +16,11 @@ def test_evaluator_reports_clean_and_noisy_metrics(tiny_cfg):
     rng = np.random.default_rng(0)
     state = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in state.items()}
     metrics, pred = ev.evaluate(state)
-    assert pred.shape == (40, 5)
+    assert pred.shape == (40, 6)  # five attributes and the alignment logit
     for key in ("auc", "f1", "pearson_helpfulness", "decision_threshold", noise_key(0.2)):
         assert key in metrics
     y = misaligned(ev.test_labels()[:, 0], cfg.data.misaligned_threshold)
-    assert metrics["f1"] == f1_score(y, -pred[:, 0] >= metrics["decision_threshold"])
+    assert metrics["f1"] == f1_score(y, -pred[:, 5] >= metrics["decision_threshold"])
     assert noise_key(0.2) == "auc_noise_0.2"
 
 
@@ -42,6 +42,6 @@ def test_validation_auc_scores_on_validation_rows_and_flips_with_the_head(tiny_c
     auc = ev.validation_auc(state)
     _, pred = ev.evaluate(state)
     y_test = misaligned(ev.test_labels()[:, 0], 2)
-    assert auc != roc_auc(y_test, -pred[:, 0])  # not the test rows
+    assert auc != roc_auc(y_test, -pred[:, 5])  # not the test rows
     flipped = {k: -v if k.startswith("head.") else v for k, v in state.items()}  # every score negated
     assert abs(ev.validation_auc(flipped) - (1.0 - auc)) < 1e-9
