@@ -13,8 +13,10 @@ from deploy_helpers import BASE, assert_loopback_only, clientapps, contributors,
 
 
 def test_a_supernode_killed_mid_round_leaves_the_run_to_the_survivors(tmp_path):
-    overrides, run_dir = prepare_run(REPO, [BASE, "federation.min-train-nodes=2 federation.round-timeout=240"],
-                                     tmp_path / "run")
+    # head-init zero: the victim's first ClientApp must be its round-1 training, not the
+    # head-statistics query that a ridge head asks for before round 1
+    overrides, run_dir = prepare_run(REPO, [BASE, "federation.min-train-nodes=2 federation.round-timeout=240 "
+                                                  'train.head-init="zero"'], tmp_path / "run")
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), tls=False, auth=False)
     started = time.time()
     try:
