@@ -56,13 +56,13 @@ def test_proximal_term_and_control_correction_by_hand(tiny_cfg):
     model, _ = build_reward_model(cfg.model, cfg.adapter)
     start = {k: v.clone() for k, v in adapter_state(model).items()}
     with torch.no_grad():
-        model.head.bias.add_(1.0)  # 5 entries, each 1 away from the global model
-    assert float(proximal_term(model, start, mu=0.2)()) == pytest.approx(0.5 * 0.2 * 5)
-    c = {"head.bias": torch.full((5,), 0.3)}
-    c_i = {"head.bias": torch.full((5,), 0.1)}
-    model.head.bias.grad = torch.ones(5)
+        model.head.bias.add_(1.0)  # 6 entries (5 attributes, the alignment logit), each 1 away
+    assert float(proximal_term(model, start, mu=0.2)()) == pytest.approx(0.5 * 0.2 * 6)
+    c = {"head.bias": torch.full((6,), 0.3)}
+    c_i = {"head.bias": torch.full((6,), 0.1)}
+    model.head.bias.grad = torch.ones(6)
     control_correction(model, c, c_i)()
-    torch.testing.assert_close(model.head.bias.grad, torch.full((5,), 1.2))
+    torch.testing.assert_close(model.head.bias.grad, torch.full((6,), 1.2))
 
 
 def test_mean_gradient_is_the_full_batch_gradient(tiny_cfg):

@@ -123,4 +123,4 @@ def test_run_outputs_are_safetensors_json_and_text(run_dir):
     flwr-home belongs to Flower)."""
     files = [p for p in run_dir.rglob("*") if p.is_file() and "flwr-home" not in p.relative_to(run_dir).parts]
     assert any(p.suffix == ".safetensors" for p in files)
-    assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".csv", ".md", ".png"}, files
+    assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".csv", ".md", ".png", ".log"}, files
