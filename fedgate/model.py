@@ -198,9 +198,13 @@ class RewardModel(nn.Module):
         pooling; joint (batch, d) or (batch, 2d)."""
         if self.pairing == "joint":
             return self.encode(batch, "", split_at)
+        return self.combine(self.encode(batch, "prompt_", split_at), self.encode(batch, "response_", split_at))
+
+    def combine(self, p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Separate pairing's head input from pooled prompt and response: ``[r, p*r, |p-r|]``,
+        the comparison on the first (mean or last) part of each."""
         d = self.hidden_size
-        p = self.encode(batch, "prompt_", split_at)[:, :d]  # the prompt's first (mean or last) part
-        r = self.encode(batch, "response_", split_at)
+        p = p[:, :d]
         return torch.cat([r, p * r[:, :d], (p - r[:, :d]).abs()], dim=-1)
 
     def forward(self, batch: dict, split_at: int | None = None) -> torch.Tensor:

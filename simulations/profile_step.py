@@ -50,8 +50,7 @@ def profile(cfg: FedgateConfig, steps: int, rows: int) -> dict[str, float]:
         t.append(time.perf_counter())
         r = model.encode(batch, "response_", split_at)
         t.append(time.perf_counter())
-        d = model.hidden_size
-        pred = model.head(torch.cat([r, p[:, :d] * r[:, :d], (p[:, :d] - r[:, :d]).abs()], dim=-1))
+        pred = model.head(model.combine(p, r))
         loss, _ = total_loss(pred, head_targets(batch["labels"], cfg.data.misaligned_threshold), model, cfg.loss)
         t.append(time.perf_counter())
         stepper.backward(loss)
