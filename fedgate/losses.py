@@ -55,6 +55,17 @@ def task_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | 
     return loss
 
 
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry loss of preference pairs, ``mean(-log sigmoid(r_chosen - r_rejected - m))``:
+    the negative log-likelihood that the chosen reply wins when P(win) = sigmoid of the score
+    difference. ``margin`` (optional, >= 0 per pair) asks a clearer preference to be won by
+    more, as in Llama 2's margin loss."""
+    diff = chosen.float() - rejected.float()
+    if margin is not None:
+        diff = diff - margin.float()
+    return nn.functional.softplus(-diff).mean()
+
+
 def bernoulli_kl(q: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
     """KL(Bern(q) || Bern(p)), elementwise."""
     q = q.clamp(_EPS, 1 - _EPS)

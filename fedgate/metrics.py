@@ -1,7 +1,9 @@
 """Alignment metrics: detecting misaligned responses, attribute correlation, sizes.
 
 "Misaligned" means true helpfulness <= threshold (default 2). The model's alignment score is
-its predicted helpfulness, so the detection score for "misaligned" is the negated score.
+its alignment logit (predicted helpfulness for 5-output predictions), so the detection score
+for "misaligned" is the negated score. For preference pairs the figure is pairwise accuracy:
+the share of pairs whose chosen reply scores higher (ties count half; random = 0.5).
 F1 needs a decision threshold: choose it on held-out training data (best_threshold), never
 at a fixed cut, since regression to the middle makes a fixed cut call everything misaligned.
 """
@@ -105,3 +107,30 @@ def alignment_metrics(pred: np.ndarray, labels: np.ndarray, *, threshold: int = 
         out[f"pearson_{name}"] = pearson(pred[:, i], labels[:, i])
     out["mae"] = float(np.abs(pred[:, :5] - labels).mean())
     return out
+
+
+def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    """Share of pairs whose chosen reply scores higher than the rejected one; a tie counts
+    half, so a constant score gets 0.5."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        raise ValueError(f"chosen and rejected scores must be two 1-d arrays of one length, got shapes "
+                         f"{chosen.shape} and {rejected.shape}")
+    if not len(chosen):
+        return float("nan")
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def pairwise_accuracy_ci(chosen: np.ndarray, rejected: np.ndarray, *, level: float = 0.95, resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Pairwise accuracy with a percentile bootstrap confidence interval over the pairs:
+    ``(accuracy, low, high)``."""
+    wins = (np.asarray(chosen, dtype=np.float64) > np.asarray(rejected, dtype=np.float64)) \
+        + 0.5 * (np.asarray(chosen, dtype=np.float64) == np.asarray(rejected, dtype=np.float64))
+    acc = pairwise_accuracy(chosen, rejected)
+    if len(wins) < 2:
+        return acc, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = wins[rng.integers(0, len(wins), (resamples, len(wins)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return acc, float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))

@@ -209,3 +209,16 @@ def test_task_loss_alone_reaches_gates_and_lora():
         for p in ("lora_A", "lora_B", "gate_weight", "gate_bias", "struct_logit"):
             grad = getattr(m, p).grad
             assert grad is not None and grad.abs().sum() > 0, f"{name}.{p} got no task gradient"
+
+
+def test_bradley_terry_loss_matches_hand_values():
+    from fedgate.losses import bradley_terry_loss
+
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(1.0))) / 2  # -log sigmoid(2), -log sigmoid(-1)
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
+    assert bradley_terry_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    with_margin = bradley_terry_loss(chosen, rejected, margin=torch.tensor([1.0, 0.0]))
+    assert with_margin.item() == pytest.approx((math.log1p(math.exp(-1.0)) + math.log1p(math.exp(1.0))) / 2, rel=1e-6)
+    big = torch.tensor([100.0]), torch.tensor([-100.0])
+    assert bradley_terry_loss(*big).item() == pytest.approx(0.0, abs=1e-30) and torch.isfinite(bradley_terry_loss(*big[::-1]))

@@ -1,0 +1,276 @@
+"""Preference pairs: one prompt, a chosen and a rejected reply.
+
+Three sources give pairs with the columns of :data:`PAIR_COLUMNS`:
+
+- **HH-RLHF transcripts** (``{"chosen": str, "rejected": str}``, each a whole conversation
+  written as ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``; ``.jsonl``, ``.jsonl.gz`` or
+  ``.json``). The prompt is every turn before the final assistant reply, multi-turn kept as
+  text; the replies are the two final assistant turns. **Rule for pairs whose conversations
+  differ before the last reply**: such a pair compares two conversations, not two replies
+  to one prompt, so it is left out; :class:`PairReport` counts them and names their lines.
+- **TRL-style rows** ``{"prompt", "chosen", "rejected"}``, each a string or a list of chat
+  messages ``{"role", "content"}`` (the prompt's messages become text the HH way; a reply
+  given as messages is its last assistant message).
+- **HelpSteer-format rows** (:mod:`fedgate.data.schema`): every two responses to the same
+  prompt whose helpfulness differs make a pair, the more helpful one chosen; ``margin`` is
+  the helpfulness difference (1-4). Pairs from preference files have margin 0 (unknown).
+
+A malformed row stops the load with ``file:line`` and what is wrong (missing or non-string
+field, a conversation without an assistant turn, an empty reply, identical replies), unless
+the caller asks to skip malformed rows (``bad_rows="skip"``), in which case the report
+counts them and keeps their locations. Bytes that are not UTF-8 and broken gzip streams
+name the file (and the byte offset where known).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from fedgate.data.schema import DataError
+
+log = logging.getLogger(__name__)
+
+PAIR_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected", "margin", "source")
+PAIR_FEATURES = datasets.Features({
+    "prompt": datasets.Value("string"), "chosen": datasets.Value("string"), "rejected": datasets.Value("string"),
+    "margin": datasets.Value("int64"), "source": datasets.Value("string"),
+})
+PAIR_SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+BAD_ROWS = ("error", "skip")
+_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+_ROLES = {"human": "Human", "user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+@dataclass
+class PairReport:
+    """What a load kept and what it left out, with the locations of what it left out."""
+
+    pairs: int = 0
+    differing_prefix: list[str] = field(default_factory=list)  # HH pairs whose conversations differ earlier
+    malformed: list[str] = field(default_factory=list)  # "file:line: reason", only with bad_rows="skip"
+
+    def summary(self) -> str:
+        parts = [f"{self.pairs} pairs"]
+        if self.differing_prefix:
+            parts.append(f"{len(self.differing_prefix)} left out because the two conversations differ before "
+                         f"the last reply (first: {self.differing_prefix[0]})")
+        if self.malformed:
+            parts.append(f"{len(self.malformed)} malformed rows skipped (first: {self.malformed[0]})")
+        return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file, gzip-compressed or not, with undecodable bytes
+    and broken gzip streams reported by file (and byte offset)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    offset = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not UTF-8 text (byte offset {offset + exc.start}"
+                                    f"{' of the decompressed text' if opener is gzip.open else ''}: "
+                                    f"{raw[exc.start:exc.start + 1]!r})") from None
+                offset += len(raw)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(location, raw record)`` of a JSON Lines file or a JSON array file."""
+    lines = _text_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    if first[1].lstrip().startswith("["):  # a JSON array
+        text = first[1] + "".join(line for _, line in lines)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        for index, row in enumerate(rows):
+            yield f"{path}: row {index} (0-based)", row
+        return
+    for line_no, line in _chain(first, lines):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    yield first
+    yield from rest
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+def split_transcript(text: str, where: str, name: str) -> list[tuple[str, str]]:
+    """An HH transcript as ``[(speaker, text), ...]`` (speaker ``Human`` / ``Assistant``)."""
+    parts = _TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise DataError(f"{where}: field {name!r} is not a transcript of '\\n\\nHuman: ...' / "
+                        f"'\\n\\nAssistant: ...' turns (starts {text[:40]!r})")
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+
+
+def render_turns(turns: Sequence[tuple[str, str]]) -> str:
+    """Turns as one prompt text, speaker-labelled, multi-turn kept."""
+    return "\n\n".join(f"{speaker}: {text.strip()}" for speaker, text in turns)
+
+
+def _string(row: Mapping, name: str, where: str) -> str:
+    if name not in row or row[name] is None:
+        raise DataError(f"{where}: missing field {name!r}")
+    value = row[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _reply(text: str, where: str, name: str) -> str:
+    if not text.strip():
+        raise DataError(f"{where}: the {name} reply is empty")
+    return text.strip()
+
+
+def _hh_pair(row: Mapping, where: str, report: PairReport) -> dict | None:
+    sides = {}
+    for name in ("chosen", "rejected"):
+        turns = split_transcript(_string(row, name, where), where, name)
+        if turns[-1][0] != "Assistant":
+            raise DataError(f"{where}: the {name} conversation does not end with an Assistant turn")
+        sides[name] = turns
+    if sides["chosen"][:-1] != sides["rejected"][:-1]:
+        report.differing_prefix.append(where)
+        return None
+    prompt = render_turns(sides["chosen"][:-1])
+    if not prompt:
+        raise DataError(f"{where}: the conversation has no turn before the assistant's reply")
+    return {"prompt": prompt, "chosen": _reply(sides["chosen"][-1][1], where, "chosen"),
+            "rejected": _reply(sides["rejected"][-1][1], where, "rejected"), "margin": 0, "source": "hh"}
+
+
+def _messages(value: list, where: str, name: str) -> list[tuple[str, str]]:
+    turns = []
+    for i, m in enumerate(value):
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: field {name!r} message {i} must be an object with string 'role' and "
+                            f"'content', got {m!r:.60}")
+        role = _ROLES.get(m["role"].lower())
+        if role is None:
+            raise DataError(f"{where}: field {name!r} message {i} has role {m['role']!r}; expected one of "
+                            f"{sorted(_ROLES)}")
+        turns.append((role, m["content"]))
+    return turns
+
+
+def _trl_text(row: Mapping, name: str, where: str, *, reply: bool) -> str:
+    if name not in row or row[name] is None:
+        raise DataError(f"{where}: missing field {name!r}")
+    value = row[name]
+    if isinstance(value, str):
+        return _reply(value, where, name) if reply else value
+    if isinstance(value, list):
+        turns = _messages(value, where, name)
+        if not reply:
+            return render_turns(turns)
+        assistant = [t for s, t in turns if s == "Assistant"]
+        if not assistant:
+            raise DataError(f"{where}: field {name!r} has no assistant message")
+        return _reply(assistant[-1], where, name)
+    raise DataError(f"{where}: field {name!r} must be a string or a list of messages, got {type(value).__name__}")
+
+
+def _trl_pair(row: Mapping, where: str) -> dict:
+    prompt = _trl_text(row, "prompt", where, reply=False)
+    if not prompt.strip():
+        raise DataError(f"{where}: field 'prompt' is empty")
+    return {"prompt": prompt, "chosen": _trl_text(row, "chosen", where, reply=True),
+            "rejected": _trl_text(row, "rejected", where, reply=True), "margin": 0, "source": "trl"}
+
+
+def parse_pair(row: Any, where: str, report: PairReport) -> dict | None:
+    """One raw record as a pair, ``None`` when the HH rule leaves it out; raises
+    :class:`DataError` naming ``where`` when it is malformed."""
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: expected an object with fields 'chosen' and 'rejected', got {type(row).__name__}")
+    pair = _trl_pair(row, where) if "prompt" in row else _hh_pair(row, where, report)
+    if pair is not None and pair["chosen"] == pair["rejected"]:
+        raise DataError(f"{where}: the chosen and rejected replies are identical")
+    return pair
+
+
+# ----------------------------------------------------------------------------- files and datasets
+
+
+def pairs_to_dataset(pairs: Sequence[Mapping[str, Any]]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({c: [p[c] for p in pairs] for c in PAIR_COLUMNS}, features=PAIR_FEATURES)
+
+
+def read_pairs(path: str | Path, *, bad_rows: str = "error") -> tuple[datasets.Dataset, PairReport]:
+    """Every pair of one local file (HH transcripts or TRL-style rows), validated, with the
+    report of what was left out. ``bad_rows="skip"`` skips malformed rows (counted and
+    located in the report) instead of stopping at the first."""
+    if bad_rows not in BAD_ROWS:
+        raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if not path.name.lower().endswith(PAIR_SUFFIXES):
+        raise DataError(f"{path}: unsupported file type; preference pairs come as {', '.join(PAIR_SUFFIXES)}")
+    report, pairs = PairReport(), []
+    for where, raw in _records(path):
+        try:
+            pair = parse_pair(raw, where, report)
+        except DataError as exc:
+            if bad_rows == "error":
+                raise
+            report.malformed.append(str(exc))
+            continue
+        if pair is not None:
+            pairs.append(pair)
+    if not pairs:
+        raise DataError(f"{path}: no usable pairs ({report.summary()})")
+    report.pairs = len(pairs)
+    log.info("%s: %s", path, report.summary())
+    return pairs_to_dataset(pairs), report
+
+
+def pairs_from_ratings(ds: datasets.Dataset, source: str = "helpsteer") -> datasets.Dataset:
+    """Pairs from HelpSteer-format rows: every two responses to one prompt whose
+    helpfulness differs, the more helpful chosen, the difference as ``margin``."""
+    by_prompt: dict[str, list[tuple[str, int]]] = {}
+    for prompt, response, helpfulness in zip(ds["prompt"], ds["response"], ds["helpfulness"]):
+        by_prompt.setdefault(prompt, []).append((response, int(helpfulness)))
+    pairs = []
+    for prompt, answers in by_prompt.items():
+        for (ra, ha), (rb, hb) in combinations(answers, 2):
+            if ha != hb and ra != rb:
+                chosen, rejected = (ra, rb) if ha > hb else (rb, ra)
+                pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": abs(ha - hb),
+                              "source": source})
+    if not pairs:
+        raise DataError(f"no two responses to one prompt differ in helpfulness ({ds.num_rows} rows, "
+                        f"{len(by_prompt)} prompts): no pairs to build")
+    return pairs_to_dataset(pairs)
