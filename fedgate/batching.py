@@ -51,7 +51,30 @@ def encode_split(ds, tokenizer, mcfg: ModelConfig) -> EncodedSplit:
     """Tokenise a HelpSteer-format dataset (columns prompt, response, attributes, kind)."""
     labels = torch.tensor(np.stack([np.asarray(ds[a]) for a in ATTRIBUTES], axis=1), dtype=torch.float32)
     kinds = list(ds["kind"]) if "kind" in ds.column_names else [""] * len(ds)
-    prompts, responses = list(ds["prompt"]), list(ds["response"])
+    return encode_texts(list(ds["prompt"]), list(ds["response"]), labels, kinds, tokenizer, mcfg)
+
+
+def encode_pairs(ds, tokenizer, mcfg: ModelConfig) -> EncodedSplit:
+    """Tokenise preference pairs (columns prompt, chosen, rejected, margin) as ``2N`` rows:
+    row ``2i`` is pair i's chosen reply, row ``2i + 1`` its rejected one, both after the same
+    prompt. A conversation's prompt is cut from the left (its last turns are kept). The
+    attribute labels are unknown (zeros); ``meta`` holds ``pairs=True`` and the margins."""
+    prompts = [p for p in ds["prompt"] for _ in range(2)]
+    replies = [r for c, rj in zip(ds["chosen"], ds["rejected"]) for r in (c, rj)]
+    kinds = ["chosen", "rejected"] * len(ds)
+    split = encode_texts(prompts, replies, torch.zeros(len(replies), len(ATTRIBUTES)), kinds, tokenizer, mcfg,
+                         prompt_side="left")
+    split.meta.update(pairs=True, margin=np.asarray(ds["margin"], dtype=np.float32))
+    return split
+
+
+def is_pairs(split: EncodedSplit) -> bool:
+    return bool(split.meta.get("pairs"))
+
+
+def encode_texts(prompts: list[str], responses: list[str], labels: torch.Tensor, kinds: list[str], tokenizer,
+                 mcfg: ModelConfig, *, prompt_side: str = "right") -> EncodedSplit:
+    """Tokenise (prompt, response) rows; ``prompt_side`` is where a long prompt is cut."""
     texts: list[torch.Tensor] = []
     if mcfg.pairing == "joint":
         enc = tokenizer(prompts, responses, truncation="longest_first",
@@ -60,7 +83,12 @@ def encode_split(ds, tokenizer, mcfg: ModelConfig) -> EncodedSplit:
         return EncodedSplit(texts, {"": np.arange(len(texts))}, labels, kinds)
     unique_prompts = list(dict.fromkeys(prompts))
     where = {p: i for i, p in enumerate(unique_prompts)}
-    p_ids = tokenizer(unique_prompts, truncation=True, max_length=mcfg.max_prompt_tokens)["input_ids"]
+    side = tokenizer.truncation_side
+    try:
+        tokenizer.truncation_side = prompt_side
+        p_ids = tokenizer(unique_prompts, truncation=True, max_length=mcfg.max_prompt_tokens)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
     r_ids = tokenizer(responses, truncation=True, max_length=mcfg.max_response_tokens)["input_ids"]
     texts = [torch.tensor(ids) for ids in p_ids] + [torch.tensor(ids) for ids in r_ids]
     fields = {

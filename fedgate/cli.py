@@ -47,8 +47,13 @@ def config_from_args(args: argparse.Namespace) -> FedgateConfig:
 
 def _summary(metrics: dict) -> str:
     t = metrics["test"]
-    lines = [f"test ROC-AUC {t['auc']:.4f}  F1 {t.get('f1', float('nan')):.4f}  "
-             f"pearson(helpfulness) {t['pearson_helpfulness']:.3f}  (n={t['n']})"]
+    if "pairwise_accuracy" in t:
+        lines = [f"test pairwise accuracy {t['pairwise_accuracy']:.4f} (95% CI {t['pairwise_accuracy_low']:.4f}-"
+                 f"{t['pairwise_accuracy_high']:.4f}, {t['n_pairs']} pairs); before training "
+                 f"{metrics['test_at_step0'].get('pairwise_accuracy', float('nan')):.4f}"]
+    else:
+        lines = [f"test ROC-AUC {t['auc']:.4f}  F1 {t.get('f1', float('nan')):.4f}  "
+                 f"pearson(helpfulness) {t['pearson_helpfulness']:.3f}  (n={t['n']})"]
     if "baselines" in metrics:
         b = metrics["baselines"]
         lines.append("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in b.items() if not k.endswith(("_C", "_lr"))))

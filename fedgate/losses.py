@@ -1,7 +1,8 @@
 """Loss terms of gated LoRA training.
 
     L = L_task + lambda_f * sum_l ||B_l A_l||_F^2 + beta * sum_l KL(q_l || p_l) + lambda_s * sum_l s_l
-    L_task = MSE(attributes) + alignment * BCE(alignment logit, aligned)
+    L_task = MSE(attributes) + alignment * BCE(alignment logit, aligned)      (rated rows)
+    L_task = mean(-log sigmoid(score_chosen - score_rejected))                (preference pairs)
 
 q_l is the Bernoulli whose parameter is layer l's mean token gate on the batch; p_l is the
 prior (a constant, or in the federation the server's global gate profile from the last round).
@@ -98,8 +99,15 @@ def structural_sparsity(model: nn.Module) -> torch.Tensor:
 
 def total_loss(pred: torch.Tensor, target: torch.Tensor, model: nn.Module, w: LossWeights,
                prior: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The full objective and its parts (as floats, for logging)."""
-    parts = {"task": task_loss(pred, target, alignment=w.alignment)}
+    """The full objective on rated rows and its parts (as floats, for logging)."""
+    return regularized_loss(task_loss(pred, target, alignment=w.alignment), model, w, prior)
+
+
+def regularized_loss(task: torch.Tensor, model: nn.Module, w: LossWeights,
+                     prior: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """A task loss (rated rows' or preference pairs') plus the adapters' regularisers, and
+    the parts as floats."""
+    parts = {"task": task}
     if w.lambda_f:
         parts["frobenius"] = w.lambda_f * frobenius_penalty(model)
     if w.beta:

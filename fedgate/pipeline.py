@@ -7,7 +7,12 @@ A training run writes to its output directory:
 - ``metrics.json``: test and validation metrics, baselines on the same split, parameter
   counts, adapter bytes, training history and gate statistics;
 - ``config.json``: the resolved config plus package versions;
-- ``test_predictions.csv``: per test row, its kind, true attributes and predictions.
+- ``test_predictions.csv``: per test row, its kind, true attributes and predictions (for
+  preference pairs: per test pair, the chosen and the rejected reply's score).
+
+A data file of preference pairs (:mod:`fedgate.data.pairs`) trains by Bradley-Terry and is
+scored by pairwise accuracy instead of ROC-AUC, with its own cheap baselines
+(:mod:`fedgate.pairwise`).
 """
 
 from __future__ import annotations
@@ -23,17 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedgate.batching import EncodedSplit, encode_split
+from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
                           split_by_prompt)
+from fedgate.data.pairs import is_pair_file, read_pairs
 from fedgate.engine import close_stepper, make_stepper
 from fedgate.inject import adapter_modules, count_parameters
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, load_adapter_state, load_state, save_state, state_nbytes
 from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridge, frozen_features,
-                           metrics_from_predictions, pick_device, predict, prepare_cache)
+                           metrics_from_predictions, pair_metrics, pick_device, predict, prepare_cache, set_head)
 
 log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapters.safetensors"
@@ -57,6 +63,10 @@ def load_splits(cfg: FedgateConfig) -> dict:
     if d.source == "embedded":
         dd = _embedded(d)
         splits = {"train": dd["train"], "validation": dd["validation"], "test": dd["test"]}
+    elif is_pair_file(d.source):
+        pairs, _ = read_pairs(d.source, bad_rows=d.bad_rows)  # logs what it kept and left out
+        splits = split_by_prompt(pairs, {"train": 0.8, "validation": 0.1, "test": 0.1}, d.seed)
+        log.info("one pair file: split 80/10/10 by prompt (seed %d)", d.seed)
     elif Path(d.source).is_file():
         splits = split_by_prompt(load_helpsteer(d.source, seed=d.seed),
                                  {"train": 0.8, "validation": 0.1, "test": 0.1}, d.seed)
@@ -85,6 +95,9 @@ def load_eval_split(cfg: FedgateConfig, split: str):
         if split not in dd:
             raise DataError(f"the embedded dataset has splits {list(dd)}, not {split!r}")
         return dd[split]
+    if is_pair_file(d.source):
+        log.info("%s is one pair file: evaluating all its pairs", d.source)
+        return read_pairs(d.source, bad_rows=d.bad_rows)[0]
     if Path(d.source).is_file():
         log.info("%s is one file: evaluating all its rows", d.source)
     return load_helpsteer(d.source, split, seed=d.seed)
@@ -105,6 +118,14 @@ def _write_json(path: Path, obj) -> None:
 
 
 def write_predictions(path: Path, split: EncodedSplit, pred: np.ndarray) -> None:
+    if is_pairs(split):
+        score = pred[:, -1]
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["pair", "chosen_score", "rejected_score"])
+            for i, (c, r) in enumerate(zip(score[0::2], score[1::2])):
+                w.writerow([i, f"{c:.4f}", f"{r:.4f}"])
+        return
     labels = split.labels.numpy().astype(int)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -129,7 +150,9 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
     model.to(device)
     pad_id = tokenizer.pad_token_id
-    enc = {k: encode_split(v, tokenizer, cfg.model) for k, v in splits.items()}
+    pairs = "chosen" in splits["train"].column_names
+    encode = encode_pairs if pairs else encode_split
+    enc = {k: encode(v, tokenizer, cfg.model) for k, v in splits.items()}
     t_cache = time.perf_counter()
     prepare_cache(model, list(enc.values()), cfg, pad_id, device, progress)
     cache_s = time.perf_counter() - t_cache
@@ -137,15 +160,24 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     frozen = None
     if cfg.train.head_init == "ridge" or baselines:
         frozen = {k: frozen_features(model, s, cfg, pad_id, device) for k, s in enc.items()}
-    if cfg.train.head_init == "ridge":
+    if cfg.train.head_init == "ridge" and pairs:  # the linear Bradley-Terry head on frozen features
+        from fedgate.pairwise import differences, fit_bradley_terry, head_weights_from
+
+        w, c, acc = fit_bradley_terry(differences(frozen["train"]), differences(frozen["validation"]))
+        set_head(model, head_weights_from(w))
+        log.info("Bradley-Terry head on frozen features: C %g, validation pairwise accuracy %.4f", c, acc)
+    elif cfg.train.head_init == "ridge":
         fit_head_ridge(model, frozen["train"], enc["train"].labels.numpy(), frozen["validation"],
                        enc["validation"].labels.numpy(), cfg.data.misaligned_threshold)
-    step0_auc = float("nan")
+    step0: dict[str, float] = {}
     if frozen is not None:  # the head on frozen features = the model before any adapter step
         with torch.no_grad():
-            head_pred = model.head(torch.as_tensor(frozen["test"], device=device)).cpu()
-        step0_auc = roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
-                            misalignment_score(head_pred.numpy()))
+            head_pred = model.head(torch.as_tensor(frozen["test"], device=device)).cpu().numpy()
+        if pairs:
+            step0 = {"pairwise_accuracy": pair_metrics(head_pred)["pairwise_accuracy"]}
+        else:
+            step0 = {"auc": roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
+                                    misalignment_score(head_pred))}
 
     stepper = make_stepper(model, cfg)
     try:
@@ -154,7 +186,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     finally:
         close_stepper(stepper)
     val_pred = predict(model, enc["validation"], cfg, pad_id, device)
-    cut = decision_threshold_from(val_pred, enc["validation"], cfg)
+    cut = None if pairs else decision_threshold_from(val_pred, enc["validation"], cfg)
     # Validation chose the checkpoint and the cut: its F1 is reported as f1_oracle (optimistic).
     val_metrics = metrics_from_predictions(val_pred, enc["validation"], cfg)
     test_metrics, pred = evaluate(model, enc["test"], cfg, pad_id, device, decision_threshold=cut)
@@ -164,18 +196,23 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     metrics = {
         "test": test_metrics,
         "validation": val_metrics,
-        "test_at_step0": {"auc": step0_auc},
+        "test_at_step0": step0 or {"auc": float("nan")},
         "decision_threshold": cut,
         "params": {"trainable": params.trainable, "backbone": params.backbone, "percent": params.percent},
         "adapter_bytes": state_nbytes(state),
         "train": {"steps": result.steps, "examples_seen": result.examples_seen, "wall_s": result.wall_s,
-                  "cache_s": cache_s, "best_step": result.best_step, "best_val_auc": result.best_val_auc,
+                  "cache_s": cache_s, "best_step": result.best_step,
+                  ("best_val_pairwise_accuracy" if pairs else "best_val_auc"): result.best_val_auc,
                   "final_loss": result.train_loss},
         "history": result.history,
         "gate_stats": result.gate_stats,
         "data": {k: len(v) for k, v in splits.items()},
     }
-    if baselines:
+    if baselines and pairs:
+        from fedgate.pairwise import pair_baselines
+
+        metrics["baselines"] = pair_baselines(splits["train"], splits["validation"], splits["test"], frozen)
+    elif baselines:
         from fedgate.baselines import all_baselines
 
         metrics["baselines"] = all_baselines(splits["train"], splits["validation"], splits["test"], frozen,
@@ -215,13 +252,16 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
         module.enabled = name not in pruned
     model.to(device)
     ds = load_eval_split(cfg, split)
+    pairs = "chosen" in ds.column_names
+    if noise_rate > 0 and pairs:
+        raise ValueError("--noise-rate perturbs rated rows; preference pairs are scored without it")
     if noise_rate > 0:
         ds = noisy_dataset(ds, noise_rate, seed=seed)
-    enc = encode_split(ds, tokenizer, cfg.model)
+    enc = (encode_pairs if pairs else encode_split)(ds, tokenizer, cfg.model)
     prepare_cache(model, [enc], cfg, tokenizer.pad_token_id, device, progress)
     metrics, _ = evaluate(model, enc, cfg, tokenizer.pad_token_id, device,
                           decision_threshold=meta.get("decision_threshold"))
-    y = misaligned(enc.labels[:, 0].numpy(), cfg.data.misaligned_threshold)
-    metrics.update({"source": cfg.data.source, "split": split, "noise_rate": noise_rate, "adapters": str(path),
-                    "misaligned_rows": int(y.sum())})
+    metrics.update({"source": cfg.data.source, "split": split, "noise_rate": noise_rate, "adapters": str(path)})
+    if not pairs:
+        metrics["misaligned_rows"] = int(misaligned(enc.labels[:, 0].numpy(), cfg.data.misaligned_threshold).sum())
     return metrics

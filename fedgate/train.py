@@ -3,7 +3,12 @@
 fit() trains adapters, gates and head with AdamW (separate learning rates for head and
 adapters), warmup + cosine schedule, gradient accumulation, clipping and optional bf16
 autocast; it validates every ``eval_every`` steps and keeps the best state by validation
-ROC-AUC. It returns metrics and per-layer gate statistics (mean token gate, structural gate).
+ROC-AUC (pairwise accuracy for preference pairs). It returns metrics and per-layer gate
+statistics (mean token gate, structural gate).
+
+On rated rows a batch is ``batch_size`` rows and the loss is :func:`fedgate.losses.total_loss`;
+on preference pairs (:func:`fedgate.batching.encode_pairs`) a batch is ``batch_size`` pairs,
+both replies of each, and the task loss is Bradley-Terry on the alignment logit.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedgate.batching import (EncodedSplit, cache_lower_layers, iterate_batches, make_batch, row_lengths,
+from fedgate.batching import (EncodedSplit, cache_lower_layers, is_pairs, iterate_batches, make_batch, row_lengths,
                               sorted_batches)
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules, layer_index
-from fedgate.losses import total_loss
-from fedgate.metrics import alignment_metrics, best_threshold, misaligned, misalignment_score
-from fedgate.model import RewardModel, head_targets, to_attribute_scale
+from fedgate.losses import bradley_terry_loss, regularized_loss, total_loss
+from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy_ci)
+from fedgate.model import ALIGNMENT, RewardModel, head_targets, to_attribute_scale
 from fedgate.state import adapter_state, gathered, load_adapter_state
 
 log = logging.getLogger(__name__)
@@ -92,11 +97,27 @@ def evaluate(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id
 
 def metrics_from_predictions(pred: np.ndarray, split: EncodedSplit, cfg: FedgateConfig,
                              decision_threshold: float | None = None) -> dict[str, float]:
+    if is_pairs(split):
+        return pair_metrics(pred)
     labels = split.labels.numpy()
     metrics = alignment_metrics(pred, labels, threshold=cfg.data.misaligned_threshold,
                                 decision_threshold=decision_threshold)
     metrics.update(auc_per_kind(pred, split.kinds))
     return metrics
+
+
+def pair_metrics(pred: np.ndarray) -> dict[str, float]:
+    """Pairwise accuracy (with its 95% bootstrap interval) of predictions on a pair split,
+    whose rows alternate chosen, rejected; the score is the alignment logit."""
+    score = pred[:, ALIGNMENT] if pred.shape[1] > ALIGNMENT else pred[:, 0]
+    acc, low, high = pairwise_accuracy_ci(score[0::2], score[1::2])
+    return {"pairwise_accuracy": acc, "pairwise_accuracy_low": low, "pairwise_accuracy_high": high,
+            "n_pairs": int(len(score) // 2)}
+
+
+def selection_metric(split: EncodedSplit) -> str:
+    """The validation figure that picks the best state: pairwise accuracy or ROC-AUC."""
+    return "pairwise_accuracy" if is_pairs(split) else "auc"
 
 
 def auc_per_kind(pred: np.ndarray, kinds: list[str], reference: str = "real") -> dict[str, float]:
@@ -158,7 +179,7 @@ class TrainResult:
     wall_s: float
     train_loss: float  # mean task+regulariser loss over the last 50 steps
     best_step: int
-    best_val_auc: float
+    best_val_auc: float  # the selection metric's best value: ROC-AUC, or pairwise accuracy for pairs
     history: list[dict] = field(default_factory=list)
     gate_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -265,7 +286,12 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     torch.manual_seed(t.seed)
     model.to(device).train()
     opt = stepper or TorchStepper(model, cfg)
-    batches_per_epoch = math.ceil(len(train) / t.batch_size)
+    pairs = is_pairs(train)
+    lengths = row_lengths(train)
+    if pairs:  # batches of pairs: both replies of each pair in one batch
+        lengths = lengths[0::2] + lengths[1::2]
+    items = len(lengths)
+    batches_per_epoch = math.ceil(items / t.batch_size)
     total = t.max_steps or max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
     warmup = max(1, int(t.warmup_ratio * total))
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -274,20 +300,25 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     best_state, recent = None, []
     start = time.perf_counter()
     batches: list[np.ndarray] = []
-    lengths = row_lengths(train)
+    key = selection_metric(validation) if validation is not None else "auc"
     bar = tqdm(total=total, desc="training", disable=not progress, unit="step")
     for step in range(total):
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, total, warmup, t.schedule)
         for _ in range(t.grad_accum):
             if not batches:
-                batches = iterate_batches(len(train), t.batch_size, rng, lengths)
-            rows = batches.pop(0)
+                batches = iterate_batches(items, t.batch_size, rng, lengths)
+            picked = batches.pop(0)
+            rows = np.stack([2 * picked, 2 * picked + 1], axis=1).ravel() if pairs else picked
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
-            targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
-            loss, parts = total_loss(pred.float(), targets, model, cfg.loss, prior)
+            if pairs:
+                score = pred[:, ALIGNMENT].float()
+                loss, parts = regularized_loss(bradley_terry_loss(score[0::2], score[1::2]), model, cfg.loss, prior)
+            else:
+                targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
+                loss, parts = total_loss(pred.float(), targets, model, cfg.loss, prior)
             if extra_loss is not None:
                 loss = loss + extra_loss()
             opt.backward(loss)
@@ -303,14 +334,15 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
         last = step + 1 == total
         if validation is not None and ((t.eval_every and (step + 1) % t.eval_every == 0) or last):
             metrics, _ = evaluate(model, validation, cfg, pad_id, device)
-            entry = {"step": step + 1, "train_loss": float(np.mean(recent)), "val_auc": metrics["auc"],
+            value = metrics[key]
+            entry = {"step": step + 1, "train_loss": float(np.mean(recent)), f"val_{key}": value,
                      "elapsed_s": time.perf_counter() - start, **{f"loss_{k}": v for k, v in parts.items()}}
             result.history.append(entry)
-            log.info("step %d: loss %.4f, validation AUC %.4f", step + 1, entry["train_loss"], metrics["auc"])
-            if np.isnan(metrics["auc"]):
-                log.warning("validation AUC is undefined (one class only): no best-state selection")
-            elif result.best_step == 0 or metrics["auc"] > result.best_val_auc:
-                result.best_val_auc, result.best_step = metrics["auc"], step + 1
+            log.info("step %d: loss %.4f, validation %s %.4f", step + 1, entry["train_loss"], key, value)
+            if np.isnan(value):
+                log.warning("validation %s is undefined: no best-state selection", key)
+            elif result.best_step == 0 or value > result.best_val_auc:
+                result.best_val_auc, result.best_step = value, step + 1
                 best_state = adapter_state(model)
     bar.close()
     result.wall_s = time.perf_counter() - start

@@ -224,6 +224,19 @@ def parse_pair(row: Any, where: str, report: PairReport) -> dict | None:
 # ----------------------------------------------------------------------------- files and datasets
 
 
+def is_pair_file(path: str | Path) -> bool:
+    """Whether a local file holds preference pairs: a pair suffix and a first record with
+    ``chosen`` and ``rejected`` fields (HelpSteer-format files have ``response``)."""
+    path = Path(path)
+    if not (path.is_file() and path.name.lower().endswith(PAIR_SUFFIXES)):
+        return False
+    try:
+        _, first = next(_records(path))
+    except (StopIteration, DataError):
+        return path.name.lower().endswith(".gz")  # a broken .gz is only ever a pair file: let its reader say why
+    return isinstance(first, Mapping) and "chosen" in first and "rejected" in first
+
+
 def pairs_to_dataset(pairs: Sequence[Mapping[str, Any]]) -> datasets.Dataset:
     return datasets.Dataset.from_dict({c: [p[c] for p in pairs] for c in PAIR_COLUMNS}, features=PAIR_FEATURES)
 
