@@ -92,3 +92,15 @@ def test_fedgate_train_on_a_pair_file_reports_pairwise_accuracy(tmp_path, capsys
     scored = json.loads(capsys.readouterr().out)
     assert scored["n_pairs"] == 60 and 0.0 <= scored["pairwise_accuracy"] <= 1.0  # every pair of the file
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # evaluate writes nothing
+
+
+def test_a_federation_on_a_pair_file_is_refused_with_the_reason(tmp_path):
+    from fedgate.config import FedgateConfig
+    from fedgate.data.schema import DataError
+    from fedgate.federated.shards import client_shard
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(20)))
+    cfg = FedgateConfig.from_flat({"data.source": str(data)})
+    with pytest.raises(DataError, match="holds preference pairs: .* not yet in a federation"):
+        client_shard(cfg, 0, 2)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=4)
 def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) -> tuple[datasets.Dataset, ...]:
     train = load_splits(FedgateConfig(data=data))["train"]
+    if "chosen" in train.column_names:
+        raise DataError(f"{data.source} holds preference pairs: fedgate trains on pairs centrally "
+                        f"(fedgate train) but not yet in a federation")
     parts = partition_dataset(train, num_partitions, fed.partitioner, alpha=fed.alpha, seed=data.seed)
     log.info("partitioned %d training rows into %d shards (%s): sizes %s", len(train), num_partitions,
              fed.partitioner, [len(p) for p in parts])
