@@ -149,6 +149,7 @@ class FederationConfig:
     local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
     flipped_clients: float = 0.0  # conflicting feedback: share of clients whose training labels are all flipped
     flipped_rows: float = 0.0  # conflicting feedback: share of every client's training rows flipped (v -> 4 - v)
+    absent_clients: float = 0.0  # the reference for flipped-clients: the same seeded share of clients holds no rows
     labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
 
@@ -183,7 +184,8 @@ class FederationConfig:
         if not 0.0 <= self.prune_threshold < 1.0:
             raise ValueError(f"federation.prune-threshold must be in [0, 1) (0 = no pruning), got {self.prune_threshold}")
         _positive("federation.prune-patience", self.prune_patience)
-        for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows)):
+        for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows),
+                       ("absent-clients", self.absent_clients)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
         if not 0.0 < self.labeled_fraction <= 1.0:

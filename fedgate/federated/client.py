@@ -109,6 +109,7 @@ class ClientTask:
         self.pad_id = self.tokenizer.pad_token_id
         shard_key = (model_key, cfg.data, cfg.federation.partitioner, cfg.federation.alpha,
                      cfg.federation.local_holdout, cfg.federation.flipped_clients, cfg.federation.flipped_rows,
+                     cfg.federation.absent_clients,
                      cfg.federation.labeled_fraction,
                      cfg.train.cache_lower_layers, partition_id, num_partitions)
         if shard_key not in _CACHE.shards:

@@ -35,7 +35,10 @@ def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) ->
 
 def flipped_partitions(fraction: float, num_partitions: int, seed: int) -> list[int]:
     """The partitions whose training labels are flipped (``federation.flipped-clients``):
-    ``round(fraction * num_partitions)`` of them, a seeded choice."""
+    ``round(fraction * num_partitions)`` of them, a seeded choice. ``federation.absent-clients``
+    makes the same choice, so its run is the fair reference for a flipped run: the same
+    clients, simply not there (their ClientApp refuses every message; the server records a
+    failure and aggregates the others)."""
     count = round(fraction * num_partitions)
     order = np.random.default_rng([seed, 0xF11B]).permutation(num_partitions)
     return sorted(int(p) for p in order[:count])
@@ -53,6 +56,9 @@ def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> 
         raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)")
+    if partition_id in flipped_partitions(cfg.federation.absent_clients, num_partitions, cfg.data.seed):
+        raise DataError(f"partition {partition_id} of {num_partitions} is absent (federation.absent-clients="
+                        f"{cfg.federation.absent_clients}): it holds no rows and sends nothing in this run")
     shard = _partitions(cfg.data, cfg.federation, num_partitions)[partition_id]
     holdout = cfg.federation.local_holdout
     try:

@@ -48,6 +48,16 @@ def test_flipped_clients_get_all_training_labels_flipped_and_keep_true_holdout(t
         assert shard["holdout"]["helpfulness"] == clean[p]["holdout"]["helpfulness"]
 
 
+def test_absent_clients_are_the_flipped_clients_and_refuse_with_the_reason(tiny_cfg):
+    cfg = tiny_cfg(**{"federation.absent-clients": 0.2})
+    (absent,) = flipped_partitions(0.2, 5, cfg.data.seed)  # the very client a flipped run corrupts
+    with pytest.raises(DataError, match=f"partition {absent} of 5 is absent"):
+        client_shard(cfg, absent, 5)
+    others = [client_shard(cfg, p, 5) for p in range(5) if p != absent]
+    clean = [client_shard(tiny_cfg(), p, 5) for p in range(5) if p != absent]
+    assert [o["train"]["prompt"] for o in others] == [c["train"]["prompt"] for c in clean]  # the rest unchanged
+
+
 def test_flipped_rows_flip_that_share_of_every_client(tiny_cfg):
     cfg = tiny_cfg(**{"federation.flipped-rows": 0.25})
     for p in range(2):
