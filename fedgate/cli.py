@@ -1,5 +1,9 @@
 """The ``fedgate`` command: ``train`` (centralized baseline), ``evaluate`` (saved adapters or a
-federation checkpoint), ``simulate`` (a federation in Flower's simulation runtime) and ``report``."""
+federation checkpoint), ``simulate`` (a federation in Flower's simulation runtime) and ``report``.
+
+A user error (a bad data file, a missing file, an unknown config key or value, a model or
+checkpoint that cannot be loaded) ends the command with one line on stderr,
+``fedgate: error: <where>: <what>``, and exit code 2; ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -29,12 +33,12 @@ def config_from_args(args: argparse.Namespace) -> FedgateConfig:
         try:
             flat.update(_flatten(tomllib.loads(path.read_text())))
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SystemExit(f"fedgate: cannot read config file {path}: {e}")
+            raise UserError(f"{path}: cannot read config file ({e})") from None
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"fedgate: --set expects key=value, got {item!r}")
-        flat[key.strip()] = value.strip()
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        flat[key.strip()] = toml_value(value.strip())
     shortcuts = {"model.backbone": getattr(args, "backbone", None), "data.source": getattr(args, "data", None),
                  "train.epochs": getattr(args, "epochs", None), "train.max-steps": getattr(args, "max_steps", None),
                  "train.seed": getattr(args, "seed", None)}
@@ -42,7 +46,38 @@ def config_from_args(args: argparse.Namespace) -> FedgateConfig:
     try:
         return FedgateConfig.from_flat(flat, ignore_unknown_sections=False)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"fedgate: {e.args[0] if e.args else e}")
+        raise UserError(str(e.args[0] if e.args else e)) from None
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for, said in one line."""
+
+
+def toml_value(text: str):
+    """A ``--set`` value as TOML reads it (``16``, ``0.5``, ``true``, ``"tiny-bert"``), a
+    bare word as itself, as ``--run-config`` does."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input rather than a bug in fedgate."""
+    from safetensors import SafetensorError
+
+    from fedgate.data.schema import DataError
+
+    return (UserError, DataError, FileNotFoundError, IsADirectoryError, PermissionError, SafetensorError,
+            UnicodeDecodeError, OSError, ValueError, KeyError)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
+        first = f"{exc.filename}: {exc.strerror or first}"
+    return first
 
 
 def _summary(metrics: dict) -> str:
@@ -111,10 +146,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedgate", description=__doc__)
+    p = argparse.ArgumentParser(prog="fedgate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug also after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="centralized training on pooled data (the federation's upper bound)")
+    t = sub.add_parser("train", parents=[debug],
+                       help="centralized training on pooled data (the federation's upper bound)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--config", help="TOML file with [model] [adapter] [loss] [train] [data] tables")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. adapter.r=16")
@@ -127,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate saved adapters on any supported data source")
+    e = sub.add_parser("evaluate", parents=[debug], help="evaluate saved adapters on any supported data source")
     e.add_argument("adapters", help="run directory or adapters.safetensors file")
     e.add_argument("--data", help="data source (default: the one the adapters were trained on)")
     e.add_argument("--split", default="test")
@@ -143,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_parser(s)
     s.set_defaults(func=cmd_simulate)
 
-    r = sub.add_parser("report", help="rebuild report.md and plots of a federated run directory, or the "
+    r = sub.add_parser("report", parents=[debug], help="rebuild report.md and plots of a federated run directory, or the "
                                       "tables and plots of a study's results folder (no runs)")
     r.add_argument("run_dir", help="a run directory, or the --out folder of a simulations/ study script")
     r.set_defaults(func=cmd_report)
@@ -154,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except user_errors() as e:
+        if args.debug:
+            raise
+        print(f"fedgate: error: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -138,8 +138,7 @@ def write_predictions(path: Path, split: EncodedSplit, pred: np.ndarray) -> None
 def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: bool = True,
                       progress: bool = True) -> dict:
     """Train on the pooled training split, evaluate on test, write outputs; returns metrics."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # created only once there is something to write: a bad input leaves no folder
     t0 = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -218,6 +217,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
         metrics["baselines"] = all_baselines(splits["train"], splits["validation"], splits["test"], frozen,
                                              cfg.data.misaligned_threshold, cfg.train.seed)
     metrics["total_wall_s"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
     save_state(out / ADAPTER_FILE, state, {"config": cfg.to_flat(), "decision_threshold": cut})
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "config.json", {"config": cfg.to_flat(), "versions": package_versions()})

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedgate.data.embedded import build_embedded_dataset
 from fedgate.data.schema import ATTRIBUTES, DataError, rows_to_dataset, validate_row
+from fedgate.data.textfile import read_text, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,24 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """JSON Lines: one object per physical line; blank lines are allowed."""
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
     """A JSON array of objects, or JSON Lines saved under a .json name."""
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
-    if not head.startswith("["):
+    text = read_text(path)
+    if not text.lstrip().startswith("["):
         yield from _read_jsonl(path)
         return
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
     for index, row in enumerate(rows):
@@ -80,6 +79,7 @@ def _csv_cell(name: str, cell: str | None) -> Any:
 
 def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
     """CSV with a header; a row's location is its first physical line (the header is line 1)."""
+    read_text(path)  # undecodable bytes: named by file, line and offset before csv sees them
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:

@@ -24,11 +24,9 @@ name the file (and the byte offset where known).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -38,6 +36,7 @@ from typing import Any
 import datasets
 
 from fedgate.data.schema import DataError
+from fedgate.data.textfile import text_lines
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +72,9 @@ class PairReport:
 # ----------------------------------------------------------------------------- reading
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a text file, gzip-compressed or not, with undecodable bytes
-    and broken gzip streams reported by file (and byte offset)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    offset = 0
-    try:
-        with opener(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                try:
-                    yield line_no, raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: not UTF-8 text (byte offset {offset + exc.start}"
-                                    f"{' of the decompressed text' if opener is gzip.open else ''}: "
-                                    f"{raw[exc.start:exc.start + 1]!r})") from None
-                offset += len(raw)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file ({exc})") from None
-
-
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """``(location, raw record)`` of a JSON Lines file or a JSON array file."""
-    lines = _text_lines(path)
+    lines = text_lines(path)
     first = next(lines, None)
     if first is None:
         return
