@@ -125,6 +125,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from fedgate.scoring import load_inputs, score, write_jsonl
+    from fedgate.trained import load_trained
+
+    trained = load_trained(args.model, args.round)
+    ds, pairs = load_inputs(args.data)
+    results = score(trained, ds, pairs, progress=not args.quiet and sys.stderr.isatty())
+    write_jsonl(results, args.out)
+    if args.out:
+        print(f"scored {len(results)} {'pairs' if pairs else 'rows'} with {trained.path}: wrote {args.out}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedgate.export import export
+    from fedgate.trained import load_trained
+
+    trained = load_trained(args.model, args.round)
+    out = export(trained, args.format, args.out)
+    print(f"wrote {args.format} export of {trained.path} to {out}")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.run import main as simulate_main  # the launcher lives with the other scripts
 
@@ -176,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the metrics JSON here")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    sc = sub.add_parser("score", parents=[debug], help="score rows or preference pairs with a trained model "
+                                                       "(JSON Lines out)")
+    sc.add_argument("model", help="a run directory (centralized or federated) or an adapters .safetensors file")
+    sc.add_argument("--data", required=True, help="a data file of rows or pairs, or - for JSON Lines on stdin")
+    sc.add_argument("--out", help="write the JSON Lines here (default: standard output)")
+    sc.add_argument("--round", type=int, help="a federated run's checkpoint of this round (default: the last)")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(func=cmd_score)
+
+    ex = sub.add_parser("export", parents=[debug], help="write a trained model as a peft adapter or a merged "
+                                                        "Hugging Face model, with the reward head")
+    ex.add_argument("model", help="a run directory (centralized or federated) or an adapters .safetensors file")
+    ex.add_argument("--format", required=True, choices=("peft", "merged"))
+    ex.add_argument("--out", required=True, help="a new (or empty) folder")
+    ex.add_argument("--round", type=int, help="a federated run's checkpoint of this round (default: the last)")
+    ex.set_defaults(func=cmd_export)
 
     from simulations.run import build_parser as simulate_parser
 

@@ -34,15 +34,15 @@ from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_he
                           split_by_prompt)
 from fedgate.data.pairs import is_pair_file, read_pairs
 from fedgate.engine import close_stepper, make_stepper
-from fedgate.inject import adapter_modules, count_parameters
+from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
-from fedgate.state import adapter_state, load_adapter_state, load_state, save_state, state_nbytes
+from fedgate.state import adapter_state, save_state, state_nbytes
+from fedgate.trained import ADAPTER_FILE, load_trained
 from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridge, frozen_features,
                            metrics_from_predictions, pair_metrics, pick_device, predict, prepare_cache, set_head)
 
 log = logging.getLogger(__name__)
-ADAPTER_FILE = "adapters.safetensors"
 
 
 def _embedded(d):
@@ -228,28 +228,9 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
 def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: str = "test",
                    noise_rate: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
     """Rebuild the model from a saved adapter file (or run directory) and evaluate it."""
-    path = Path(adapters)
-    if path.is_dir() and not (path / ADAPTER_FILE).is_file() and (path / "checkpoints").is_dir():
-        from fedgate.federated.rundir import (
-            RunDir,  # a federated run: its latest global adapters
-        )
-
-        found = RunDir(path).checkpoints()
-        path = found[max(found)] if found else path / ADAPTER_FILE
-    elif path.is_dir():
-        path = path / ADAPTER_FILE
-    state, meta = load_state(path)
-    if "config" not in meta:
-        raise ValueError(f"{path} has no fedgate config in its header; was it written by fedgate?")
-    cfg = FedgateConfig.from_flat(meta["config"])
-    if source is not None:
-        cfg = FedgateConfig.from_flat({**cfg.to_flat(), "data.source": source})
+    trained = load_trained(adapters, source=source)
+    model, tokenizer, cfg, meta, path = trained.model, trained.tokenizer, trained.cfg, trained.meta, trained.path
     device = pick_device(cfg.train.device)
-    model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
-    load_adapter_state(model, state)
-    pruned = set(meta.get("strategy", {}).get("pruned", []))  # a federated run's pruned insertion points
-    for name, module in adapter_modules(model).items():
-        module.enabled = name not in pruned
     model.to(device)
     ds = load_eval_split(cfg, split)
     pairs = "chosen" in ds.column_names

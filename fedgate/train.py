@@ -66,12 +66,13 @@ def prepare_cache(model: RewardModel, splits: list[EncodedSplit], cfg: FedgateCo
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def _forward_sorted(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
-                    device: torch.device, fn, batch_size: int = 64) -> torch.Tensor:
+                    device: torch.device, fn, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Run ``fn(model, batch)`` over the split in length order; rows back in split order."""
     was_training = model.training
     model.eval()
     out = None
-    for rows in sorted_batches(split, batch_size):
+    for rows in tqdm(sorted_batches(split, batch_size), desc="scoring", unit="batch", disable=not progress,
+                     leave=False):
         with autocast(device, cfg.train.bf16):
             y = fn(model, make_batch(split, rows, pad_id, device)).float().cpu()
         if out is None:
@@ -82,9 +83,9 @@ def _forward_sorted(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig,
 
 
 def predict(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int,
-            device: torch.device) -> np.ndarray:
+            device: torch.device, progress: bool = False) -> np.ndarray:
     """Attribute predictions on the 0-4 scale and the alignment logit, (n, 6)."""
-    out = _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m(b, split.split_at))
+    out = _forward_sorted(model, split, cfg, pad_id, device, lambda m, b: m(b, split.split_at), progress=progress)
     return to_attribute_scale(out).numpy()
 
 

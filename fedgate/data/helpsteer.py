@@ -107,6 +107,17 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 _READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(location, raw record)`` of one local file of any supported type, unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; supported: {', '.join(SUFFIXES)}")
+    return reader(path)
+
+
 def read_file(path: str | Path) -> datasets.Dataset:
     """Load and validate every row of one local file."""
     path = Path(path)
