@@ -21,7 +21,9 @@ from fedgate.config import FedgateConfig
 from fedgate.federated.evaluator import ServerEvaluator
 from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
                                       load_checkpoint)
+from fedgate.federated.tracking import Tracker
 from fedgate.memory import resident_mib
+from fedgate.metrics import misaligned, misalignment_score
 from fedgate.pipeline import package_versions, write_predictions
 from server.head_init import federated_head
 from server.strategy import FedgateStrategy
@@ -82,6 +84,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
     t_start = time.perf_counter()
     run.write_json(CONFIG_FILE, {"config": cfg.to_flat(), "versions": package_versions(), "flower_run_id": run_id,
                                  "start_round": first})
+    tracker = Tracker(run.path, tensorboard=cfg.server.tensorboard, mlflow=cfg.server.mlflow, config=cfg.to_flat())
     try:
         evaluator = ServerEvaluator(cfg)
         params = {"trainable": evaluator.trainable_params, "backbone": evaluator.backbone_params,
@@ -99,6 +102,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
                 record["head_init"] = federated_head(grid, strategy, evaluator)
             record["server_eval"], _ = evaluator.evaluate(strategy.global_state)
             run.append_round(record)
+            tracker.round(record)
             head = record.get("head_init") or {}
             progress.info(round_line(record, cfg.federation.rounds) + (
                 f" | federated ridge head from {head['clients']} clients" if head.get("fitted") else ""))
@@ -106,6 +110,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
         for rnd in range(first, cfg.federation.rounds + 1):
             record, final_metrics, final_pred = _one_round(grid, cfg, strategy, evaluator, rnd, params)
             run.append_round(record)
+            tracker.round(record)
             idle = 0 if record["aggregated"] or cfg.federation.fraction_train == 0 else idle + 1
             _check_progress(cfg, run, rnd, idle)
             server_arrays, strategy_meta = strategy.saved()
@@ -115,6 +120,9 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
         if final_pred is not None:
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
+            tracker.finish(misaligned(evaluator.splits["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
+                           misalignment_score(final_pred), cfg.federation.rounds)
+        tracker.finish()  # closes the files when there was no final evaluation
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
         run.write_json(SUMMARY_FILE, summary)
         final, base = summary["final"], summary.get("baselines") or {}
@@ -123,6 +131,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
                       "".join(f" | {k} {v:.4f}" for k, v in base.items() if not k.endswith(("_C", "_lr"))),
                       run.path)
     except BaseException as e:
+        tracker.finish()
         run.write_json(SUMMARY_FILE, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(), "rounds_completed": _last_round(run)})
         raise

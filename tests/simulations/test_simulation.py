@@ -14,7 +14,8 @@ from simulations.processes import processes_with_flwr_home
 from simulations.run import resolve_config, simulate
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8']
+TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8 '
+        'server.tensorboard=true']
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,37 @@ def test_fedgate_evaluate_scores_the_latest_checkpoint(run_dir):
     assert 0.0 <= metrics["auc"] <= 1.0
 
 
+def test_tensorboard_holds_every_rounds_metrics_and_the_final_roc(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    rounds = RunDir(run_dir).rounds()
+    auc = events.Scalars("server/auc")
+    assert [e.step for e in auc] == [r["round"] for r in rounds]
+    assert [e.value for e in auc] == pytest.approx([r["server_eval"]["auc"] for r in rounds], abs=1e-6)
+    assert [e.value for e in events.Scalars("clients/train_loss")] == pytest.approx(
+        [r["train"]["train-loss"] for r in rounds if r["round"] > 0], abs=1e-6)
+    assert any(t.startswith("gates/structural_gate/") for t in events.Tags()["scalars"])
+    assert "gates/structural_gate_over_layers" in events.Tags()["histograms"]
+    assert "server/final_roc" in events.Tags()["images"]
+
+
+def test_fedgate_score_reads_a_chosen_rounds_checkpoint(run_dir, tmp_path):
+    import json
+
+    from fedgate.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "How do I sort?", "response": "Use sorted()."}) + "\n")
+    scores = {}
+    for rnd in (1, 2):
+        out = tmp_path / f"r{rnd}.jsonl"
+        assert main(["score", str(run_dir), "--round", str(rnd), "--data", str(rows), "--out", str(out), "--quiet"]) == 0
+        scores[rnd] = json.loads(out.read_text())["alignment_score"]
+    assert scores[1] != scores[2]  # two rounds, two models
+    assert main(["score", str(run_dir), "--round", "7", "--data", str(rows), "--quiet"]) == 2
+
+
 def test_resume_continues_from_the_next_round(run_dir):
     before = RunDir(run_dir).rounds()
     code, path = simulate([*TINY, f'federation.rounds=3 server.resume-from="{run_dir}"'], num_supernodes=3,
@@ -121,6 +153,7 @@ def test_run_config_is_checked_before_anything_starts():
 def test_run_outputs_are_safetensors_json_and_text(run_dir):
     """Nothing a run writes needs unpickling to read back (the Flower state under
     flwr-home belongs to Flower)."""
-    files = [p for p in run_dir.rglob("*") if p.is_file() and "flwr-home" not in p.relative_to(run_dir).parts]
+    files = [p for p in run_dir.rglob("*") if p.is_file()
+             and not {"flwr-home", "tensorboard"} & set(p.relative_to(run_dir).parts)]  # Flower's and TensorBoard's own
     assert any(p.suffix == ".safetensors" for p in files)
     assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".csv", ".md", ".png", ".log"}, files
