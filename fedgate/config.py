@@ -227,7 +227,7 @@ class ServerConfig:
     report: bool = True  # write report.md and plots at the end
     baselines: bool = True  # fit the cheap baselines on the pooled training rows (summary.json "baselines")
     tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (needs tensorboard)
-    mlflow: bool = False  # an MLflow run (needs mlflow; MLFLOW_TRACKING_URI or RUN_DIR/mlruns)
+    mlflow: bool = False  # an MLflow run (needs mlflow; MLFLOW_TRACKING_URI or RUN_DIR/mlflow.db)
 
     def __post_init__(self) -> None:
         if self.eval_every < 0:

@@ -7,7 +7,7 @@ mean training loss, bytes up and down, wall time, clients ok and failed, each ad
 structural and token gate as scalars and as histograms over layers, and at the end the
 final ROC curve. ``server.mlflow=true`` logs the same scalars and the run config to an MLflow
 run (needs ``mlflow``, ``pip install 'fedgate[tracking]'``; the tracking URI is MLflow's own
-setting, ``MLFLOW_TRACKING_URI``, by default a local ``RUN_DIR/mlruns`` file store). Both
+setting, ``MLFLOW_TRACKING_URI``, by default a local SQLite store ``RUN_DIR/mlflow.db``). Both
 are off by default and never needed: ``rounds.jsonl``, ``summary.json`` and the report stay.
 """
 
@@ -70,7 +70,7 @@ class Tracker:
             except ImportError as e:
                 raise ImportError("server.mlflow=true needs mlflow: pip install 'fedgate[tracking]'") from e
             if "MLFLOW_TRACKING_URI" not in os.environ:
-                mlf.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
+                mlf.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
             mlf.set_experiment("fedgate")
             self.mlflow = mlf.start_run(run_name=run_dir.name)
             if config:

@@ -47,3 +47,17 @@ def test_mlflow_without_the_package_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
     with pytest.raises(ImportError, match=r"pip install 'fedgate\[tracking\]'"):
         Tracker(tmp_path, mlflow=True)
+
+
+def test_mlflow_run_holds_the_round_metrics_and_the_config(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")  # the 'tracking' extra
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path, mlflow=True, config={"federation.strategy": "fedavg", "adapter.r": 8})
+    run_id = tracker.mlflow.info.run_id
+    tracker.round({**RECORD, "round": 0, "train": None})
+    tracker.round(RECORD)
+    tracker.finish()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    history = client.get_metric_history(run_id, "server.auc")
+    assert [(m.step, m.value) for m in history] == [(0, pytest.approx(0.7)), (1, pytest.approx(0.7))]
+    assert client.get_run(run_id).data.params["federation.strategy"] == "fedavg"
