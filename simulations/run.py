@@ -226,11 +226,12 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
 
 def exit_code(launch, *args, **kwargs) -> int:
     """A launcher's exit status: its own (0 or 1), or 2 for a usage or start-up error,
-    logged as one line with what was wrong."""
+    said in one line on stderr the way every fedgate command says it
+    (``fedgate: error: <what>``)."""
     try:
         code, _ = launch(*args, **kwargs)
     except (KeyError, ValueError, TimeoutError, RuntimeError) as e:
-        log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
+        print(f"fedgate: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr, flush=True)
         return 2
     return code
 

@@ -62,3 +62,9 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_set_values_are_toml_values():
     assert toml_value("16") == 16 and toml_value("0.5") == 0.5 and toml_value("true") is True
     assert toml_value('"tiny-bert"') == "tiny-bert" and toml_value("tiny-bert") == "tiny-bert"
+
+
+def test_simulate_refuses_an_unknown_key_the_same_way(tmp_path, capsys):
+    line = _fails(["simulate", "--run-config", "adapter.rank=4", "--out", str(tmp_path / "out")], capsys, tmp_path,
+                  "adapter.rank")
+    assert "[tool.flwr.app.config]" in line
