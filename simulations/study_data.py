@@ -5,7 +5,7 @@ fedgate has no unsupervised objective).
     python -m simulations.study_data [--variants ...] [--set KEY=VALUE] [--out DIR]
     fedgate report DIR
 
-Writes ``results.csv`` / ``results.md`` (baseline: the default 2,400 rows, all labelled), ``final_auc.png``,
+Writes ``results.csv`` / ``results.md`` (baseline: the default 3,200 rows, all labelled), ``final_auc.png``,
 ``auc_per_round.png``, ``variants.json`` and one run directory per variant.
 """
 
@@ -20,16 +20,16 @@ COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "feder
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
-    "rows-2400": {"data.limit": 2400},
-    "rows-1200": {"data.limit": 1200},
-    "rows-600": {"data.limit": 600},
-    "labelled-50pct": {"data.limit": 2400, "federation.labeled-fraction": 0.5},
-    "labelled-25pct": {"data.limit": 2400, "federation.labeled-fraction": 0.25},
+    "rows-3200": {"data.limit": 3200},
+    "rows-1600": {"data.limit": 1600},
+    "rows-800": {"data.limit": 800},
+    "labelled-50pct": {"data.limit": 3200, "federation.labeled-fraction": 0.5},
+    "labelled-25pct": {"data.limit": 3200, "federation.labeled-fraction": 0.25},
 }
 
 
 def report(out: Path) -> str:
-    return standard_results(out, rows_from_dir(out), baseline="rows-2400", title="training rows and labels")
+    return standard_results(out, rows_from_dir(out), baseline="rows-3200", title="training rows and labels")
 
 
 def main(argv: list[str] | None = None) -> int:
