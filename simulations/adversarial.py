@@ -19,12 +19,12 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from fedgate.federated.rundir import RunDir
-from simulations.study import (SCALES, auc_difference_se, chosen, out_dir, parse_sets, rows_from_dir, run_study, study_parser, summarize_run,
-                               write_table)
+from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, paired_difference, parse_sets, resolved,
+                               rows_from_dir, run_study, seed_dirs, study_parser, summarize_run, write_table)
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
-          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+          "server.noise-rates": "", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 RULES = {"fedavg": {"federation.strategy": "fedavg"},
          "median": {"federation.strategy": "median"},
          "trimmed-mean": {"federation.strategy": "trimmed-mean", "federation.trim-fraction": 0.2},
@@ -51,14 +51,16 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
         clean, bad = rows.get(f"{rule}-clean"), rows.get(f"{rule}-flipped")
         if not (clean and bad):
             continue
-        se = auc_difference_se(out / f"{rule}-clean", out / f"{rule}-flipped")
-        table.append({"rule": rule, "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
-                      "drop_points": f"{100 * (clean['auc'] - bad['auc']):+.2f}", "drop_se_points": f"{se:.2f}",
+        drop, se, _ = paired_difference(out, rows, f"{rule}-clean", f"{rule}-flipped")
+        table.append({"rule": rule, "seeds": bad.get("seeds", 1), "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
+                      "drop_points": f"{drop:+.2f}", "drop_se_points": "" if se != se else f"{se:.2f}",
+                      "resolved": resolved(drop, se),
                       "flipped_partitions": ",".join(map(str, bad["flipped_partitions"])),
                       "f1_clean": clean["f1"], "f1_flipped": bad["f1"]})
-    md = write_table(out, table, {"rule": "rule", "auc_clean": "ROC-AUC clean",
+    md = write_table(out, table, {"rule": "rule", "seeds": "seeds", "auc_clean": "ROC-AUC clean",
                                   "auc_flipped": f"ROC-AUC, {flipped:.0%} clients flipped",
-                                  "drop_points": "drop (points)", "drop_se_points": "its bootstrap SE (points)",
+                                  "drop_points": "drop (points)", "drop_se_points": "its SE (points; over seeds, "
+                                  "or a paired bootstrap for one seed)", "resolved": "resolved (>= 2 SE)",
                                   "flipped_partitions": "flipped partitions"})
     line_plot(out / "auc_per_round.png",
               {name: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for name, r in rows.items()},
@@ -70,8 +72,8 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
 def report(out: Path) -> str:
     """The tables and plot again from a finished (or partly finished) study."""
     rows = rows_from_dir(out, summarize)
-    flipped = [json.loads((out / n / "config.json").read_text())["config"]["federation.flipped-clients"]
-               for n in rows if n.endswith("-flipped")]
+    flipped = [json.loads((d / "config.json").read_text())["config"]["federation.flipped-clients"]
+               for n in rows if n.endswith("-flipped") for d in list(seed_dirs(out, n).values())[:1]]
     return write_results(out, rows, flipped[0] if flipped else FLIPPED)
 
 
@@ -83,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(report(Path(args.summarize)))
         return 0
     names = chosen(p, args, VARIANTS)
+    seeds = chosen_seeds(p, args)
     overrides = parse_sets(args.set)
+    if SEED_KEY in overrides:
+        p.error(f"set the seeds with --seeds, not --set {SEED_KEY}=...")
     variants = {n: {**COMMON, **SCALES[args.scale], **overrides, **VARIANTS[n]} for n in names}
     flipped = float(overrides.get("federation.flipped-clients", FLIPPED))
     for n in names:
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             variants[n]["federation.flipped-clients"] = 0.0
     out = out_dir(args, "runs/adversarial")
     rows = run_study(out, variants, study=__spec__.name, num_supernodes=args.num_supernodes, timeout=args.timeout,
-                     summarize=summarize)
+                     summarize=summarize, seeds=seeds)
     if not rows:
         return 1
     print(write_results(out, rows, flipped))

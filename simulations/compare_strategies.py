@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
-from simulations.study import config_string, rows_from_dir, study_main, summarize_run, write_table
+from simulations.study import (config_string, paired_difference, resolved, rows_from_dir, study_main, summarize_run,
+                               write_table)
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
-          "data.limit": 800, "server.eval-limit": 300, "server.report": False}
+          "server.report": False, "server.baselines": False}
 PLAIN = {"adapter.token-gate": False, "adapter.structural-gate": False}
 VARIANTS: dict[str, dict] = {
     "fedavg-ab-plain": {"federation.strategy": "fedavg-ab", **PLAIN},  # plain LoRA, A and B averaged: the baseline
@@ -45,20 +46,24 @@ def run_config(variant: str, overrides: dict) -> str:
 
 
 def write_results(out: Path, rows: dict[str, dict]) -> str:
-    """results.csv, results.md and auc_per_round.png; returns the markdown table."""
-    base = rows.get(BASELINE)
+    """results.csv, results.md and auc_per_round.png; returns the markdown table. The
+    difference to the baseline is paired per seed (:func:`paired_difference`)."""
     ref_up = rows.get("fedavg", {}).get("uplink_mib")
-    table = [{"variant": name, "auc": r["auc"],
-              "auc_vs_baseline_points": 100 * (r["auc"] - base["auc"]) if base else float("nan"),
-              "f1": r["f1"], "uplink_mib": r["uplink_mib"],
-              "uplink_vs_fedavg": r["uplink_mib"] / ref_up if ref_up else float("nan"),
-              "pruned": r["pruned"], "wall_s": r["wall_s"]} for name, r in rows.items()]
-    for t in table:  # fixed formats for the README table
-        t["auc_vs_baseline_points"] = f"{t['auc_vs_baseline_points']:+.2f}"
-        t["uplink_mib"], t["uplink_vs_fedavg"] = f"{t['uplink_mib']:.2f}", f"{t['uplink_vs_fedavg']:.2f}"
-        t["wall_s"] = f"{t['wall_s']:.0f}"
-    md = write_table(out, table, {"variant": "strategy", "auc": "final ROC-AUC",
-                                  "auc_vs_baseline_points": "vs plain fedavg-ab (points)", "f1": "F1",
+    table = []
+    for name, r in rows.items():
+        t = {"variant": name, "seeds": r.get("seeds", 1), "auc": r["auc"],
+             "auc_se": f"{r['auc_se']:.4f}" if r.get("seeds", 1) > 1 else "", "f1": r["f1"],
+             "uplink_mib": f"{r['uplink_mib']:.2f}",
+             "uplink_vs_fedavg": f"{r['uplink_mib'] / ref_up:.2f}" if ref_up else "",
+             "pruned": r["pruned"], "wall_s": f"{r['wall_s']:.0f}"}
+        if BASELINE in rows and name != BASELINE:
+            diff, se, _ = paired_difference(out, rows, name, BASELINE)
+            t.update(auc_vs_baseline_points=f"{diff:+.2f}", se="" if se != se else f"{se:.2f}",
+                     resolved=resolved(diff, se))
+        table.append(t)
+    md = write_table(out, table, {"variant": "strategy", "seeds": "seeds", "auc": "final ROC-AUC", "auc_se": "its SE",
+                                  "auc_vs_baseline_points": "vs plain fedavg-ab (points)",
+                                  "se": "SE of the difference", "resolved": "resolved (>= 2 SE)", "f1": "F1",
                                   "uplink_mib": "uplink MiB", "uplink_vs_fedavg": "uplink vs fedavg",
                                   "pruned": "adapters pruned", "wall_s": "wall s"})
     line_plot(out / "auc_per_round.png",

@@ -1,11 +1,19 @@
 """What every study script shares: run named config variants as real Flower simulations
 into one results folder, read each finished run back into a row, and write tables.
 
-A study is a dict ``{variant name: flat run config}``. ``run_study`` writes
-``variants.json`` (the exact config of every variant) and one run directory per variant;
-a variant whose run directory already holds a completed run with the same config is not
-run again, so an interrupted study picks up where it stopped. ``--summarize OUT`` in each
-script rebuilds the tables from those directories without running anything.
+A study is a dict ``{variant name: flat run config}``, run once per seed (``--seeds``,
+default 0; a seed sets ``train.seed``, so runs of one seed share their data split and test
+rows and differences between variants are paired per seed). ``run_study`` writes
+``variants.json`` (the exact config of every variant) and one run directory per variant
+and seed, ``OUT/<variant>/seed-<s>``; a run directory that already holds a completed run
+with the same config is not run again, so an interrupted study picks up where it stopped.
+``--summarize OUT`` in each script rebuilds the tables from those directories without
+running anything.
+
+Over several seeds a row holds the mean of every figure, ``auc_se`` (standard error of the
+final AUC over seeds) and the per-seed rows; a difference to the baseline is the mean of the
+per-seed differences with their standard error. With one seed the standard error of a
+difference is a paired bootstrap over the shared test rows instead.
 """
 
 from __future__ import annotations
@@ -27,6 +35,54 @@ log = logging.getLogger(__name__)
 VARIANTS_FILE = "variants.json"
 STUDY_FILE = "study.json"  # in the results folder: which script; in each run directory: its config
 NUM_SUPERNODES = "simulation.num-supernodes"  # a variant key for run_study, not for the run config
+SEED_KEY = "train.seed"
+RESOLVED_AT = 2.0  # a difference counts as resolved when it is at least this many standard errors
+
+
+def seed_dir(out: Path, name: str, seed: int) -> Path:
+    """Where variant ``name``'s run of ``seed`` lives."""
+    return out / name / f"seed-{seed}"
+
+
+def seed_dirs(out: Path, name: str) -> dict[int, Path]:
+    """The seeds of variant ``name`` whose run directory holds a summary, by seed."""
+    dirs = {}
+    for d in sorted((out / name).glob("seed-*")):
+        if d.name.removeprefix("seed-").isdigit() and (d / SUMMARY_FILE).is_file():
+            dirs[int(d.name.removeprefix("seed-"))] = d
+    return dict(sorted(dirs.items()))
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0)
+
+
+def combine_seeds(per_seed: dict[int, dict]) -> dict:
+    """One row from the rows of several seeds: numbers averaged, equal-length number lists
+    averaged element-wise, anything else taken from the first seed; plus ``seeds`` (how
+    many), ``auc_se`` and ``per_seed``."""
+    import numpy as np
+
+    rows = list(per_seed.values())
+    first = rows[0]
+    out: dict = {}
+    for key, value in first.items():
+        values = [r.get(key) for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = float(np.mean(values))
+        elif (all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in values)
+              and len({len(v) for v in values}) == 1):
+            out[key] = np.mean(np.asarray(values, dtype=float), axis=0).tolist()
+        else:
+            out[key] = value
+    out["seeds"] = len(rows)
+    out["auc_se"] = mean_and_se([r["auc"] for r in rows])[1]
+    out["per_seed"] = per_seed
+    return out
 
 
 def config_string(flat: dict) -> str:
@@ -87,39 +143,87 @@ def _already_done(run_dir: Path, config: str, nodes: int) -> bool:
 
 
 def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernodes: int = 4,
-              timeout: float = 1800.0, summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
-    """Run every variant (one simulation each) into ``out/<name>``; returns the rows of the
-    runs that completed. ``study`` is the script's module: ``fedgate report OUT`` calls its
-    ``report(out)``. Prints one line before and one summary line after each run."""
+              timeout: float = 1800.0, summarize: Callable[[Path], dict] = summarize_run,
+              seeds: tuple[int, ...] = (0,)) -> dict[str, dict]:
+    """Run every variant once per seed (one simulation each) into ``out/<name>/seed-<s>``;
+    returns the rows (:func:`combine_seeds`) of the variants with at least one completed run.
+    ``study`` is the script's module: ``fedgate report OUT`` calls its ``report(out)``. Prints
+    one line before and one summary line after each run."""
     out.mkdir(parents=True, exist_ok=True)
     nodes = {name: int(flat.get(NUM_SUPERNODES, num_supernodes)) for name, flat in variants.items()}
-    configs = {name: config_string({k: v for k, v in flat.items() if k != NUM_SUPERNODES})
+    configs = {name: config_string({k: v for k, v in flat.items() if k not in (NUM_SUPERNODES, SEED_KEY)})
                for name, flat in variants.items()}
     (out / VARIANTS_FILE).write_text(json.dumps(configs, indent=1))
-    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": nodes}, indent=1))
-    rows: dict[str, dict] = {}
-    for i, (name, config) in enumerate(configs.items(), start=1):
-        tag = f"[{i}/{len(configs)}] {name}"
-        if _already_done(out / name, config, nodes[name]):
-            print(f"{tag}: already completed in {out / name}; reusing it", flush=True)
+    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": nodes, "seeds": list(seeds)},
+                                             indent=1))
+    jobs = [(name, seed) for seed in seeds for name in configs]  # seed-major: every variant of seed 0 first
+    done: dict[str, dict[int, dict]] = {}
+    for i, (name, seed) in enumerate(jobs, start=1):
+        tag = f"[{i}/{len(jobs)}] {name} seed {seed}"
+        config = f"{configs[name]} {SEED_KEY}={seed}".strip()
+        run_dir = seed_dir(out, name, seed)
+        if _already_done(run_dir, config, nodes[name]):
+            print(f"{tag}: already completed in {run_dir}; reusing it", flush=True)
         else:
             print(f"{tag}: {config}", flush=True)
-            code, run_dir = simulate([config], num_supernodes=nodes[name], out=out / name, timeout=timeout)
+            code, run_dir = simulate([config], num_supernodes=nodes[name], out=run_dir, timeout=timeout)
             if code != 0:
                 print(f"{tag}: the run failed (exit {code}); see {run_dir}", file=sys.stderr, flush=True)
                 continue
             RunDir(run_dir).write_json(STUDY_FILE, {"config": config, "num_supernodes": nodes[name]})
-        rows[name] = summarize(out / name)
-        r = rows[name]
+        r = done.setdefault(name, {})[seed] = summarize(run_dir)
         print(f"{tag}: AUC {r['auc']:.4f}, F1 {r['f1']:.4f}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s",
               flush=True)
-    return rows
+    return {name: combine_seeds(done[name]) for name in configs if name in done}
 
 
 def rows_from_dir(out: Path, summarize: Callable[[Path], dict] = summarize_run) -> dict[str, dict]:
-    """The rows of a finished (or partly finished) study, in ``variants.json`` order."""
+    """The rows of a finished (or partly finished) study, in ``variants.json`` order; each
+    combines the variant's completed seeds (:func:`combine_seeds`)."""
     names = json.loads((out / VARIANTS_FILE).read_text())
-    return {n: summarize(out / n) for n in names if (out / n / SUMMARY_FILE).is_file()}
+    rows = {}
+    for n in names:
+        per_seed = {}
+        for seed, d in seed_dirs(out, n).items():
+            try:
+                per_seed[seed] = summarize(d)
+            except RuntimeError as e:  # a run that failed: left out of the row, said once
+                log.warning("%s", e)
+        if per_seed:
+            rows[n] = combine_seeds(per_seed)
+    return rows
+
+
+def paired_difference(out: Path, rows: dict[str, dict], name: str, baseline: str) -> tuple[float, float, str]:
+    """``AUC(name) - AUC(baseline)`` in points with its standard error and how that was had:
+    over two or more shared seeds, the mean and SE of the per-seed differences
+    (``"seeds"``); over one shared seed, a paired bootstrap over the test rows
+    (``"bootstrap"``); ``nan`` where neither applies."""
+    a, b = rows[name].get("per_seed", {}), rows[baseline].get("per_seed", {})
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        mean, se = mean_and_se([100 * (a[s]["auc"] - b[s]["auc"]) for s in shared])
+        return mean, se, "seeds"
+    if shared:
+        s = shared[0]
+        diff = 100 * (a[s]["auc"] - b[s]["auc"])
+        da, db = seed_dir(out, name, s), seed_dir(out, baseline, s)
+        if all((d / PREDICTIONS_FILE).is_file() for d in (da, db)):
+            try:
+                return diff, auc_difference_se(da, db), "bootstrap"
+            except ValueError as e:  # scored on other rows: no paired SE, say why
+                log.warning("%s", e)
+        return diff, float("nan"), ""
+    return 100 * (rows[name]["auc"] - rows[baseline]["auc"]), float("nan"), ""
+
+
+def resolved(diff: float, se: float) -> str:
+    """``yes`` when ``|diff| >= 2 SE``, ``no`` when not, empty without an SE."""
+    import math
+
+    if math.isnan(se):
+        return ""
+    return "yes" if abs(diff) >= RESOLVED_AT * se and diff != 0 else "no"
 
 
 def write_table(out: Path, table: list[dict], columns: dict[str, str], name: str = "results") -> str:
@@ -156,6 +260,8 @@ def study_parser(doc: str, variants: dict[str, dict], default_out: str) -> argpa
     p.add_argument("--variants", default=",".join(variants), help="comma-separated; choices: " + ", ".join(variants))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a shared config key")
     p.add_argument("--out", default="", help=f"results folder (default {default_out}-<time>)")
+    p.add_argument("--seeds", default="0", help="comma-separated train.seed values; each variant runs once per seed "
+                                                "(e.g. 0,1,2 for mean and standard error)")
     p.add_argument("--num-supernodes", type=int, default=4)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     p.add_argument("--summarize", metavar="OUT_DIR", help="rebuild the tables and plots from finished runs")
@@ -167,6 +273,16 @@ def chosen(p: argparse.ArgumentParser, args: argparse.Namespace, variants: dict[
     if unknown := [v for v in names if v not in variants]:
         p.error(f"unknown variant(s) {unknown}; choose from {list(variants)}")
     return names
+
+
+def chosen_seeds(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(v) for v in args.seeds.split(",") if v.strip()))
+    except ValueError:
+        p.error(f"--seeds expects comma-separated integers, got {args.seeds!r}")
+    if not seeds or min(seeds) < 0:
+        p.error(f"--seeds expects one or more integers >= 0, got {args.seeds!r}")
+    return seeds
 
 
 def out_dir(args: argparse.Namespace, default_out: str) -> Path:
@@ -185,53 +301,44 @@ def report_study(out: Path) -> str:
     return importlib.import_module(name).report(out)
 
 
-STANDARD_COLUMNS = {"variant": "variant", "auc": "final ROC-AUC", "vs_baseline": "vs baseline (points)",
-                    "se": "paired SE (points)", "f1": "F1", "trainable_percent": "trainable %",
+STANDARD_COLUMNS = {"variant": "variant", "seeds": "seeds", "auc": "final ROC-AUC", "auc_se": "its SE",
+                    "vs_baseline": "vs baseline (points)", "se": "SE of the difference (points)",
+                    "resolved": "resolved (>= 2 SE)", "f1": "F1", "trainable_percent": "trainable %",
                     "uplink_mib": "uplink MiB", "wall_s": "wall s", "lost_updates": "lost client updates"}
-
-
-def paired_ses(out: Path, names: list[str], baseline: str) -> dict[str, float]:
-    """Paired bootstrap SE of each variant's AUC difference to ``baseline`` (points), for the
-    variants whose run directory and the baseline's hold test predictions of the same rows."""
-    ses = {}
-    for name in names:
-        if name != baseline and all((out / n / PREDICTIONS_FILE).is_file() for n in (name, baseline)):
-            try:
-                ses[name] = auc_difference_se(out / name, out / baseline)
-            except ValueError as e:  # scored on other rows: no paired SE, say why
-                log.warning("%s", e)
-    return ses
 
 
 def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None = None, title: str = "",
                      reference: tuple[str, float] | None = None, extra: dict[str, str] | None = None) -> str:
-    """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC, its
-    difference to ``baseline`` in points with its paired bootstrap SE, F1, noisy-input
-    AUCs, trainable share, uplink, wall time, plus ``extra`` columns already in the rows)
-    and two plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
+    """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC (mean
+    over seeds and its SE), its difference to ``baseline`` in points with the SE of that
+    difference (:func:`paired_difference`) and whether it is resolved, F1, noisy-input AUCs,
+    trainable share, uplink, wall time, plus ``extra`` columns already in the rows) and two
+    plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
     centralized upper bound as a dashed line) and AUC per round (``auc_per_round.png``)."""
     from fedgate.federated.report import bar_plot, line_plot
 
     base = rows.get(baseline) if baseline else None
     noise = sorted({k for r in rows.values() for k in r if k.startswith("auc_noise_")})
-    se = paired_ses(out, list(rows), baseline) if base else {}
     table = []
     for name, r in rows.items():
-        row = {"variant": name, "auc": r["auc"],
-               "vs_baseline": f"{100 * (r['auc'] - base['auc']):+.2f}" if base else "",
-               "se": f"{se[name]:.2f}" if name in se else "",
+        row = {"variant": name, "seeds": r.get("seeds", 1), "auc": r["auc"],
+               "auc_se": r.get("auc_se", 0.0) if r.get("seeds", 1) > 1 else "",
                "f1": r["f1"], **{k: r.get(k, float("nan")) for k in noise},
                "trainable_percent": f"{r['trainable_percent']:.3f}", "uplink_mib": f"{r['uplink_mib']:.2f}",
                "wall_s": f"{r['wall_s']:.0f}", "lost_updates": r.get("lost_updates", 0)}
+        if base and name != baseline:
+            diff, se, _ = paired_difference(out, rows, name, baseline)
+            row.update(vs_baseline=f"{diff:+.2f}", se="" if se != se else f"{se:.2f}", resolved=resolved(diff, se))
         row.update({k: r[k] for k in (extra or {}) if k in r})
         table.append(row)
     columns = dict(STANDARD_COLUMNS)
     if not base:
-        columns.pop("vs_baseline")
+        for k in ("vs_baseline", "se", "resolved"):
+            columns.pop(k)
     else:
         columns["vs_baseline"] = f"vs {baseline} (points)"
-    if not se:
-        columns.pop("se")
+    if not any(r.get("seeds", 1) > 1 for r in rows.values()):
+        columns.pop("auc_se")
     if not any(r.get("lost_updates") for r in rows.values()):  # the column only when a client failed
         columns.pop("lost_updates")
     for k in noise:
@@ -242,7 +349,8 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
              title=title, reference=reference)
     line_plot(out / "auc_per_round.png",
               {n: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for n, r in rows.items()},
-              ylabel="server test ROC-AUC", title=title, dashed=[baseline] if baseline else (), size=(7, 4.5))
+              ylabel="server test ROC-AUC (mean over seeds)", title=title, dashed=[baseline] if baseline else (),
+              size=(7, 4.5))
     return md
 
 
@@ -263,9 +371,12 @@ def study_main(argv: list[str] | None, *, doc: str, module: str, variants: dict[
         overrides = parse_sets(args.set)
     except ValueError as e:
         p.error(str(e))
+    seeds = chosen_seeds(p, args)
+    if SEED_KEY in overrides:
+        p.error(f"set the seeds with --seeds, not --set {SEED_KEY}=...")
     out = out_dir(args, default_out)
     flat = {n: {**common, **SCALES[args.scale], **overrides, **variants[n]} for n in names}
-    rows = run_study(out, flat, study=module, num_supernodes=args.num_supernodes, timeout=args.timeout)
+    rows = run_study(out, flat, study=module, num_supernodes=args.num_supernodes, timeout=args.timeout, seeds=seeds)
     if after is not None and rows:
         after(out, flat, args)
     if not rows:

@@ -18,8 +18,8 @@ from fedgate.federated.rundir import RunDir
 from simulations.study import rows_from_dir, standard_results, study_main, summarize_run
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,
-          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+          "server.noise-rates": "", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "batch16-epoch1-torch": {},
     "batch8": {"train.batch-size": 8},

@@ -5,7 +5,7 @@ fedgate has no unsupervised objective).
     python -m simulations.study_data [--variants ...] [--set KEY=VALUE] [--out DIR]
     fedgate report DIR
 
-Writes ``results.csv`` / ``results.md`` (baseline: all 800 rows labelled), ``final_auc.png``,
+Writes ``results.csv`` / ``results.md`` (baseline: the default 3,200 rows, all labelled), ``final_auc.png``,
 ``auc_per_round.png``, ``variants.json`` and one run directory per variant.
 """
 
@@ -17,19 +17,19 @@ from pathlib import Path
 from simulations.study import rows_from_dir, standard_results, study_main
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
-          "server.eval-limit": 300, "server.noise-rates": "", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+          "server.noise-rates": "", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
+    "rows-3200": {"data.limit": 3200},
+    "rows-1600": {"data.limit": 1600},
     "rows-800": {"data.limit": 800},
-    "rows-400": {"data.limit": 400},
-    "rows-200": {"data.limit": 200},
-    "labelled-50pct": {"data.limit": 800, "federation.labeled-fraction": 0.5},
-    "labelled-25pct": {"data.limit": 800, "federation.labeled-fraction": 0.25},
+    "labelled-50pct": {"data.limit": 3200, "federation.labeled-fraction": 0.5},
+    "labelled-25pct": {"data.limit": 3200, "federation.labeled-fraction": 0.25},
 }
 
 
 def report(out: Path) -> str:
-    return standard_results(out, rows_from_dir(out), baseline="rows-800", title="training rows and labels")
+    return standard_results(out, rows_from_dir(out), baseline="rows-3200", title="training rows and labels")
 
 
 def main(argv: list[str] | None = None) -> int:

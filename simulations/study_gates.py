@@ -18,8 +18,8 @@ from pathlib import Path
 from simulations.study import rows_from_dir, standard_results, study_main
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
-          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "0.1", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+          "server.noise-rates": "0.1", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "plain-lora": {"adapter.token-gate": False, "adapter.structural-gate": False},
     "token-gate": {"adapter.token-gate": True, "adapter.structural-gate": False},

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from simulations.study import rows_from_dir, standard_results, study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,
-          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "0.05,0.1,0.2", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
+          "server.noise-rates": "0.05,0.1,0.2", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "fedavg-clean": {"federation.strategy": "fedavg"},
     "fedavg-rows-10pct": {"federation.strategy": "fedavg", "federation.flipped-rows": 0.1},

@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.rundir import RunDir
-from simulations.study import config_string, rows_from_dir, standard_results, study_main, write_table
+from simulations.study import (SEED_KEY, config_string, mean_and_se, rows_from_dir, seed_dir, standard_results,
+                               study_main, write_table)
 
-COMMON = {"federation.rounds": 3, "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "",
-          "server.report": False, "federation.fraction-evaluate": 0.0}
+COMMON = {"federation.rounds": 3, "server.noise-rates": "",
+          "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "iid": {"federation.partitioner": "iid"},
     "dirichlet-1.0": {"federation.partitioner": "dirichlet", "federation.alpha": 1.0},
@@ -59,20 +60,30 @@ def centralized_bound(flat: dict, steps: int, out: Path) -> dict:
 
 
 def _after(out: Path, flat: dict[str, dict], args: argparse.Namespace) -> None:
-    source = "iid" if (out / "iid" / "rounds.jsonl").is_file() else next(iter(flat))
-    steps = total_client_steps(out / source)
-    print(f"centralized: {steps} steps (the {source} federation's clients together)", flush=True)
-    base = {k: v for k, v in flat[source].items() if not k.startswith(("federation.", "simulation."))}
-    centralized_bound(base, steps, out / CENTRALIZED)
+    """One centralized bound per seed, matched to that seed's IID federation."""
+    seeds = sorted({int(v) for v in args.seeds.split(",") if v.strip()})
+    for seed in seeds:
+        source = "iid" if (seed_dir(out, "iid", seed) / "rounds.jsonl").is_file() else next(iter(flat))
+        if not (seed_dir(out, source, seed) / "rounds.jsonl").is_file():
+            continue
+        steps = total_client_steps(seed_dir(out, source, seed))
+        target = seed_dir(out, CENTRALIZED, seed)
+        if (target / "server_eval.json").is_file():
+            print(f"centralized seed {seed}: already in {target}; reusing it", flush=True)
+            continue
+        print(f"centralized seed {seed}: {steps} steps (the {source} federation's clients together)", flush=True)
+        base = {k: v for k, v in flat[source].items() if not k.startswith(("federation.", "simulation."))}
+        centralized_bound({**base, SEED_KEY: seed}, steps, target)
 
 
 def report(out: Path) -> str:
     rows = rows_from_dir(out)
     reference = None
-    bound = out / CENTRALIZED / "server_eval.json"
-    if bound.is_file():
-        c = json.loads(bound.read_text())
-        reference = (f"centralized, {c['steps']} steps", c["server_eval"]["auc"])
+    bounds = [json.loads(f.read_text()) for f in sorted((out / CENTRALIZED).glob("seed-*/server_eval.json"))]
+    if bounds:
+        auc, se = mean_and_se([c["server_eval"]["auc"] for c in bounds])
+        label = f"centralized, {bounds[0]['steps']} steps" + (f", {len(bounds)} seeds (SE {se:.4f})" if len(bounds) > 1 else "")
+        reference = (label, auc)
     md = standard_results(out, rows, baseline="iid", title="non-IID degree vs centralized", reference=reference)
     if reference is not None:
         gap = [{"variant": n, "auc": r["auc"], "gap_points": f"{100 * (r['auc'] - reference[1]):+.2f}"}

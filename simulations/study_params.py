@@ -17,8 +17,8 @@ from pathlib import Path
 from simulations.study import rows_from_dir, standard_results, study_main
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
-          "data.limit": 800, "server.eval-limit": 300, "server.noise-rates": "", "server.report": False,
-          "federation.fraction-evaluate": 0.0}
+          "server.noise-rates": "", "server.report": False,
+          "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "r2-top2": {"adapter.r": 2, "adapter.alpha": 4.0, "model.top-layers": 2},
     "r4-top2": {"adapter.r": 4, "adapter.alpha": 8.0, "model.top-layers": 2},

@@ -19,9 +19,9 @@ from pathlib import Path
 from fedgate.federated.rundir import RunDir
 from simulations.study import NUM_SUPERNODES, rows_from_dir, standard_results, study_main, summarize_run
 
-COMMON = {"federation.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600, "server.eval-limit": 300,
+COMMON = {"federation.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600,
           "server.noise-rates": "", "server.report": False, "federation.fraction-evaluate": 0.0,
-          "federation.min-train-nodes": 1, "federation.min-available-nodes": 1}
+          "federation.min-train-nodes": 1, "federation.min-available-nodes": 1, "server.baselines": False}
 VARIANTS = {
     "2-clients": {NUM_SUPERNODES: 2, "federation.fraction-train": 1.0},
     "4-clients": {NUM_SUPERNODES: 4, "federation.fraction-train": 1.0},

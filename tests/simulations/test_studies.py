@@ -12,7 +12,8 @@ import pytest
 
 from fedgate.federated.rundir import SUMMARY_FILE, RunDir
 from simulations.run import resolve_config
-from simulations.study import NUM_SUPERNODES, SCALES, config_string, run_study, standard_results, summarize_run
+from simulations.study import (NUM_SUPERNODES, SCALES, combine_seeds, config_string, paired_difference, rows_from_dir,
+                               run_study, seed_dir, standard_results, summarize_run)
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
@@ -41,44 +42,78 @@ def fake_run(path, aucs, up_bytes=2**20, steps=10, percent=0.5, noise=None):
 
 
 def test_standard_table_baseline_noise_and_plots(tmp_path):
-    rows = {"a": summarize_run(fake_run(tmp_path / "a", [0.55, 0.56], noise=0.54)),
-            "b": summarize_run(fake_run(tmp_path / "b", [0.56, 0.5725], percent=1.25, noise=0.55))}
-    md = standard_results(tmp_path, rows, baseline="a", title="t", reference=("upper", 0.6))
-    assert "| variant | final ROC-AUC | vs a (points) | F1 | trainable % |" in md
-    assert "| b | 0.5725 | +1.25 | 0.8000 | 1.250 | 2.00 | 30 | 0.5500 |" in md  # 2 rounds x 1 MiB up
+    fake_run(seed_dir(tmp_path, "a", 0), [0.55, 0.56], noise=0.54)
+    fake_run(seed_dir(tmp_path, "b", 0), [0.56, 0.5725], percent=1.25, noise=0.55)
+    (tmp_path / "variants.json").write_text(json.dumps({"a": "", "b": ""}))
+    md = standard_results(tmp_path, rows_from_dir(tmp_path), baseline="a", title="t", reference=("upper", 0.6))
+    assert "| variant | seeds | final ROC-AUC | vs a (points) | SE of the difference (points) | resolved" in md
+    # one seed and no predictions: the difference without an SE, 2 rounds x 1 MiB up
+    assert "| b | 1 | 0.5725 | +1.25 |  |  | 0.8000 | 1.250 | 2.00 | 30 | 0.5500 |" in md
     with (tmp_path / "results.csv").open() as f:
         assert [r["variant"] for r in csv.DictReader(f)] == ["a", "b"]
     for png in ("final_auc.png", "auc_per_round.png"):
         assert (tmp_path / png).stat().st_size > 0
 
 
-def test_each_variant_gets_its_own_client_count(tmp_path, monkeypatch):
+def test_seeds_are_averaged_and_differences_paired_per_seed(tmp_path):
+    base = {0: 0.60, 1: 0.62, 2: 0.64}
+    other = {0: 0.61, 1: 0.64, 2: 0.66}  # per-seed differences 1, 2, 2 points
+    for s in base:
+        fake_run(seed_dir(tmp_path, "base", s), [0.5, base[s]])
+        fake_run(seed_dir(tmp_path, "other", s), [0.5, other[s]])
+    (tmp_path / "variants.json").write_text(json.dumps({"base": "", "other": ""}))
+    rows = rows_from_dir(tmp_path)
+    assert rows["base"]["seeds"] == 3 and rows["base"]["auc"] == pytest.approx(0.62)
+    assert rows["base"]["auc_se"] == pytest.approx(0.02 / np.sqrt(3))  # sd 0.02 over 3 seeds
+    assert rows["other"]["auc_per_round"] == pytest.approx([0.5, 0.5, (0.61 + 0.64 + 0.66) / 3])
+    diff, se, how = paired_difference(tmp_path, rows, "other", "base")
+    assert how == "seeds" and diff == pytest.approx(5 / 3)
+    assert se == pytest.approx(np.std([1, 2, 2], ddof=1) / np.sqrt(3))  # 0.33: resolved at 2 SE
+    md = standard_results(tmp_path, rows, baseline="base")
+    assert f"| other | 3 | {(0.61 + 0.64 + 0.66) / 3:.4f} | {rows['other']['auc_se']:.4f} | +1.67 | 0.33 | yes |" in md
+
+
+def test_a_difference_inside_two_standard_errors_is_not_resolved(tmp_path):
+    rows = {n: combine_seeds({s: {"auc": a, "f1": 0.8} for s, a in enumerate(aucs)})
+            for n, aucs in (("base", [0.60, 0.62, 0.64]), ("other", [0.62, 0.61, 0.65]))}
+    diff, se, _ = paired_difference(tmp_path, rows, "other", "base")  # differences 2, -1, 1 points
+    assert diff == pytest.approx(2 / 3) and abs(diff) < 2 * se
+    from simulations.study import resolved
+    assert resolved(diff, se) == "no" and resolved(2.0, 0.5) == "yes" and resolved(1.0, float("nan")) == ""
+
+
+def test_each_variant_gets_its_own_client_count_and_every_seed_its_own_run(tmp_path, monkeypatch):
     calls = []
 
     def fake_simulate(run_config, *, num_supernodes, out, timeout):
-        calls.append((run_config[0], num_supernodes))
+        calls.append((run_config[0], num_supernodes, out))
         return 0, fake_run(out, [0.6])
 
     monkeypatch.setattr("simulations.study.simulate", fake_simulate)
     variants = {"small": {"federation.rounds": 1, NUM_SUPERNODES: 2}, "default": {"federation.rounds": 1}}
     rows = run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=4)
-    assert [n for _, n in calls] == [2, 4] and set(rows) == {"small", "default"}
-    assert all(NUM_SUPERNODES not in c for c, _ in calls)
+    assert [n for _, n, _ in calls] == [2, 4] and set(rows) == {"small", "default"}
+    assert all(NUM_SUPERNODES not in c and c.endswith("train.seed=0") for c, _, _ in calls)
+    assert calls[0][2] == tmp_path / "small" / "seed-0"
     assert json.loads((tmp_path / "study.json").read_text())["num_supernodes"] == {"small": 2, "default": 4}
     run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=4)
     assert len(calls) == 2  # both completed with the same config and client count: reused
     run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=5)
     assert calls[-1][1] == 5 and len(calls) == 3  # another client count is another run
+    rows = run_study(tmp_path, variants, study="simulations.study_scale", num_supernodes=5, seeds=(0, 1))
+    assert len(calls) == 5 and calls[-1][0].endswith("train.seed=1")  # seed 1 of both; seed 0 reused
+    assert rows["small"]["seeds"] == 2 and (tmp_path / "default" / "seed-1" / SUMMARY_FILE).is_file()
 
 
 def test_noniid_report_draws_the_centralized_bound(tmp_path):
     from simulations import study_noniid
 
     for name, aucs in (("iid", [0.58]), ("dirichlet-0.1", [0.55])):
-        fake_run(tmp_path / name, aucs)
+        fake_run(seed_dir(tmp_path, name, 0), aucs)
     (tmp_path / "variants.json").write_text(json.dumps({"iid": "", "dirichlet-0.1": ""}))
-    (tmp_path / "centralized").mkdir()
-    (tmp_path / "centralized" / "server_eval.json").write_text(json.dumps({"steps": 20, "server_eval": {"auc": 0.6}}))
+    seed_dir(tmp_path, "centralized", 0).mkdir(parents=True)
+    (seed_dir(tmp_path, "centralized", 0) / "server_eval.json").write_text(
+        json.dumps({"steps": 20, "server_eval": {"auc": 0.6}}))
     md = study_noniid.report(tmp_path)
     assert "| dirichlet-0.1 | 0.5500 | -5.00 |" in md  # vs centralized 0.6, in points
     assert (tmp_path / "vs_centralized.csv").is_file()
@@ -128,25 +163,24 @@ def test_auc_difference_se_is_zero_for_identical_runs_and_refuses_other_rows(tmp
         auc_difference_se(tmp_path / "a", tmp_path / "d")
 
 
-def test_the_standard_table_gives_each_variants_paired_se_against_the_baseline(tmp_path):
+def test_one_seed_gets_a_paired_bootstrap_se_against_the_baseline(tmp_path):
     from simulations.study import auc_difference_se
 
     rng = np.random.default_rng(1)
     h = rng.integers(0, 5, 200)
-    rows = {}
     for name, noise in (("base", 1.0), ("other", 2.0)):
-        fake_run(tmp_path / name, [0.55])
-        _predictions(tmp_path / name, h, h + rng.normal(0, noise, 200))
-        rows[name] = summarize_run(tmp_path / name)
-    md = standard_results(tmp_path, rows, baseline="base")
-    se = auc_difference_se(tmp_path / "other", tmp_path / "base")
-    assert "| variant | final ROC-AUC | vs base (points) | paired SE (points) | F1 |" in md
-    assert f"| other | 0.5500 | +0.00 | {se:.2f} | 0.8000 |" in md and se > 0
-    assert "| base | 0.5500 | +0.00 |  | 0.8000 |" in md
+        fake_run(seed_dir(tmp_path, name, 0), [0.55])
+        _predictions(seed_dir(tmp_path, name, 0), h, h + rng.normal(0, noise, 200))
+    (tmp_path / "variants.json").write_text(json.dumps({"base": "", "other": ""}))
+    md = standard_results(tmp_path, rows_from_dir(tmp_path), baseline="base")
+    se = auc_difference_se(seed_dir(tmp_path, "other", 0), seed_dir(tmp_path, "base", 0))
+    assert "| variant | seeds | final ROC-AUC | vs base (points) | SE of the difference (points) |" in md
+    assert f"| other | 1 | 0.5500 | +0.00 | {se:.2f} | no | 0.8000 |" in md and se > 0
+    assert "| base | 1 | 0.5500 |  |  |  | 0.8000 |" in md
 
 
 def test_lost_client_updates_get_a_column_only_when_there_are_some(tmp_path):
-    rows = {"clean": summarize_run(fake_run(tmp_path / "clean", [0.55]))}
+    rows = {"clean": summarize_run(fake_run(tmp_path / "clean", [0.55]))}  # rows of one seed, as summarize gives them
     assert "lost client updates" not in standard_results(tmp_path, rows)
     lossy = fake_run(tmp_path / "lossy", [0.55, 0.56])
     records = RunDir(lossy).rounds()

@@ -29,7 +29,7 @@ def test_the_flipped_client_trained_on_flipped_labels_only_in_the_flipped_run(st
         (row,) = list(csv.DictReader(f))
     assert row["rule"] == "fedavg" and len(row["flipped_partitions"].split(",")) == 1
     for name, flipped in (("fedavg-clean", 0), ("fedavg-flipped", 1)):
-        rounds = [json.loads(line) for line in (out / name / "rounds.jsonl").read_text().splitlines()]
+        rounds = [json.loads(line) for line in (out / name / "seed-0" / "rounds.jsonl").read_text().splitlines()]
         assert sum(c["flipped-rows"] > 0 for c in rounds[1]["clients"]) == flipped
     assert float(row["auc_clean"]) != float(row["auc_flipped"])
     assert (out / "auc_per_round.png").stat().st_size > 0
