@@ -5,10 +5,14 @@ plain averaging and with robust rules?
     python -m simulations.adversarial [--set federation.flipped-clients=0.2] [--out DIR]
     python -m simulations.adversarial --summarize DIR      # tables and plot again, no runs
 
-Each rule runs twice on the same split and seed, clean and with ``federation.flipped-clients``
-(default 0.2: one client in five). Written to ``--out``: one run directory per variant,
-``results.csv`` / ``results.md`` (final ROC-AUC and its drop against the same rule's clean
-run, in points), ``auc_per_round.png`` and ``variants.json`` (the exact configs).
+Each rule runs on the same split and seed, clean and with ``federation.flipped-clients``
+(default 0.2: one client in five). ``fedavg`` and ``validated`` also run the fair reference
+in which that very client is simply absent (``federation.absent-clients``: the other four
+clients hold exactly the rows they hold in the flipped run): a rule that shuts the flipped
+client out can at best match it. Written to ``--out``: one run directory per variant and
+seed, ``results.csv`` / ``results.md`` (final ROC-AUC clean, flipped and absent, the drop
+against the same rule's clean run and the gap to its absent run, in points, with their
+standard errors), ``auc_per_round.png`` and ``variants.json`` (the exact configs).
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ RULES = {"fedavg": {"federation.strategy": "fedavg"},
          "krum": {"federation.strategy": "krum", "federation.byzantine-clients": 1},
          "validated": {"federation.strategy": "validated", "federation.byzantine-clients": 1}}
 FLIPPED = 0.2
-VARIANTS = {f"{rule}-{kind}": {**keys, "federation.flipped-clients": FLIPPED if kind == "flipped" else 0.0}
-            for rule, keys in RULES.items() for kind in ("clean", "flipped")}
+ABSENT_RULES = ("fedavg", "validated")  # rules that also run the absent-client reference
+KINDS = ("clean", "flipped", "absent")
+
+
+def _keys(kind: str, share: float) -> dict:
+    return {"federation.flipped-clients": share if kind == "flipped" else 0.0,
+            "federation.absent-clients": share if kind == "absent" else 0.0}
+
+
+VARIANTS = {f"{rule}-{kind}": {**keys, **_keys(kind, FLIPPED)}
+            for rule, keys in RULES.items() for kind in KINDS if kind != "absent" or rule in ABSENT_RULES}
 NUM_CLIENTS = 5
 
 
@@ -52,20 +65,30 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
         if not (clean and bad):
             continue
         drop, se, _ = paired_difference(out, rows, f"{rule}-clean", f"{rule}-flipped")
-        table.append({"rule": rule, "seeds": bad.get("seeds", 1), "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
-                      "drop_points": f"{drop:+.2f}", "drop_se_points": "" if se != se else f"{se:.2f}",
-                      "resolved": resolved(drop, se),
-                      "flipped_partitions": ",".join(map(str, bad["flipped_partitions"])),
-                      "f1_clean": clean["f1"], "f1_flipped": bad["f1"]})
-    md = write_table(out, table, {"rule": "rule", "seeds": "seeds", "auc_clean": "ROC-AUC clean",
-                                  "auc_flipped": f"ROC-AUC, {flipped:.0%} clients flipped",
-                                  "drop_points": "drop (points)", "drop_se_points": "its SE (points; over seeds, "
-                                  "or a paired bootstrap for one seed)", "resolved": "resolved (>= 2 SE)",
-                                  "flipped_partitions": "flipped partitions"})
+        row = {"rule": rule, "seeds": bad.get("seeds", 1), "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
+               "drop_points": f"{drop:+.2f}", "drop_se_points": "" if se != se else f"{se:.2f}",
+               "resolved": resolved(drop, se),
+               "flipped_partitions": ",".join(map(str, bad["flipped_partitions"])),
+               "f1_clean": clean["f1"], "f1_flipped": bad["f1"]}
+        if absent := rows.get(f"{rule}-absent"):
+            gap, gap_se, _ = paired_difference(out, rows, f"{rule}-flipped", f"{rule}-absent")
+            row.update(auc_absent=absent["auc"], vs_absent_points=f"{gap:+.2f}",
+                       vs_absent_se="" if gap_se != gap_se else f"{gap_se:.2f}", vs_absent_resolved=resolved(gap, gap_se))
+        table.append(row)
+    columns = {"rule": "rule", "seeds": "seeds", "auc_clean": "ROC-AUC clean",
+               "auc_flipped": f"ROC-AUC, {flipped:.0%} clients flipped", "drop_points": "drop (points)",
+               "drop_se_points": "its SE (points; over seeds, or a paired bootstrap for one seed)",
+               "resolved": "resolved (>= 2 SE)", "auc_absent": "ROC-AUC, those clients absent",
+               "vs_absent_points": "flipped vs absent (points)", "vs_absent_se": "its SE",
+               "vs_absent_resolved": "resolved", "flipped_partitions": "flipped partitions"}
+    if not any("auc_absent" in row for row in table):
+        for key in ("auc_absent", "vs_absent_points", "vs_absent_se", "vs_absent_resolved"):
+            columns.pop(key)
+    md = write_table(out, table, columns)
     line_plot(out / "auc_per_round.png",
               {name: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for name, r in rows.items()},
               ylabel="server test ROC-AUC", title="clean vs flipped-label clients",
-              dashed=[n for n in rows if n.endswith("-clean")], size=(7, 4.5))
+              dashed=[n for n in rows if not n.endswith("-flipped")], size=(7, 4.5))
     return md
 
 
@@ -92,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {n: {**COMMON, **SCALES[args.scale], **overrides, **VARIANTS[n]} for n in names}
     flipped = float(overrides.get("federation.flipped-clients", FLIPPED))
     for n in names:
-        if n.endswith("-flipped"):
-            variants[n]["federation.flipped-clients"] = flipped
-        else:
-            variants[n]["federation.flipped-clients"] = 0.0
+        variants[n].update(_keys(n.rsplit("-", 1)[1], flipped))
     out = out_dir(args, "runs/adversarial")
     rows = run_study(out, variants, study=__spec__.name, num_supernodes=args.num_supernodes, timeout=args.timeout,
                      summarize=summarize, seeds=seeds)

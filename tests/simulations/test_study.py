@@ -17,7 +17,7 @@ TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=20
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "adv"
-    args = ["--out", str(out), "--variants", "fedavg-clean,fedavg-flipped", "--num-supernodes", "5",
+    args = ["--out", str(out), "--variants", "fedavg-clean,fedavg-flipped,fedavg-absent", "--num-supernodes", "5",
             "--timeout", "400"] + [a for kv in TINY for a in ("--set", kv)]
     assert adversarial.main(args) == 0
     return out, args
@@ -37,11 +37,24 @@ def test_the_flipped_client_trained_on_flipped_labels_only_in_the_flipped_run(st
     assert "federation.flipped-clients=0.2" in configs["fedavg-flipped"] and 'tiny-bert' in configs["fedavg-clean"]
 
 
+def test_the_absent_reference_runs_without_exactly_the_flipped_client(study):
+    out, _ = study
+    with (out / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    flipped = int(row["flipped_partitions"])
+    rounds = [json.loads(line) for line in (out / "fedavg-absent" / "seed-0" / "rounds.jsonl").read_text().splitlines()]
+    trained = rounds[1]
+    assert sorted(int(c["partition-id"]) for c in trained["clients"]) == sorted(set(range(5)) - {flipped})
+    assert len(trained["failures"]) == 1 and "absent" in trained["failures"][0]["reason"]
+    assert rounds[0]["head_init"]["clients"] == 4
+    assert 0.0 <= float(row["auc_absent"]) <= 1.0 and row["vs_absent_points"]
+
+
 def test_a_finished_study_is_not_run_again(study, monkeypatch, capsys):
     out, args = study
     monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("ran a finished variant again"))
     assert adversarial.main(args) == 0
-    assert capsys.readouterr().out.count("already completed") == 2
+    assert capsys.readouterr().out.count("already completed") == 3
 
 
 def test_fedgate_report_rebuilds_the_tables_without_running(study, monkeypatch, capsys):
