@@ -36,6 +36,7 @@ class EncodedSplit:
     hidden: list[torch.Tensor] | None = None  # cached lower-layer output per text: (len, d)
     split_at: int | None = None
     meta: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None  # per row, which prompt it answers (rows of one prompt share a number)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -44,7 +45,8 @@ class EncodedSplit:
         """Rows ``idx``; texts (and their cache) are shared, not copied."""
         idx = np.asarray(idx)
         return EncodedSplit(self.texts, {k: v[idx] for k, v in self.fields.items()}, self.labels[idx],
-                            [self.kinds[i] for i in idx], self.hidden, self.split_at, self.meta)
+                            [self.kinds[i] for i in idx], self.hidden, self.split_at, self.meta,
+                            None if self.groups is None else self.groups[idx])
 
 
 def encode_split(ds, tokenizer, mcfg: ModelConfig) -> EncodedSplit:
@@ -76,13 +78,14 @@ def encode_texts(prompts: list[str], responses: list[str], labels: torch.Tensor,
                  mcfg: ModelConfig, *, prompt_side: str = "right") -> EncodedSplit:
     """Tokenise (prompt, response) rows; ``prompt_side`` is where a long prompt is cut."""
     texts: list[torch.Tensor] = []
+    unique_prompts = list(dict.fromkeys(prompts))
+    where = {p: i for i, p in enumerate(unique_prompts)}
+    groups = np.array([where[p] for p in prompts], dtype=np.int64)
     if mcfg.pairing == "joint":
         enc = tokenizer(prompts, responses, truncation="longest_first",
                         max_length=mcfg.max_prompt_tokens + mcfg.max_response_tokens)
         texts = [torch.tensor(ids) for ids in enc["input_ids"]]
-        return EncodedSplit(texts, {"": np.arange(len(texts))}, labels, kinds)
-    unique_prompts = list(dict.fromkeys(prompts))
-    where = {p: i for i, p in enumerate(unique_prompts)}
+        return EncodedSplit(texts, {"": np.arange(len(texts))}, labels, kinds, groups=groups)
     side = tokenizer.truncation_side
     try:
         tokenizer.truncation_side = prompt_side
@@ -92,10 +95,10 @@ def encode_texts(prompts: list[str], responses: list[str], labels: torch.Tensor,
     r_ids = tokenizer(responses, truncation=True, max_length=mcfg.max_response_tokens)["input_ids"]
     texts = [torch.tensor(ids) for ids in p_ids] + [torch.tensor(ids) for ids in r_ids]
     fields = {
-        "prompt_": np.array([where[p] for p in prompts]),
+        "prompt_": groups,
         "response_": len(unique_prompts) + np.arange(len(responses)),
     }
-    return EncodedSplit(texts, fields, labels, kinds)
+    return EncodedSplit(texts, fields, labels, kinds, groups=groups)
 
 
 def _pad(seqs: list[torch.Tensor], pad_value: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 from fedgate.config import FedgateConfig
+from fedgate.errors import InputError
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -49,8 +50,8 @@ def config_from_args(args: argparse.Namespace) -> FedgateConfig:
         raise UserError(str(e.args[0] if e.args else e)) from None
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for, said in one line."""
+class UserError(InputError):
+    """A mistake on the command line itself (a --set without '=', an unknown key or value)."""
 
 
 def toml_value(text: str):
@@ -63,13 +64,14 @@ def toml_value(text: str):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input rather than a bug in fedgate."""
+    """Exception types that mean bad input rather than a bug in fedgate: fedgate's own
+    InputError (data, config, export, checkpoint choice), files that are missing or
+    unreadable, a checkpoint that is not safetensors, a model that cannot be loaded (OSError
+    from transformers). A KeyError or ValueError from elsewhere is a bug and keeps its
+    traceback."""
     from safetensors import SafetensorError
 
-    from fedgate.data.schema import DataError
-
-    return (UserError, DataError, FileNotFoundError, IsADirectoryError, PermissionError, SafetensorError,
-            UnicodeDecodeError, OSError, ValueError, KeyError)
+    return (InputError, OSError, SafetensorError, UnicodeDecodeError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -82,13 +84,16 @@ def one_line(exc: BaseException) -> str:
 
 def _summary(metrics: dict) -> str:
     t = metrics["test"]
-    if "pairwise_accuracy" in t:
+    if "pairwise_accuracy_low" in t:  # a pair split
         lines = [f"test pairwise accuracy {t['pairwise_accuracy']:.4f} (95% CI {t['pairwise_accuracy_low']:.4f}-"
                  f"{t['pairwise_accuracy_high']:.4f}, {t['n_pairs']} pairs); before training "
                  f"{metrics['test_at_step0'].get('pairwise_accuracy', float('nan')):.4f}"]
     else:
         lines = [f"test ROC-AUC {t['auc']:.4f}  F1 {t.get('f1', float('nan')):.4f}  "
                  f"pearson(helpfulness) {t['pearson_helpfulness']:.3f}  (n={t['n']})"]
+        if "pairwise_accuracy" in t:
+            lines.append(f"pairwise accuracy {t['pairwise_accuracy']:.4f} over {t['n_pairs']} pairs of responses to "
+                         f"one prompt whose helpfulness differs")
     if "baselines" in metrics:
         b = metrics["baselines"]
         lines.append("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in b.items() if not k.endswith(("_C", "_lr"))))

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from fedgate.adapters import GatedLoRALinear
 from fedgate.data.schema import ATTRIBUTES
+from fedgate.errors import InputError
 from fedgate.inject import adapter_modules
 from fedgate.model import ALIGNMENT, RewardModel
 from fedgate.trained import Trained
@@ -32,7 +33,7 @@ FORMATS = ("peft", "merged")
 HEAD_FILE, HEAD_INFO = "reward_head.safetensors", "reward_head.json"
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """The model cannot be written in the asked format; the message says why and what to do."""
 
 

@@ -34,6 +34,7 @@ from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_he
                           split_by_prompt)
 from fedgate.data.pairs import is_pair_file, read_pairs
 from fedgate.engine import close_stepper, make_stepper
+from fedgate.errors import InputError
 from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
@@ -235,7 +236,7 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     ds = load_eval_split(cfg, split)
     pairs = "chosen" in ds.column_names
     if noise_rate > 0 and pairs:
-        raise ValueError("--noise-rate perturbs rated rows; preference pairs are scored without it")
+        raise InputError("--noise-rate perturbs rated rows; preference pairs are scored without it")
     if noise_rate > 0:
         ds = noisy_dataset(ds, noise_rate, seed=seed)
     enc = (encode_pairs if pairs else encode_split)(ds, tokenizer, cfg.model)

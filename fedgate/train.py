@@ -104,7 +104,40 @@ def metrics_from_predictions(pred: np.ndarray, split: EncodedSplit, cfg: Fedgate
     metrics = alignment_metrics(pred, labels, threshold=cfg.data.misaligned_threshold,
                                 decision_threshold=decision_threshold)
     metrics.update(auc_per_kind(pred, split.kinds))
+    metrics.update(rated_pairwise_accuracy(pred, split))
     return metrics
+
+
+def rated_pairs(split: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(better, worse)`` of every two responses to one prompt whose true
+    helpfulness differs: the preference pairs hidden in rated rows."""
+    if split.groups is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    helpfulness = split.labels[:, 0].numpy()
+    better, worse = [], []
+    order = np.argsort(split.groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(split.groups[order])) + 1
+    for rows in np.split(order, bounds):
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                i, j = rows[a], rows[b]
+                if helpfulness[i] != helpfulness[j]:
+                    hi, lo = (i, j) if helpfulness[i] > helpfulness[j] else (j, i)
+                    better.append(hi)
+                    worse.append(lo)
+    return np.asarray(better, np.int64), np.asarray(worse, np.int64)
+
+
+def rated_pairwise_accuracy(pred: np.ndarray, split: EncodedSplit) -> dict[str, float]:
+    """Pairwise accuracy of the alignment score on the rated rows' hidden pairs (see
+    :func:`rated_pairs`), with how many pairs; empty when the rows hold none."""
+    from fedgate.metrics import pairwise_accuracy
+
+    better, worse = rated_pairs(split)
+    if not len(better):
+        return {}
+    score = -misalignment_score(pred)
+    return {"pairwise_accuracy": pairwise_accuracy(score[better], score[worse]), "n_pairs": int(len(better))}
 
 
 def pair_metrics(pred: np.ndarray) -> dict[str, float]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgate.config import FedgateConfig
+from fedgate.errors import InputError
 from fedgate.inject import adapter_modules
 from fedgate.model import RewardModel, build_reward_model
 from fedgate.state import load_adapter_state, load_state
@@ -39,10 +40,10 @@ def adapter_file(location: str | Path, round_: int | None = None) -> Path:
         if round_ is None:
             return found[max(found)]
         if round_ not in found:
-            raise ValueError(f"{path}: no checkpoint of round {round_}; rounds saved: {sorted(found)}")
+            raise InputError(f"{path}: no checkpoint of round {round_}; rounds saved: {sorted(found)}")
         return found[round_]
     if round_ is not None:
-        raise ValueError(f"{path}: --round picks a federated run's checkpoint; this is not a federated run directory")
+        raise InputError(f"{path}: --round picks a federated run's checkpoint; this is not a federated run directory")
     return path / ADAPTER_FILE if path.is_dir() else path
 
 
@@ -52,7 +53,7 @@ def load_trained(location: str | Path, round_: int | None = None, *, source: str
     path = adapter_file(location, round_)
     state, meta = load_state(path)
     if "config" not in meta:
-        raise ValueError(f"{path}: no fedgate config in its header; was it written by fedgate?")
+        raise InputError(f"{path}: no fedgate config in its header; was it written by fedgate?")
     cfg = FedgateConfig.from_flat(meta["config"])
     if source is not None:
         cfg = FedgateConfig.from_flat({**cfg.to_flat(), "data.source": source})

@@ -104,3 +104,22 @@ def test_a_federation_on_a_pair_file_is_refused_with_the_reason(tmp_path):
     cfg = FedgateConfig.from_flat({"data.source": str(data)})
     with pytest.raises(DataError, match="holds preference pairs: .* not yet in a federation"):
         client_shard(cfg, 0, 2)
+
+
+def test_rated_rows_hide_pairs_within_each_prompt(tiny_tokenizer):
+    import torch
+
+    from fedgate.batching import encode_texts
+    from fedgate.train import rated_pairs, rated_pairwise_accuracy
+
+    prompts = ["q1", "q1", "q1", "q2", "q2", "q3"]
+    helpfulness = [4, 1, 4, 2, 3, 0]
+    labels = torch.tensor([[h, 0, 0, 0, 0] for h in helpfulness], dtype=torch.float32)
+    split = encode_texts(prompts, [f"r{i}" for i in range(6)], labels, [""] * 6, tiny_tokenizer,
+                         ModelConfig(backbone="tiny-bert"))
+    better, worse = rated_pairs(split)
+    assert sorted(zip(better.tolist(), worse.tolist())) == [(0, 1), (2, 1), (4, 3)]  # ties and lone rows give none
+    pred = np.zeros((6, NUM_OUTPUTS))
+    pred[:, ALIGNMENT] = [1.0, 0.0, -1.0, 0.5, 0.7, 0.0]  # wins (0,1) and (4,3), loses (2,1)
+    assert rated_pairwise_accuracy(pred, split) == {"pairwise_accuracy": pytest.approx(2 / 3), "n_pairs": 3}
+    assert rated_pairs(split.subset(np.array([0, 1, 5])))[0].tolist() == [0]

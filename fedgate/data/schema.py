@@ -14,6 +14,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from fedgate.errors import InputError
+
 ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 TEXT_FIELDS: tuple[str, ...] = ("prompt", "response")
 OPTIONAL_FIELDS: tuple[str, ...] = ("domain", "kind")
@@ -31,7 +33,7 @@ FEATURES = datasets.Features(
 )
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data problem; the message names the file and line (or key / partition)."""
 
 

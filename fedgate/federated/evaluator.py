@@ -77,6 +77,8 @@ class ServerEvaluator:
         for rate in self.cfg.server.noise_rates:
             noisy, _ = evaluate(self.model, self.splits[noise_key(rate)], self.cfg, self.pad_id, self.device)
             metrics[noise_key(rate)] = float(noisy["auc"])
+            if "pairwise_accuracy" in noisy:
+                metrics[f"pairwise_accuracy_noise_{rate:g}"] = float(noisy["pairwise_accuracy"])
         metrics["eval_s"] = time.perf_counter() - t0
         return metrics, pred
 
