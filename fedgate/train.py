@@ -29,7 +29,8 @@ from fedgate.batching import (EncodedSplit, cache_lower_layers, is_pairs, iterat
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules, layer_index
 from fedgate.losses import bradley_terry_loss, regularized_loss, total_loss
-from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy_ci)
+from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy,
+                             pairwise_accuracy_ci)
 from fedgate.model import ALIGNMENT, RewardModel, head_targets, to_attribute_scale
 from fedgate.state import adapter_state, gathered, load_adapter_state
 
@@ -131,8 +132,6 @@ def rated_pairs(split: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
 def rated_pairwise_accuracy(pred: np.ndarray, split: EncodedSplit) -> dict[str, float]:
     """Pairwise accuracy of the alignment score on the rated rows' hidden pairs (see
     :func:`rated_pairs`), with how many pairs; empty when the rows hold none."""
-    from fedgate.metrics import pairwise_accuracy
-
     better, worse = rated_pairs(split)
     if not len(better):
         return {}
