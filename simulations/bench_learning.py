@@ -1,7 +1,7 @@
 """Does the reward model learn? Every default run next to the cheap baselines, over seeds.
 
     python -m simulations.bench_learning [--out runs/bench-learning] [--seeds 0,1,2] [--rows central,fed,...]
-    python -m simulations.bench_learning --summarize runs/bench-learning
+    python -m simulations.bench_learning --summarize [--out runs/bench-learning]
 
 Rows (each run once per seed; seeds change ``train.seed``, so runs of a seed share their
 data and test rows and differences between rows are paired):

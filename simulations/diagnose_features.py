@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import time
 
-import numpy as np
 import torch
 
 from fedgate import ridge

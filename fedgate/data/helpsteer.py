@@ -7,7 +7,6 @@ bad row stops the load with its location: a bad row is never dropped quietly.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import numpy as np
 
 from fedgate.data.embedded import build_embedded_dataset
 from fedgate.data.schema import ATTRIBUTES, DataError, rows_to_dataset, validate_row
-from fedgate.data.textfile import read_text, text_lines
+from fedgate.data.textfile import json_records, read_text
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +38,9 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Each reader yields (location, raw_row); locations are what error messages show.
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """JSON Lines: one object per physical line; blank lines are allowed."""
-    for line_no, line in text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-
-
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    """A JSON array of objects, or JSON Lines saved under a .json name."""
-    text = read_text(path)
-    if not text.lstrip().startswith("["):
-        yield from _read_jsonl(path)
-        return
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
-    for index, row in enumerate(rows):
-        yield f"{path}: row {index} (0-based)", row
+    """JSON Lines (one object per line), or one JSON array of objects (``.json``)."""
+    return json_records(path)
 
 
 def _csv_cell(name: str, cell: str | None) -> Any:
@@ -104,7 +82,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: row {index} (0-based)", row
 
 
-_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+_READERS = {".jsonl": _read_json, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -120,13 +98,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 def read_file(path: str | Path) -> datasets.Dataset:
     """Load and validate every row of one local file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; supported: {', '.join(SUFFIXES)}")
-    rows = [validate_row(raw, where) for where, raw in reader(path)]
+    rows = [validate_row(raw, where) for where, raw in read_records(path)]
     if not rows:
         raise DataError(f"{path}: no rows")
     log.info("loaded %d rows from %s", len(rows), path)

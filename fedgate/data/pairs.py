@@ -24,10 +24,9 @@ name the file (and the byte offset where known).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import datasets
 
 from fedgate.data.schema import DataError
-from fedgate.data.textfile import text_lines
+from fedgate.data.textfile import json_records
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +69,6 @@ class PairReport:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    """``(location, raw record)`` of a JSON Lines file or a JSON array file."""
-    lines = text_lines(path)
-    first = next(lines, None)
-    if first is None:
-        return
-    if first[1].lstrip().startswith("["):  # a JSON array
-        text = first[1] + "".join(line for _, line in lines)
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        for index, row in enumerate(rows):
-            yield f"{path}: row {index} (0-based)", row
-        return
-    for line_no, line in _chain(first, lines):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    yield first
-    yield from rest
 
 
 # ----------------------------------------------------------------------------- one row
@@ -211,7 +180,7 @@ def is_pair_file(path: str | Path) -> bool:
     if not (path.is_file() and path.name.lower().endswith(PAIR_SUFFIXES)):
         return False
     try:
-        _, first = next(_records(path))
+        _, first = next(json_records(path))
     except (StopIteration, DataError):
         return path.name.lower().endswith(".gz")  # a broken .gz is only ever a pair file: let its reader say why
     return isinstance(first, Mapping) and "chosen" in first and "rejected" in first
@@ -233,7 +202,7 @@ def read_pairs(path: str | Path, *, bad_rows: str = "error") -> tuple[datasets.D
     if not path.name.lower().endswith(PAIR_SUFFIXES):
         raise DataError(f"{path}: unsupported file type; preference pairs come as {', '.join(PAIR_SUFFIXES)}")
     report, pairs = PairReport(), []
-    for where, raw in _records(path):
+    for where, raw in json_records(path):
         try:
             pair = parse_pair(raw, where, report)
         except DataError as exc:

@@ -1,12 +1,15 @@
 """Reading text data files so that a bad file names itself: undecodable bytes give the file,
-the line and the byte offset; a broken gzip stream gives the file."""
+the line and the byte offset; a broken gzip stream gives the file; malformed JSON gives the
+file and line."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from fedgate.data.schema import DataError
 
@@ -37,3 +40,34 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
 def read_text(path: Path) -> str:
     """The whole of a UTF-8 text file (gzip-compressed when named ``.gz``)."""
     return "".join(line for _, line in text_lines(path))
+
+
+def json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(location, record)`` of a JSON Lines file (blank lines allowed; location
+    ``file:line``) or of a file holding one JSON array (location ``file: row N (0-based)``)."""
+    lines = text_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    if first[1].lstrip().startswith("["):
+        text = first[1] + "".join(line for _, line in lines)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        for index, row in enumerate(rows):
+            yield f"{path}: row {index} (0-based)", row
+        return
+    for line_no, line in _chain(first, lines):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    yield first
+    yield from rest
