@@ -62,9 +62,10 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
 
 
 def combine_seeds(per_seed: dict[int, dict]) -> dict:
-    """One row from the rows of several seeds: numbers averaged, equal-length number lists
-    averaged element-wise, anything else taken from the first seed; plus ``seeds`` (how
-    many), ``auc_se`` and ``per_seed``."""
+    """One row from the rows of several seeds: numbers averaged, number lists that differ
+    between seeds (AUC per round) averaged element-wise where their lengths agree, anything
+    else (lists the seeds share, such as which partitions were flipped; text) taken from the
+    first seed; plus ``seeds`` (how many), ``auc_se`` and ``per_seed``."""
     import numpy as np
 
     rows = list(per_seed.values())
@@ -75,7 +76,7 @@ def combine_seeds(per_seed: dict[int, dict]) -> dict:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = float(np.mean(values))
         elif (all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in values)
-              and len({len(v) for v in values}) == 1):
+              and len({len(v) for v in values}) == 1 and any(v != value for v in values)):
             out[key] = np.mean(np.asarray(values, dtype=float), axis=0).tolist()
         else:
             out[key] = value

@@ -192,3 +192,10 @@ def test_lost_client_updates_get_a_column_only_when_there_are_some(tmp_path):
     md = standard_results(tmp_path, rows)
     assert md.splitlines()[0].endswith("| wall s | lost client updates |")
     assert md.splitlines()[3].startswith("| lossy |") and md.splitlines()[3].endswith("| 3 |")  # 2 failed + 1 dropped
+
+
+def test_combined_seeds_keep_lists_they_share_and_average_curves():
+    rows = combine_seeds({0: {"auc": 0.6, "flipped_partitions": [2], "auc_per_round": [0.5, 0.6]},
+                          1: {"auc": 0.7, "flipped_partitions": [2], "auc_per_round": [0.5, 0.7]}})
+    assert rows["flipped_partitions"] == [2] and isinstance(rows["flipped_partitions"][0], int)
+    assert rows["auc_per_round"] == pytest.approx([0.5, 0.65]) and rows["seeds"] == 2

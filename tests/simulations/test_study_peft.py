@@ -25,10 +25,10 @@ def study(tmp_path_factory):
 
 
 def test_the_global_ia3_vectors_are_trained_averaged_and_checkpointed(study):
-    run = RunDir(study / "ia3")
+    run = RunDir(study / "ia3" / "seed-0")
     (final,) = [r for r in run.rounds() if r["round"] == 1]
     assert len(final["clients"]) == 2
-    state, _ = load_state(study / "ia3" / "checkpoints" / "round-001.safetensors")
+    state, _ = load_state(study / "ia3" / "seed-0" / "checkpoints" / "round-001.safetensors")
     ia3 = {k: v for k, v in state.items() if ".ia3_l." in k}
     assert sorted(k.split(".ia3_l.")[0].removeprefix("backbone.encoder.") for k in ia3) == sorted(
         f"layer.{i}.{m}" for i in (0, 1) for m in ("attention.self.key", "attention.self.value",
