@@ -13,8 +13,11 @@ data and test rows and differences between rows are paired):
   baselines fitted on the federation's pooled training rows.
 - ``fed-head-only``: the same federation with adapters and gates frozen at their start
   (``train.lr-adapter=0``): what the adapters add.
-- ``fed-iid`` and ``central-fed-steps``: an IID federation and a centralized run on the
-  same training rows (``data.limit``) with the same total number of optimizer steps.
+- ``fed-iid`` and ``central-fed-steps``: an IID federation and a centralized run with the
+  federation's settings (``[tool.flwr.app.config]``) on the same training rows
+  (``data.limit``) for the same total number of optimizer steps, scored by the federation's
+  own server evaluator on the same validation and test rows
+  (``simulations.study_noniid.centralized_bound``).
 - ``fed-dirichlet-0.1`` and ``fed-kind``: label skew and degradation-kind skew.
 
 Each run writes its own folder ``OUT/<row>/seed-<s>``; a finished run is never run again,
@@ -105,12 +108,24 @@ def run_row(out: Path, name: str, seed: int) -> dict:
         return run_central(path, overrides)
     if kind == "fed":
         return run_fed(path, overrides)
-    # the centralized twin of fed-iid: the same rows, the same total optimizer steps
     twin = out / "fed-iid" / f"seed-{seed}"
     if not _done(twin, SUMMARY_FILE):
         raise RuntimeError(f"{name} needs fed-iid's run for seed {seed} first")
-    defaults = app_config(REPO)
-    return run_central(path, {**overrides, "data.limit": defaults["data.limit"], "train.max-steps": fed_steps(twin)})
+    return run_matched(path, twin, seed)
+
+
+def run_matched(out: Path, twin: Path, seed: int) -> dict:
+    """The centralized twin of a federation: its settings, its pooled training rows, its total
+    optimizer steps, scored by its server evaluator (same validation and test rows)."""
+    from simulations.study_noniid import centralized_bound
+
+    result = out / "server_eval.json"
+    if not result.is_file():
+        flat = {k: v for k, v in {**app_config(REPO), "train.seed": seed}.items()
+                if not k.startswith(("federation.", "simulation."))}
+        centralized_bound(flat, fed_steps(twin), out)
+    r = json.loads(result.read_text())
+    return {"auc": r["server_eval"]["auc"], "auc_step0": None, "steps": r["steps"], "wall_s": r["wall_s"]}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
