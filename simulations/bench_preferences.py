@@ -43,10 +43,10 @@ def run_seed(data: Path, out: Path, seed: int) -> dict:
     return json.loads(metrics_file.read_text())
 
 
-def _mean_se(values: list[float]) -> str:
+def _mean_se(values: list[float], fmt: str = ".4f") -> str:
     v = np.asarray(values, float)
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-    return f"{v.mean():.4f} ± {se:.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+    return f"{v.mean():{fmt}} ± {se:{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
 
 
 def summarize(out: Path) -> str:
@@ -58,9 +58,9 @@ def summarize(out: Path) -> str:
     lines = ["| figure | " + " | ".join(f"seed {s}" for s in runs) + " | mean ± SE |",
              "|---|" + "---|" * (len(runs) + 1)]
 
-    def row(name: str, values: list[float], cells: list[str] | None = None) -> None:
-        cells = cells or [f"{v:.4f}" for v in values]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_se(values)} |")
+    def row(name: str, values: list[float], cells: list[str] | None = None, fmt: str = ".4f") -> None:
+        cells = cells or [f"{v:{fmt}}" for v in values]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_se(values, fmt)} |")
 
     row("test pairwise accuracy (95% CI over test pairs)", acc,
         [f"{m['test']['pairwise_accuracy']:.4f} ({m['test']['pairwise_accuracy_low']:.3f}-"
@@ -70,12 +70,11 @@ def summarize(out: Path) -> str:
     for b in BASELINES:
         row(f"baseline: {b}", [m["baselines"][b] for m in runs.values()])
     longer = {m["baselines"]["length_longer_wins"] for m in runs.values()}
-    row("wall s", [m.get("bench_wall_s", m["total_wall_s"]) for m in runs.values()],
-        [f"{m.get('bench_wall_s', m['total_wall_s']):.0f}" for m in runs.values()])
+    row("wall s", [m.get("bench_wall_s", m["total_wall_s"]) for m in runs.values()], fmt=".0f")
     first = next(iter(runs.values()))
     md = "\n".join(lines) + (
         f"\n\n{first['data']['train']} training, {first['data']['validation']} validation and "
-        f"{first['data']['test']} test pairs; {first['train']['steps']} optimizer steps of "
+        f"{first['data']['test']} test pairs; {first['train']['steps']} optimizer steps of about "
         f"{first['train']['examples_seen'] // max(1, first['train']['steps']) // 2} pairs. The length rule picks "
         f"{'the longer' if longer == {1.0} else 'the shorter' if longer == {0.0} else 'either'} reply on these "
         f"training pairs.\n")
