@@ -78,6 +78,7 @@ class TrainConfig:
     proximal_mu: float = 0.01  # FedProx: mu/2 ||theta - theta_global||^2 (federation.strategy=fedprox only)
     bf16: bool = False  # bf16 autocast: use on GPUs and CPUs with native bf16 (AMX/AVX512-BF16)
     cache_lower_layers: bool = True  # run frozen layers below the first adapter once per example
+    cache_dir: str = ""  # keep those cached states on disk here, for other processes (fedgate/hidden_store.py)
     head_init: str = "ridge"  # ridge: fit the head on frozen features first | zero
     eval_every: int = 200  # steps between validation passes (best checkpoint kept); 0 = end only
     seed: int = 0
@@ -222,6 +223,7 @@ class ServerConfig:
     eval_every: int = 1  # evaluate the global model every k rounds (the last round always); 0 = last only
     eval_limit: int = 0  # evaluate on at most this many held-out rows (0 = all)
     noise_rates: tuple[float, ...] = (0.1, 0.2)  # also report ROC-AUC with this much semantic noise
+    noise_every: int = 0  # those noisy AUCs every k rounds; 0 = before round 1 and after the last only
     output_dir: str = ""  # run directory; empty = runs/fed-<time> under the working directory
     resume_from: str = ""  # a run directory (or its checkpoint) to continue from the next round
     report: bool = True  # write report.md and plots at the end
@@ -232,6 +234,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.eval_every < 0:
             raise ValueError(f"server.eval-every must be >= 0, got {self.eval_every}")
+        if self.noise_every < 0:
+            raise ValueError(f"server.noise-every must be >= 0, got {self.noise_every}")
         if self.eval_limit < 0:
             raise ValueError(f"server.eval-limit must be >= 0 (0 = all rows), got {self.eval_limit}")
         bad = [r for r in self.noise_rates if not 0.0 < r <= 1.0]

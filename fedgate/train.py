@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from fedgate.batching import (EncodedSplit, cache_lower_layers, is_pairs, iterate_batches, make_batch, row_lengths,
                               sorted_batches)
 from fedgate.config import FedgateConfig
+from fedgate.hidden_store import load_states, save_states
 from fedgate.inject import adapter_modules, layer_index
 from fedgate.losses import bradley_terry_loss, regularized_loss, total_loss
 from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy,
@@ -54,13 +55,20 @@ def lowest_adapter_layer(model: torch.nn.Module) -> int | None:
 
 def prepare_cache(model: RewardModel, splits: list[EncodedSplit], cfg: FedgateConfig, pad_id: int,
                   device: torch.device, progress: bool = True) -> int | None:
-    """Cache frozen lower layers for every split when config and model allow; returns split_at."""
+    """Cache frozen lower layers for every split when config and model allow; returns split_at.
+    With ``train.cache-dir``, states another process already computed are read from there."""
     split_at = lowest_adapter_layer(model)
     if not cfg.train.cache_lower_layers or split_at is None or not model.can_split():
         return None
     for s in splits:
-        if s.hidden is None or s.split_at != split_at:
-            cache_lower_layers(model, s, split_at, pad_id, device, progress=progress)
+        if s.hidden is not None and s.split_at == split_at:
+            continue
+        store = cfg.train.cache_dir if s.texts else ""
+        if store and load_states(store, model, s, split_at):
+            continue
+        cache_lower_layers(model, s, split_at, pad_id, device, progress=progress)
+        if store:
+            save_states(store, model, s)
     return split_at
 
 

@@ -57,6 +57,12 @@ def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
     return server_round == last or (every > 0 and server_round % every == 0)
 
 
+def _noise_due(cfg: FedgateConfig, server_round: int) -> bool:
+    """Semantic-noise AUCs: before training, after the last round, every ``server.noise-every``."""
+    every = cfg.server.noise_every
+    return server_round in (0, cfg.federation.rounds) or (every > 0 and server_round % every == 0)
+
+
 def _open_run(cfg: FedgateConfig) -> tuple[RunDir, int, dict | None, dict, tuple[dict, dict] | None]:
     """(run directory, first round to run, checkpoint state or None, gate profile, the
     strategy's saved (arrays, metadata) or None)."""
@@ -100,7 +106,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
                 record["baselines"] = evaluator.baselines(strategy.global_state)
             if cfg.train.head_init == "ridge":
                 record["head_init"] = federated_head(grid, strategy, evaluator)
-            record["server_eval"], _ = evaluator.evaluate(strategy.global_state)
+            record["server_eval"], _ = evaluator.evaluate(strategy.global_state, noise=_noise_due(cfg, 0))
             run.append_round(record)
             tracker.round(record)
             head = record.get("head_init") or {}
@@ -120,9 +126,9 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
         if final_pred is not None:
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
-            tracker.finish(misaligned(evaluator.splits["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
-                           misalignment_score(final_pred), cfg.federation.rounds)
-        tracker.finish()  # closes the files when there was no final evaluation
+            tracker.final_roc(misaligned(evaluator.splits["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
+                              misalignment_score(final_pred), cfg.federation.rounds)
+        tracker.close()
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
         run.write_json(SUMMARY_FILE, summary)
         final, base = summary["final"], summary.get("baselines") or {}
@@ -131,7 +137,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
                       "".join(f" | {k} {v:.4f}" for k, v in base.items() if not k.endswith(("_C", "_lr"))),
                       run.path)
     except BaseException as e:
-        tracker.finish()
+        tracker.close(failed=True)
         run.write_json(SUMMARY_FILE, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(), "rounds_completed": _last_round(run)})
         raise
@@ -158,7 +164,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     t2 = time.perf_counter()
     server_eval, pred = None, None
     if _eval_due(cfg, rnd):
-        server_eval, pred = evaluator.evaluate(strategy.global_state, pruned=strategy.pruned)
+        server_eval, pred = evaluator.evaluate(strategy.global_state, pruned=strategy.pruned,
+                                               noise=_noise_due(cfg, rnd))
     t3 = time.perf_counter()
     rl = strategy.round_log
     n_train = max(1, len(rl.get("clients", [])))

@@ -6,10 +6,12 @@ one SuperNode process per client (per GPU), then ``flwr run`` against them.
     python -m simulations.deploy --nodes 2 --insecure           # plain HTTP on loopback
 
 Each SuperNode gets its own port, ``CUDA_VISIBLE_DEVICES`` (``--gpus``) and node config
-``partition-id=i num-partitions=n``. With TLS (the default) test certificates and node keys
-are generated into the run directory (``simulations/certs.py``); with authentication (the
-default with TLS) every node's public key is registered with the SuperLink before the node
-starts, and a node whose key is not registered is refused. Everything started here is
+``partition-id=i num-partitions=n train.cache-dir=RUN_DIR/node-states/node-i`` (a ClientApp
+process per message reads its lower layers' states from there after the first round). With
+TLS (the default) test certificates and node keys are generated into the run directory
+(``simulations/certs.py``); with authentication (the default with TLS) every node's public
+key is registered with the SuperLink before the node starts, and a node whose key is not
+registered is refused. Everything started here is
 stopped here, by PID. For separate machines, README.md lists the same commands by hand.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import ssl
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from simulations.run import REPO, exit_code, prepare_run, run_config_arg, run_su
 
 log = logging.getLogger("fedgate.deploy")
 CONNECTION = "fedgate-deploy"
+NODE_STATES = "node-states"  # each SuperNode's train.cache-dir, removed when the deployment stops
 
 
 @dataclass
@@ -116,9 +120,13 @@ class Deployment:
 
     def start_node(self, index: int, num_nodes: int, *, gpu: str | None = None, register: bool = True,
                    node_config: str = "") -> subprocess.Popen:
+        if "train.cache-dir" not in node_config:
+            # every message starts a fresh ClientApp process: keep this node's lower-layer
+            # states on disk between rounds instead of recomputing them each time
+            node_config = f'{node_config} train.cache-dir="{self.run_dir / NODE_STATES / f"node-{index}"}"'
         cmd = ["flower-supernode", "--superlink", f"{self.host}:{self.port}", "--host", "127.0.0.1",
                "--port", str(free_port()), "--node-config",
-               f"partition-id={index} num-partitions={num_nodes} {node_config}".strip()]
+               f"partition-id={index} num-partitions={num_nodes} {node_config.strip()}".strip()]
         if self.tls:
             cmd += ["--root-certificates", str(self.pki.ca_cert)]
             if self.auth:
@@ -156,6 +164,7 @@ class Deployment:
             if proc is not None:
                 stop_tree(proc.pid)
         stop_flwr_home(self.env["FLWR_HOME"])
+        shutil.rmtree(self.run_dir / NODE_STATES, ignore_errors=True)
         log.info("stopped the SuperLink and %d SuperNodes", len(self.nodes))
 
 

@@ -7,6 +7,9 @@ What it does that a bare ``flwr run`` does not:
 - sets the environment Flower needs here (no telemetry or update check, no runtime
   dependency installation, offline hubs) and a private FLWR_HOME inside the run directory;
 - checks the run config against fedgate's keys before anything starts;
+- lets the ClientApp workers share the frozen lower layers' states through the run
+  directory (``train.cache-dir``, removed when the run ends) instead of recomputing them
+  whenever Ray hands a partition to another worker;
 - starts its own simulation SuperLink on a free loopback port (so launches never share one)
   and stops it, with all its children, by PID when the run ends;
 - streams the run's logs and exits non-zero when the run failed (``flwr run`` returns 0
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,6 +37,7 @@ log = logging.getLogger("fedgate.simulate")
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedgate-sim"
 LOG_FILE = "simulation.log"
+STATES_DIR = "lower-layer-states"  # the run's train.cache-dir, removed at its end
 
 
 def app_config(app: Path) -> dict:
@@ -176,6 +181,12 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
     the full output is in the run directory's ``simulation.log``."""
     app = Path(app).resolve()
     overrides, run_dir = prepare_run(app, run_config, out)
+    states = None
+    if "train.cache-dir" not in overrides:
+        # one machine: the workers share the lower layers' states instead of each computing
+        # them for the partitions Ray hands it (kept for this run only)
+        states = run_dir / STATES_DIR
+        overrides["train.cache-dir"] = str(states)
     flwr_home = run_dir / "flwr-home"
     env = flower_env(flwr_home)
     summary = run_dir / "summary.json"
@@ -192,6 +203,8 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
         stop_tree(proc.pid)
         stop_flwr_home(flwr_home)
         log.info("stopped SuperLink pid %d", proc.pid)
+        if states is not None:
+            shutil.rmtree(states, ignore_errors=True)
     if not run_succeeded(code, summary, started_at):
         log.error("see the run directory %s and the SuperLink log %s", run_dir,
                   flwr_home / "superlink" / "superlink.log")

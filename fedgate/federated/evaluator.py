@@ -62,9 +62,10 @@ class ServerEvaluator:
         """The global trainable state before round 1 (adapters as initialised, B = 0)."""
         return to_numpy(adapter_state(self.model))
 
-    def evaluate(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = ()) -> tuple[dict[str, float], np.ndarray]:
+    def evaluate(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = (), *,
+                 noise: bool = True) -> tuple[dict[str, float], np.ndarray]:
         """Metrics of ``state`` (with the ``pruned`` adapters off) and its test predictions
-        (n, 5) for ROC curves."""
+        (n, 5) for ROC curves; with ``noise``, also the AUCs under ``server.noise-rates``."""
         t0 = time.perf_counter()
         configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
@@ -74,7 +75,7 @@ class ServerEvaluator:
                                  decision_threshold=cut)
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["decision_threshold"] = float(cut)
-        for rate in self.cfg.server.noise_rates:
+        for rate in self.cfg.server.noise_rates if noise else ():
             noisy, _ = evaluate(self.model, self.splits[noise_key(rate)], self.cfg, self.pad_id, self.device)
             metrics[noise_key(rate)] = float(noisy["auc"])
             if "pairwise_accuracy" in noisy:

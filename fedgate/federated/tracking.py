@@ -92,30 +92,34 @@ class Tracker:
 
             mlflow.log_metrics({t.replace("/", ".").replace(":", "_"): v for t, v in scalars.items()}, step=step)
 
-    def finish(self, y_misaligned: np.ndarray | None = None, score: np.ndarray | None = None,
-               step: int = 0) -> None:
-        """The final ROC curve (as a figure), then close everything."""
+    def final_roc(self, y_misaligned: np.ndarray, score: np.ndarray, step: int) -> None:
+        """The final ROC curve on the test rows, as a TensorBoard figure."""
+        if self.tb is None or not y_misaligned.any() or y_misaligned.all():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from fedgate.metrics import roc_auc, roc_curve
+
+        fpr, tpr = roc_curve(y_misaligned, score)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(fpr, tpr, label=f"AUC {roc_auc(y_misaligned, score):.3f}")
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="final ROC (test)")
+        ax.legend(loc="lower right")
+        self.tb.add_figure("server/final_roc", fig, step)
+        plt.close(fig)
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close the event files and end the MLflow run (as FAILED when ``failed``);
+        a second call does nothing."""
         if self.tb is not None:
-            if y_misaligned is not None and score is not None and y_misaligned.any() and not y_misaligned.all():
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
-
-                from fedgate.metrics import roc_auc, roc_curve
-
-                fpr, tpr = roc_curve(y_misaligned, score)
-                fig, ax = plt.subplots(figsize=(4, 4))
-                ax.plot(fpr, tpr, label=f"AUC {roc_auc(y_misaligned, score):.3f}")
-                ax.plot([0, 1], [0, 1], "--", color="grey")
-                ax.set(xlabel="false positive rate", ylabel="true positive rate", title="final ROC (test)")
-                ax.legend(loc="lower right")
-                self.tb.add_figure("server/final_roc", fig, step)
-                plt.close(fig)
             self.tb.close()
             self.tb = None
         if self.mlflow is not None:
             import mlflow
 
-            mlflow.end_run()
+            mlflow.end_run(status="FAILED" if failed else "FINISHED")
             self.mlflow = None

@@ -26,12 +26,13 @@ def test_tensorboard_files_read_back(tmp_path):
     tracker.round({**RECORD, "round": 0, "train": None})
     tracker.round(RECORD)
     y = np.array([1, 0, 1, 0, 1])
-    tracker.finish(y.astype(bool), np.array([0.9, 0.1, 0.8, 0.3, 0.4]), step=1)
+    tracker.final_roc(y.astype(bool), np.array([0.9, 0.1, 0.8, 0.3, 0.4]), step=1)
+    tracker.close()
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert [(e.step, e.value) for e in events.Scalars("server/auc")] == [(0, pytest.approx(0.7)), (1, pytest.approx(0.7))]
     assert [e.step for e in events.Scalars("clients/train_loss")] == [1]
     assert "server/final_roc" in events.Tags()["images"]
-    tracker.finish()  # closing twice is harmless
+    tracker.close()  # closing twice is harmless
 
 
 def test_mlflow_without_the_package_says_how_to_get_it(tmp_path, monkeypatch):
@@ -56,8 +57,9 @@ def test_mlflow_run_holds_the_round_metrics_and_the_config(tmp_path, monkeypatch
     run_id = tracker.mlflow.info.run_id
     tracker.round({**RECORD, "round": 0, "train": None})
     tracker.round(RECORD)
-    tracker.finish()
+    tracker.close()
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
     history = client.get_metric_history(run_id, "server.auc")
     assert [(m.step, m.value) for m in history] == [(0, pytest.approx(0.7)), (1, pytest.approx(0.7))]
     assert client.get_run(run_id).data.params["federation.strategy"] == "fedavg"
+    assert client.get_run(run_id).info.status == "FINISHED"

@@ -11,7 +11,7 @@ import pytest
 from fedgate.aggregation.gates import PRIOR_EPS
 from fedgate.federated.rundir import RunDir, load_checkpoint
 from simulations.processes import processes_with_flwr_home
-from simulations.run import resolve_config, simulate
+from simulations.run import STATES_DIR, resolve_config, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8 '
@@ -34,7 +34,7 @@ def test_rounds_hold_every_metric(run_dir):
         assert len(r["clients"]) == 3 and r["failures"] == [] and r["rejected"] == []
         assert sorted(c["partition-id"] for c in r["clients"]) == [0, 1, 2]
         s = r["server_eval"]
-        for key in ("auc", "f1", "pearson_helpfulness", "pearson_verbosity", "auc_noise_0.1", "auc_noise_0.2"):
+        for key in ("auc", "f1", "pearson_helpfulness", "pearson_verbosity"):
             assert key in s
         assert 0.0 <= s["auc"] <= 1.0
         fe = r["federated_eval"]
@@ -42,6 +42,9 @@ def test_rounds_hold_every_metric(run_dir):
         assert r["bytes"]["down"] > r["bytes"]["array_down"] > 0 and r["bytes"]["up"] > r["bytes"]["array_up"] > 0
         assert set(r["wall_s"]) == {"train", "federated_eval", "server_eval", "round"}
         assert r["gates"]
+    # server.noise-every=0: the noisy AUCs before training and after the last round only
+    noisy = [sorted(k for k in r["server_eval"] if k.startswith("auc_noise_")) for r in rounds]
+    assert noisy == [["auc_noise_0.1", "auc_noise_0.2"], [], ["auc_noise_0.1", "auc_noise_0.2"]]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     assert summary["final"]["auc"] == rounds[-1]["server_eval"]["auc"]
@@ -49,6 +52,10 @@ def test_rounds_hold_every_metric(run_dir):
     assert "| 2 |" in report and all((run_dir / "plots" / p).is_file() for p in ("metrics.png", "roc.png", "gates.png"))
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["model.backbone"] == "tiny-bert" and config["versions"]["flwr"]
+    # the workers shared the lower layers' states through the run directory, which the
+    # launcher removed when the run ended
+    assert config["config"]["train.cache-dir"] == str(run_dir.resolve() / STATES_DIR)
+    assert not (run_dir / STATES_DIR).exists()
 
 
 def test_round_zero_fits_the_head_from_every_clients_statistics(run_dir):
