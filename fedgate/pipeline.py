@@ -32,7 +32,7 @@ from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
                           split_by_prompt)
-from fedgate.data.pairs import is_pair_file, read_pairs
+from fedgate.data.pairs import is_pair_dataset, is_pair_file, read_pairs
 from fedgate.engine import close_stepper, make_stepper
 from fedgate.errors import InputError
 from fedgate.inject import count_parameters
@@ -150,7 +150,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     model, tokenizer = build_reward_model(cfg.model, cfg.adapter)
     model.to(device)
     pad_id = tokenizer.pad_token_id
-    pairs = "chosen" in splits["train"].column_names
+    pairs = is_pair_dataset(splits["train"])
     encode = encode_pairs if pairs else encode_split
     enc = {k: encode(v, tokenizer, cfg.model) for k, v in splits.items()}
     t_cache = time.perf_counter()
@@ -234,7 +234,7 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     device = pick_device(cfg.train.device)
     model.to(device)
     ds = load_eval_split(cfg, split)
-    pairs = "chosen" in ds.column_names
+    pairs = is_pair_dataset(ds)
     if noise_rate > 0 and pairs:
         raise InputError("--noise-rate perturbs rated rows; preference pairs are scored without it")
     if noise_rate > 0:

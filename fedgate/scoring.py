@@ -23,7 +23,7 @@ import datasets
 import torch
 
 from fedgate.batching import encode_pairs, encode_texts
-from fedgate.data.pairs import PairReport, is_pair_file, pairs_to_dataset, parse_pair, read_pairs
+from fedgate.data.pairs import PairReport, is_pair_file, is_pair_record, pairs_to_dataset, parse_pair, read_pairs
 from fedgate.data.schema import ATTRIBUTES, DataError
 from fedgate.model import ALIGNMENT
 from fedgate.train import pick_device, predict
@@ -42,10 +42,6 @@ def _text(row: Any, name: str, where: str) -> str:
     return row[name]
 
 
-def _is_pair_record(record: Any) -> bool:
-    return isinstance(record, dict) and "chosen" in record and "rejected" in record
-
-
 def stdin_records(stream: TextIO) -> Iterator[tuple[str, Any]]:
     for line_no, line in enumerate(stream, start=1):
         if line.strip():
@@ -61,7 +57,7 @@ def load_inputs(data: str, stdin: TextIO | None = None) -> tuple[datasets.Datase
         records = list(stdin_records(stdin or sys.stdin))
         if not records:
             raise DataError("<stdin>: no JSON Lines to score")
-        if _is_pair_record(records[0][1]):
+        if is_pair_record(records[0][1]):
             report = PairReport()
             pairs = [parse_pair(r, where, report) for where, r in records]
             if report.differing_prefix:

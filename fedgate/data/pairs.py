@@ -183,7 +183,17 @@ def is_pair_file(path: str | Path) -> bool:
         _, first = next(json_records(path))
     except (StopIteration, DataError):
         return path.name.lower().endswith(".gz")  # a broken .gz is only ever a pair file: let its reader say why
-    return isinstance(first, Mapping) and "chosen" in first and "rejected" in first
+    return is_pair_record(first)
+
+
+def is_pair_record(record: Any) -> bool:
+    """A record of a preference pair: it has ``chosen`` and ``rejected`` fields."""
+    return isinstance(record, Mapping) and "chosen" in record and "rejected" in record
+
+
+def is_pair_dataset(ds: datasets.Dataset) -> bool:
+    """A loaded split of preference pairs (columns ``PAIR_COLUMNS``), not rated rows."""
+    return "chosen" in ds.column_names and "rejected" in ds.column_names
 
 
 def pairs_to_dataset(pairs: Sequence[Mapping[str, Any]]) -> datasets.Dataset:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedgate.config import DataConfig, FedgateConfig, FederationConfig
 from fedgate.data import DataError, conflicting_feedback, partition_dataset, split_by_prompt
+from fedgate.data.pairs import is_pair_dataset
 from fedgate.pipeline import load_splits
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=4)
 def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) -> tuple[datasets.Dataset, ...]:
     train = load_splits(FedgateConfig(data=data))["train"]
-    if "chosen" in train.column_names:
+    if is_pair_dataset(train):
         raise DataError(f"{data.source} holds preference pairs: fedgate trains on pairs centrally "
                         f"(fedgate train) but not yet in a federation")
     parts = partition_dataset(train, num_partitions, fed.partitioner, alpha=fed.alpha, seed=data.seed)
