@@ -23,7 +23,7 @@ from fedgate.inject import reset_gate_records
 from fedgate.losses import total_loss
 from fedgate.model import build_reward_model, head_targets
 from fedgate.pipeline import load_splits
-from fedgate.train import TorchStepper, prepare_cache
+from fedgate.train import TorchStepper, autocast, prepare_cache
 from simulations.study import parse_sets
 
 
@@ -46,12 +46,13 @@ def profile(cfg: FedgateConfig, steps: int, rows: int) -> dict[str, float]:
         reset_gate_records(model)  # what RewardModel.forward does first
         batch = make_batch(enc, rows_, tok.pad_token_id, device)
         t.append(time.perf_counter())
-        p = model.encode(batch, "prompt_", split_at)
-        t.append(time.perf_counter())
-        r = model.encode(batch, "response_", split_at)
-        t.append(time.perf_counter())
-        pred = model.head(model.combine(p, r))
-        loss, _ = total_loss(pred, head_targets(batch["labels"], cfg.data.misaligned_threshold), model, cfg.loss)
+        with autocast(device, cfg.train.bf16):  # as fit() runs the forward pass
+            p = model.encode(batch, "prompt_", split_at)
+            t.append(time.perf_counter())
+            r = model.encode(batch, "response_", split_at)
+            t.append(time.perf_counter())
+            pred = model.head(model.combine(p, r))
+            loss, _ = total_loss(pred, head_targets(batch["labels"], cfg.data.misaligned_threshold), model, cfg.loss)
         t.append(time.perf_counter())
         stepper.backward(loss)
         t.append(time.perf_counter())
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = FedgateConfig.from_flat(parse_sets(args.set))
     print(f"threads {torch.get_num_threads()}, batch {cfg.train.batch_size}, adapters in the top "
-          f"{cfg.model.top_layers} layers, pooling {cfg.model.pooling or 'default'}")
+          f"{cfg.model.top_layers} layers, pooling {cfg.model.pooling or 'default'}, "
+          f"{'bf16 autocast' if cfg.train.bf16 else 'fp32'}")
     res = profile(cfg, args.steps, args.rows)
     step = res["step"]
     print("| part | ms per step | share |\n|---|---|---|")
