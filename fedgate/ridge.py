@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedgate.metrics import misaligned, misalignment_score, roc_auc
+from fedgate.metrics import misaligned, misalignment_score, pairwise_accuracy, roc_auc
 
 log = logging.getLogger(__name__)
 # Features have norm sqrt(d) per part (d = 384 for MiniLM), so useful penalties run high:
@@ -104,3 +104,46 @@ def calibrate_alignment(w: np.ndarray, xv: np.ndarray, aligned: np.ndarray) -> n
     out[:, 5] = a * w[:, 5]
     out[-1, 5] += b
     return out
+
+
+# ---------------------------------------------------------------------------- preference pairs
+def pair_ridge_stats(rows: np.ndarray) -> RidgeStats:
+    """Statistics of the linear Bradley-Terry head in least squares: features of rows that
+    alternate chosen, rejected (n pairs = rows / 2); each pair's difference (its bias column
+    0) is regressed on +1. The symmetric pair (rejected - chosen, -1) adds the same terms
+    once more, so it is left out. Moment (d+1, 1)."""
+    x1 = with_bias(rows)
+    diff = x1[0::2] - x1[1::2]
+    return RidgeStats(diff.T @ diff, diff.sum(axis=0)[:, None], len(diff))
+
+
+def fit_pairs(stats: RidgeStats, x_val_rows: np.ndarray, num_outputs: int, alignment: int,
+              lambdas: tuple[float, ...] = LAMBDAS) -> tuple[np.ndarray, float, float]:
+    """Head weights (d+1, num_outputs) whose ``alignment`` column is the ridge Bradley-Terry
+    score of pair statistics, the lambda chosen by pairwise accuracy on the validation pairs
+    ``x_val_rows`` (alternating chosen, rejected), then scaled into a logit difference (a
+    one-weight logistic regression of "chosen wins" on the score difference, both orders).
+    The attribute columns, which pairs do not label, are 0. Returns (weights, lambda,
+    validation pairwise accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+
+    xv = with_bias(x_val_rows)
+    dv = xv[0::2] - xv[1::2]
+    best: tuple[float, float, np.ndarray | None] = (-1.0, lambdas[0], None)
+    for lam in lambdas:
+        w = solve(stats, lam)[:, 0]
+        acc = pairwise_accuracy(dv @ w, np.zeros(len(dv)))
+        if best[2] is None or acc > best[0]:
+            best = (acc, lam, w)
+    acc, lam, w = best
+    margin = dv @ w
+    scale = float(np.std(margin)) or 1.0
+    if len(dv):
+        clf = LogisticRegression(C=1e4, fit_intercept=False, max_iter=1000)
+        clf.fit(np.r_[margin, -margin][:, None] / scale, np.r_[np.ones(len(dv)), np.zeros(len(dv))])
+        a = float(clf.coef_[0, 0]) / scale
+        if a > 0:  # a score that ranks backwards on validation is kept as it is, not flipped
+            w = a * w
+    out = np.zeros((len(w), num_outputs))
+    out[:, alignment] = w
+    return out, lam, acc

@@ -156,6 +156,23 @@ def pair_metrics(pred: np.ndarray) -> dict[str, float]:
             "n_pairs": int(len(score) // 2)}
 
 
+def batch_loss(pred: torch.Tensor, batch: dict, pairs: bool, model: RewardModel, cfg: FedgateConfig,
+               prior: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training objective of one batch and its parts: on preference pairs (rows
+    alternate chosen, rejected) Bradley-Terry on the alignment score, on rated rows the
+    attributes' and alignment loss; plus the adapters' regularisers either way."""
+    if pairs:
+        score = pred[:, ALIGNMENT].float()
+        return regularized_loss(bradley_terry_loss(score[0::2], score[1::2]), model, cfg.loss, prior)
+    targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
+    return total_loss(pred.float(), targets, model, cfg.loss, prior)
+
+
+def pair_rows(pairs: np.ndarray) -> np.ndarray:
+    """Row indices of pairs ``pairs``: each pair's chosen row then its rejected row."""
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
+
+
 def selection_metric(split: EncodedSplit) -> str:
     """The validation figure that picks the best state: pairwise accuracy or ROC-AUC."""
     return "pairwise_accuracy" if is_pairs(split) else "auc"
@@ -350,16 +367,11 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             if not batches:
                 batches = iterate_batches(items, t.batch_size, rng, lengths)
             picked = batches.pop(0)
-            rows = np.stack([2 * picked, 2 * picked + 1], axis=1).ravel() if pairs else picked
+            rows = pair_rows(picked) if pairs else picked
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
-            if pairs:
-                score = pred[:, ALIGNMENT].float()
-                loss, parts = regularized_loss(bradley_terry_loss(score[0::2], score[1::2]), model, cfg.loss, prior)
-            else:
-                targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
-                loss, parts = total_loss(pred.float(), targets, model, cfg.loss, prior)
+            loss, parts = batch_loss(pred, batch, pairs, model, cfg, prior)
             if extra_loss is not None:
                 loss = loss + extra_loss()
             opt.backward(loss)

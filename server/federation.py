@@ -37,7 +37,8 @@ def round_line(record: dict, total: int) -> str:
     s, t, b = record.get("server_eval") or {}, record.get("train") or {}, record.get("bytes") or {}
     lost = len(record.get("failures", [])) + len(record.get("dropped", [])) + len(record.get("rejected", []))
     parts = [f"round {record['round']}/{total}",
-             f"test AUC {s['auc']:.4f}" if "auc" in s else "test AUC -",
+             f"test pairwise accuracy {s['pairwise_accuracy']:.4f}" if "pairwise_accuracy" in s and "auc" not in s
+             else f"test AUC {s['auc']:.4f}" if "auc" in s else "test AUC -",
              f"loss {t['train-loss']:.4f}" if "train-loss" in t else "loss -"]
     if "up" in b:
         parts += [f"up {b['up'] / 2**20:.2f} MiB", f"down {b['down'] / 2**20:.2f} MiB"]
@@ -121,7 +122,8 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             _check_progress(cfg, run, rnd, idle)
             server_arrays, strategy_meta = strategy.saved()
             meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile, "strategy": strategy_meta}
-            if final_metrics is not None:  # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
+            if final_metrics is not None and "decision_threshold" in final_metrics:  # rated rows, not pairs:
+                # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
                 meta["decision_threshold"] = final_metrics["decision_threshold"]
             run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
         if final_pred is not None:
@@ -132,10 +134,12 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
         summary = _summary(run, cfg, params, time.perf_counter() - t_start, status="completed")
         run.write_json(SUMMARY_FILE, summary)
         final, base = summary["final"], summary.get("baselines") or {}
-        progress.info("finished: test AUC %.4f, F1 %.4f%s | run directory %s", final.get("auc", float("nan")),
-                      final.get("f1", float("nan")),
-                      "".join(f" | {k} {v:.4f}" for k, v in base.items() if not k.endswith(("_C", "_lr"))),
-                      run.path)
+        headline = (f"pairwise accuracy {final['pairwise_accuracy']:.4f}" if "auc" not in final and
+                    "pairwise_accuracy" in final else
+                    f"test AUC {final.get('auc', float('nan')):.4f}, F1 {final.get('f1', float('nan')):.4f}")
+        progress.info("finished: %s%s | run directory %s", headline,
+                      "".join(f" | {k} {v:.4f}" for k, v in base.items()
+                              if not k.endswith(("_C", "_lr", "_longer_wins"))), run.path)
     except BaseException as e:
         tracker.close(failed=True)
         run.write_json(SUMMARY_FILE, {"status": "failed", "error": f"{type(e).__name__}: {e}",

@@ -4,7 +4,9 @@ Before round 1 the server asks the clients of a sampled round for the ridge suff
 statistics of their training rows under the initial global state (fedgate/ridge.py), adds
 them up, and solves for the head with the regularisation chosen on its validation rows.
 The result equals the ridge head fitted on the pooled rows, so the federation starts where
-a linear probe on frozen features does instead of at chance. What it costs on the wire is
+a linear probe on frozen features does instead of at chance. On preference pairs the
+statistics are those of each pair's feature difference regressed on +1 (a least-squares
+Bradley-Terry head), the penalty chosen by validation pairwise accuracy. What it costs on the wire is
 logged: one (d+1)^2 gram matrix per client, once.
 """
 
@@ -19,7 +21,8 @@ from flwr.serverapp import Grid
 
 from fedgate.federated import protocol as P
 from fedgate.federated.evaluator import ServerEvaluator
-from fedgate.ridge import RidgeStats, fit, sum_stats
+from fedgate.model import ALIGNMENT, NUM_OUTPUTS
+from fedgate.ridge import RidgeStats, fit, fit_pairs, sum_stats
 from server.messages import from_record, to_record, wire_bytes
 from server.strategy import FedgateStrategy
 
@@ -66,10 +69,15 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
         log.warning("no client sent head statistics: the head starts at zero")
         return {**info, "fitted": False}
     x_val, y_val = evaluator.validation_features(strategy.global_state)
-    w, lam, val_auc = fit(sum_stats(parts), x_val, y_val, cfg.data.misaligned_threshold)
+    if evaluator.pairs:  # the least-squares Bradley-Terry head, chosen by validation pairwise accuracy
+        w, lam, score = fit_pairs(sum_stats(parts), x_val, NUM_OUTPUTS, ALIGNMENT)
+        metric, what = "validation_pairwise_accuracy", "pairs"
+    else:
+        w, lam, score = fit(sum_stats(parts), x_val, y_val, cfg.data.misaligned_threshold)
+        metric, what = "validation_auc", "rows"
     strategy.global_state["head.weight"] = w[:-1].T.astype(strategy.global_state["head.weight"].dtype)
     strategy.global_state["head.bias"] = w[-1].astype(strategy.global_state["head.bias"].dtype)
-    info.update(fitted=True, ridge_lambda=lam, validation_auc=val_auc, wall_s=time.perf_counter() - t0)
-    log.info("federated ridge head from %d clients (%d rows): lambda %g, validation AUC %.4f, %.1f MiB up",
-             len(parts), info["rows"], lam, val_auc, up / 2**20)
+    info.update({"fitted": True, "ridge_lambda": lam, metric: score, "wall_s": time.perf_counter() - t0})
+    log.info("federated ridge head from %d clients (%d %s): lambda %g, %s %.4f, %.1f MiB up",
+             len(parts), info["rows"], what, lam, metric.replace("_", " "), score, up / 2**20)
     return info

@@ -187,7 +187,8 @@ class FedgateStrategy(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        aucs, rows, answered = [], 0, set()
+        scores: dict[str, list[float]] = {"auc": [], "pairwise_accuracy": []}  # rated rows / preference pairs
+        rows, answered = 0, set()
         for msg in replies:
             node = self._origin(msg)
             answered.add(node)
@@ -198,13 +199,16 @@ class FedgateStrategy(Strategy):
             m = msg.content[P.METRICS]
             rows += int(m[P.NUM_EXAMPLES])
             self.round_log.setdefault("eval_clients", []).append({"node_id": node, **dict(m)})
-            if np.isfinite(m.get("auc", float("nan"))):
-                aucs.append(float(m["auc"]))
+            for key, values in scores.items():
+                if np.isfinite(m.get(key, float("nan"))):
+                    values.append(float(m[key]))
         self._dropped(server_round, [n for n in self.round_log.get("eval_nodes", []) if n not in answered], "evaluate")
-        if not aucs:
-            return None
-        return MetricRecord({"auc-mean": float(np.mean(aucs)), "auc-worst": float(np.min(aucs)),
-                             "nodes": len(aucs), P.NUM_EXAMPLES: rows})
+        out = {}
+        for key, values in scores.items():
+            if values:  # "auc-mean", "auc-worst"; on pairs "pairwise_accuracy-mean", ...
+                out.update({f"{key}-mean": float(np.mean(values)), f"{key}-worst": float(np.min(values)),
+                            "nodes": len(values)})
+        return MetricRecord({**out, P.NUM_EXAMPLES: rows}) if out else None
 
     # ------------------------------------------------------------------ helpers
     def _origin(self, reply: Message) -> int:

@@ -94,16 +94,71 @@ def test_fedgate_train_on_a_pair_file_reports_pairwise_accuracy(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # evaluate writes nothing
 
 
-def test_a_federation_on_a_pair_file_is_refused_with_the_reason(tmp_path):
-    from fedgate.config import FedgateConfig
-    from fedgate.data.schema import DataError
-    from fedgate.federated.shards import client_shard
+def _hh_file(path, n):
+    """``n`` pairs as HH-RLHF transcripts, one JSON line each."""
+    rows = [{"chosen": f"\n\nHuman: {r['prompt'][7:]}\n\nAssistant: {r['chosen']}",
+             "rejected": f"\n\nHuman: {r['prompt'][7:]}\n\nAssistant: {r['rejected']}"} for r in _pairs(n).to_list()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(20)))
-    cfg = FedgateConfig.from_flat({"data.source": str(data)})
-    with pytest.raises(DataError, match="holds preference pairs: .* not yet in a federation"):
-        client_shard(cfg, 0, 2)
+
+def test_a_federation_trains_on_a_pair_file_and_reports_pairwise_accuracy(tmp_path):
+    """Real Flower simulation on pairs: the federated Bradley-Terry head before round 1,
+    pairwise accuracy (clean and noisy) on the server's held-out pairs, the clients' own
+    pairwise accuracy, the pair baselines, and a flipped client's pairs really swapped."""
+    from fedgate.federated.rundir import RunDir
+    from simulations.run import simulate
+
+    data = _hh_file(tmp_path / "pairs.jsonl", 160)
+    code, run_dir = simulate([f'model.backbone="tiny-bert" data.source="{data}" federation.rounds=2 '
+                              'train.batch-size=4 train.threads=1 server.eval-limit=0 server.noise-rates="0.2" '
+                              'federation.partitioner="iid" federation.flipped-clients=0.5'],
+                             num_supernodes=2, out=tmp_path / "run", timeout=420)
+    assert code == 0, f"the simulation failed; see {run_dir}"
+    rounds = RunDir(run_dir).rounds()
+    head = rounds[0]["head_init"]
+    assert head["fitted"] and head["clients"] == 2 and 0.0 <= head["validation_pairwise_accuracy"] <= 1.0
+    assert set(rounds[0]["baselines"]) == {"length", "length_longer_wins", "tfidf_logreg", "frozen_probe"}
+    for r in rounds:
+        s = r["server_eval"]
+        assert "auc" not in s and s["n_pairs"] == 16  # 10% of the 160 pairs' prompts, held out
+        assert s["pairwise_accuracy_low"] <= s["pairwise_accuracy"] <= s["pairwise_accuracy_high"]
+    assert "pairwise_accuracy_noise_0.2" in rounds[-1]["server_eval"]
+    last = rounds[-1]
+    assert sorted(c["flipped-rows"] > 0 for c in last["clients"]) == [False, True]  # one of two clients flipped
+    assert all("local-pairwise-accuracy" in c and "local-auc" not in c for c in last["clients"])
+    assert 0.0 <= last["federated_eval"]["pairwise_accuracy-mean"] <= 1.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["pairwise_accuracy"] == last["server_eval"]["pairwise_accuracy"]
+    assert "test pairwise accuracy" in (run_dir / "report.md").read_text()
+
+
+def test_pairs_take_iid_dirichlet_and_quantity_partitions_but_not_kinds():
+    from fedgate.data.partition import PAIR_SKEW, partition_pairs
+    from fedgate.data.schema import DataError
+
+    ds = _pairs(80)
+    rows = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} if i % 2 else r
+            for i, r in enumerate(ds.to_list())]  # half the pairs: the longer reply wins
+    ds = pairs_to_dataset(rows)
+    parts = partition_pairs(ds, 4, "dirichlet", alpha=0.1, seed=0)
+    assert sum(len(p) for p in parts) == 80 and all(PAIR_SKEW not in p.column_names for p in parts)
+    assert sorted(x for p in parts for x in p["prompt"]) == sorted(ds["prompt"])
+    shares = [np.mean([len(c) > len(r) for c, r in zip(p["chosen"], p["rejected"])]) for p in parts]
+    assert max(shares) - min(shares) > 0.5  # alpha 0.1: clients see length pointing different ways
+    with pytest.raises(DataError, match="needs rated rows"):
+        partition_pairs(ds, 2, "kind")
+
+
+def test_flipping_pairs_swaps_exactly_the_marked_ones():
+    from fedgate.data.pairs import flip_pairs
+
+    ds = _pairs(20)
+    flipped = flip_pairs(ds, 0.25, seed=3)
+    assert flipped.column_names == [*ds.column_names, "flipped"] and sum(flipped["flipped"]) == 5
+    for before, after in zip(ds.to_list(), flipped.to_list()):
+        swapped = (after["chosen"], after["rejected"]) == (before["rejected"], before["chosen"])
+        assert swapped if after["flipped"] else (after["chosen"], after["rejected"]) == (before["chosen"], before["rejected"])
 
 
 def test_rated_rows_hide_pairs_within_each_prompt(tiny_tokenizer):

@@ -70,3 +70,39 @@ def test_the_alignment_column_is_calibrated_into_a_logit_without_changing_its_ra
     # the calibrated logit fits the validation labels better than the raw score does
     p = 1 / (1 + np.exp(-s_cal))
     assert -np.mean(np.where(aligned[300:] > 0, np.log(p), np.log(1 - p))) < np.log(2)
+
+
+def test_pair_statistics_are_the_least_squares_bradley_terry_fit():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(40, 3))  # 20 pairs: rows 0, 2, 4 ... chosen; 1, 3, 5 ... rejected
+    stats = ridge.pair_ridge_stats(rows)
+    assert stats.count == 20 and stats.moment.shape == (4, 1)
+    halves = ridge.pair_ridge_stats(rows[:20]) + ridge.pair_ridge_stats(rows[20:])  # two clients
+    np.testing.assert_allclose(halves.gram, stats.gram)
+    np.testing.assert_allclose(halves.moment, stats.moment)
+    diff = rows[0::2] - rows[1::2]
+    lam = 2.0
+    expected = np.linalg.solve(diff.T @ diff + lam * np.eye(3), diff.sum(axis=0))  # regress differences on +1
+    w = ridge.solve(stats, lam)[:, 0]
+    np.testing.assert_allclose(w[:3], expected)
+    assert w[3] == pytest.approx(0.0, abs=1e-12)  # the bias column of a difference is 0
+
+
+def test_fit_pairs_ranks_held_out_pairs_by_the_hidden_preference_and_scales_it_into_a_logit():
+    rng = np.random.default_rng(1)
+    true_w = np.array([2.0, -1.0, 0.0])
+
+    def pairs(n):
+        a, b = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+        better = (a @ true_w > b @ true_w)[:, None]
+        return np.stack([np.where(better, a, b), np.where(better, b, a)], axis=1).reshape(2 * n, 3)
+
+    head, lam, acc = ridge.fit_pairs(ridge.pair_ridge_stats(pairs(400)), pairs(200), num_outputs=6, alignment=5)
+    assert head.shape == (4, 6) and lam in ridge.LAMBDAS
+    assert acc > 0.95 and np.all(head[:, :5] == 0) and head[3, 5] == 0.0  # attributes unlabelled; no bias
+    cosine = head[:3, 5] @ true_w / np.linalg.norm(head[:3, 5]) / np.linalg.norm(true_w)
+    assert cosine > 0.99
+    # calibrated: separable pairs get confident logit differences, not ridge-sized ones near 0
+    test = pairs(200)
+    margins = (test[0::2] - test[1::2]) @ head[:3, 5]
+    assert np.median(margins) > 2.0

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from fedgate.data.schema import DataError
 from fedgate.data.textfile import json_records
@@ -194,6 +195,29 @@ def is_pair_record(record: Any) -> bool:
 def is_pair_dataset(ds: datasets.Dataset) -> bool:
     """A loaded split of preference pairs (columns ``PAIR_COLUMNS``), not rated rows."""
     return "chosen" in ds.column_names and "rejected" in ds.column_names
+
+
+def noisy_columns(ds: datasets.Dataset) -> tuple[str, ...]:
+    """The text columns semantic noise perturbs: the prompt and every reply."""
+    return ("prompt", "chosen", "rejected") if is_pair_dataset(ds) else ("prompt", "response")
+
+
+def flip_pairs(ds: datasets.Dataset, fraction: float, seed: int = 0) -> datasets.Dataset:
+    """Conflicting feedback on pairs: chosen and rejected swapped for exactly
+    ``round(fraction * len(ds))`` random pairs, marked in a boolean ``flipped`` column."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if "flipped" in ds.column_names:
+        raise DataError("flip_pairs: the pairs already have a 'flipped' column (applied twice?)")
+    count = round(fraction * len(ds))
+    flipped = np.zeros(len(ds), dtype=bool)
+    flipped[np.random.default_rng(seed).choice(len(ds), size=count, replace=False)] = True
+    chosen, rejected = list(ds["chosen"]), list(ds["rejected"])
+    new_chosen = [r if f else c for c, r, f in zip(chosen, rejected, flipped)]
+    new_rejected = [c if f else r for c, r, f in zip(chosen, rejected, flipped)]
+    out = ds.remove_columns(["chosen", "rejected"])
+    out = out.add_column("chosen", new_chosen).add_column("rejected", new_rejected).add_column("flipped", flipped.tolist())
+    return out.select_columns([*ds.column_names, "flipped"])
 
 
 def pairs_to_dataset(pairs: Sequence[Mapping[str, Any]]) -> datasets.Dataset:

@@ -1,5 +1,6 @@
 """Split one Dataset into client partitions: IID, label skew, topic skew, quantity skew, and
-degradation-kind skew.
+degradation-kind skew; preference pairs take IID, quantity skew and a skew over which of
+their two replies is longer (:func:`partition_pairs`).
 
 Partitions are always disjoint and together cover every row. A partition smaller than
 `min_partition_size` is an error, never silently tolerated. The random methods
@@ -176,6 +177,25 @@ def partition_dataset(
     retried = f" after {MAX_DRAWS} draws (raise alpha or lower min_partition_size)" if method == "dirichlet" else ""
     _check_sizes([len(p) for p in parts], method, min_size, context=retried)
     return parts
+
+
+PAIR_METHODS: tuple[str, ...] = ("iid", "dirichlet", "quantity")
+PAIR_SKEW = "longer_wins"  # what "dirichlet" skews on pairs
+
+
+def partition_pairs(ds: datasets.Dataset, num_partitions: int, method: str = "iid", *, alpha: float = 0.5,
+                    seed: int = 0) -> list[datasets.Dataset]:
+    """Client partitions of preference pairs. ``"dirichlet"`` skews clients over whether the
+    chosen reply is the longer one: on HH-RLHF harmlessness pairs the shorter reply wins more
+    often, so a client can see mostly pairs where length points one way, and a federation
+    must pool clients to learn more than a length rule. ``"domain"`` and ``"kind"`` need
+    rated rows."""
+    if method not in PAIR_METHODS:
+        raise DataError(f"partitioner {method!r} needs rated rows; preference pairs take {list(PAIR_METHODS)}")
+    longer = [int(len(c) > len(r)) for c, r in zip(ds["chosen"], ds["rejected"])]
+    parts = partition_dataset(ds.add_column(PAIR_SKEW, longer), num_partitions, method, alpha=alpha, seed=seed,
+                              label=PAIR_SKEW)
+    return [p.remove_columns(PAIR_SKEW) for p in parts]
 
 
 def split_by_prompt(ds: datasets.Dataset, fractions: dict[str, float], seed: int = 0) -> dict[str, datasets.Dataset]:

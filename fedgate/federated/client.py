@@ -19,8 +19,9 @@ from typing import Any, Collection, Mapping
 import numpy as np
 import torch
 
-from fedgate.batching import EncodedSplit, encode_split
+from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
+from fedgate.data.pairs import is_pair_dataset
 from fedgate.engine import close_stepper, make_stepper
 from fedgate.federated.client_rules import (configure_adapters, control_correction, mean_gradient,
                                             proximal_term, shared_keys)
@@ -28,7 +29,7 @@ from fedgate.federated.shards import client_shard
 from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model, head_targets
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
-from fedgate.ridge import RidgeStats, ridge_stats
+from fedgate.ridge import RidgeStats, pair_ridge_stats, ridge_stats
 from fedgate.train import evaluate, fit, frozen_features, pick_device, prepare_cache
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class ClientTask:
         if shard_key not in _CACHE.shards:
             rows = client_shard(cfg, partition_id, num_partitions)
             flipped = sum(rows["train"]["flipped"]) if "flipped" in rows["train"].column_names else 0
-            shard = _Shard(*(encode_split(rows[k], self.tokenizer, cfg.model) for k in ("train", "holdout")),
+            encode = encode_pairs if is_pair_dataset(rows["train"]) else encode_split
+            shard = _Shard(*(encode(rows[k], self.tokenizer, cfg.model) for k in ("train", "holdout")),
                            flipped_rows=int(flipped))
             prepare_cache(self.model, [shard.train, shard.holdout], cfg, self.pad_id, self.device, progress)
             _CACHE.shards[shard_key] = shard
@@ -192,7 +194,7 @@ class ClientTask:
             c_delta = {k: v - control[1][k] if k in control[1] else v for k, v in c_new.items()}
         metrics = {
             "train-loss": result.train_loss,
-            "local-auc": local["auc"],
+            **{f"local-{k.replace('_', '-')}": local[k] for k in ("auc", "pairwise_accuracy") if k in local},
             "steps": float(result.steps),
             "train-s": time.perf_counter() - t0,
             "setup-s": self.setup_s,
@@ -208,9 +210,12 @@ class ClientTask:
 
     def head_statistics(self, global_state: Mapping[str, np.ndarray]) -> RidgeStats:
         """Ridge sufficient statistics of this client's training rows under the global
-        state (before round 1: the frozen backbone's features), for the federated head."""
+        state (before round 1: the frozen backbone's features), for the federated head; on
+        preference pairs, those of the least-squares Bradley-Terry head."""
         self._load_global(global_state)
         x = frozen_features(self.model, self.shard.train, self.cfg, self.pad_id, self.device)
+        if is_pairs(self.shard.train):
+            return pair_ridge_stats(x)
         return ridge_stats(x, head_targets(self.shard.train.labels, self.cfg.data.misaligned_threshold).numpy())
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
@@ -220,7 +225,7 @@ class ClientTask:
         self._load_global(global_state, pruned, personal)
         t0 = time.perf_counter()
         metrics, _ = evaluate(self.model, self.shard.holdout, self.cfg, self.pad_id, self.device)
-        keep = ("auc", "f1_oracle", "mae", *(k for k in metrics if k.startswith("pearson_")))
+        keep = ("auc", "pairwise_accuracy", "f1_oracle", "mae", *(k for k in metrics if k.startswith("pearson_")))
         out = {k: float(metrics[k]) for k in keep if k in metrics}
         out.update({"eval-s": time.perf_counter() - t0, "setup-s": self.setup_s})
         return len(self.shard.holdout), out

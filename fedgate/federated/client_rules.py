@@ -18,14 +18,15 @@ import math
 import zlib
 from typing import Callable, Collection, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from fedgate.aggregation.lora import module_of
-from fedgate.batching import EncodedSplit, make_batch, sorted_batches
+from fedgate.batching import EncodedSplit, is_pairs, make_batch, sorted_batches
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules
-from fedgate.losses import total_loss
-from fedgate.model import RewardModel, head_targets
+from fedgate.model import RewardModel
+from fedgate.train import batch_loss, pair_rows
 
 FFA = "ffa"
 
@@ -108,12 +109,17 @@ def mean_gradient(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, p
     was_training = model.training
     model.eval()
     total = 0
-    for rows in sorted_batches(split, cfg.train.batch_size):
+    pairs = is_pairs(split)
+    if pairs:  # both replies of a pair in one batch, batch-size pairs at a time
+        n, size = len(split) // 2, cfg.train.batch_size
+        batches = [pair_rows(np.arange(i, min(i + size, n))) for i in range(0, n, size)]
+    else:
+        batches = sorted_batches(split, cfg.train.batch_size)
+    for rows in batches:
         batch = make_batch(split, rows, pad_id, device)
         model.zero_grad(set_to_none=True)
         pred = model(batch, split.split_at)
-        targets = head_targets(batch["labels"], cfg.data.misaligned_threshold)
-        loss, _ = total_loss(pred.float(), targets, model, cfg.loss, prior)
+        loss, _ = batch_loss(pred, batch, pairs, model, cfg, prior)
         loss.backward()
         for n, p in params.items():
             if p.grad is not None:

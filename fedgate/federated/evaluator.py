@@ -3,6 +3,7 @@
 On rows no client sees: ROC-AUC and F1 of detecting misaligned responses (F1 at a cut chosen
 on the validation split), Pearson r per attribute, and ROC-AUC again with semantic noise at
 each configured rate. The noisy copies are fixed per rate and seed, so rounds are comparable.
+On preference pairs: pairwise accuracy with its bootstrap interval, clean and under noise.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Collection, Mapping
 import numpy as np
 import torch
 
-from fedgate.batching import EncodedSplit, encode_split
+from fedgate.batching import EncodedSplit, encode_pairs, encode_split
 from fedgate.config import FedgateConfig
 from fedgate.data import noisy_dataset
+from fedgate.data.pairs import is_pair_dataset, noisy_columns
 from fedgate.federated.client_rules import configure_adapters
 from fedgate.federated.shards import server_splits
 from fedgate.inject import count_parameters
@@ -24,7 +26,7 @@ from fedgate.model import build_reward_model
 from fedgate.pipeline import load_splits
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
 from fedgate.train import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
-                           pick_device, predict, prepare_cache)
+                           pick_device, predict, prepare_cache, selection_metric)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,12 @@ class ServerEvaluator:
         self.pad_id = self.tokenizer.pad_token_id
         t0 = time.perf_counter()
         rows = server_splits(cfg)
-        self.splits: dict[str, EncodedSplit] = {k: encode_split(v, self.tokenizer, cfg.model) for k, v in rows.items()}
+        self.pairs = is_pair_dataset(rows["test"])
+        encode = encode_pairs if self.pairs else encode_split
+        self.splits: dict[str, EncodedSplit] = {k: encode(v, self.tokenizer, cfg.model) for k, v in rows.items()}
         for rate in cfg.server.noise_rates:
-            noisy = noisy_dataset(rows["test"], rate, seed=cfg.data.seed)
-            self.splits[noise_key(rate)] = encode_split(noisy, self.tokenizer, cfg.model)
+            noisy = noisy_dataset(rows["test"], rate, seed=cfg.data.seed, columns=noisy_columns(rows["test"]))
+            self.splits[noise_key(rate)] = encode(noisy, self.tokenizer, cfg.model)
         prepare_cache(self.model, list(self.splits.values()), cfg, self.pad_id, self.device, progress)
         self.setup_s = time.perf_counter() - t0
         log.info("server evaluation rows: %s (%.1f s to encode and cache)",
@@ -70,27 +74,30 @@ class ServerEvaluator:
         configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
         val = self.splits["validation"]
-        cut = decision_threshold_from(predict(self.model, val, self.cfg, self.pad_id, self.device), val, self.cfg)
+        cut = None if self.pairs else decision_threshold_from(
+            predict(self.model, val, self.cfg, self.pad_id, self.device), val, self.cfg)
         metrics, pred = evaluate(self.model, self.splits["test"], self.cfg, self.pad_id, self.device,
                                  decision_threshold=cut)
         metrics = {k: float(v) for k, v in metrics.items()}
-        metrics["decision_threshold"] = float(cut)
+        if cut is not None:
+            metrics["decision_threshold"] = float(cut)
         for rate in self.cfg.server.noise_rates if noise else ():
             noisy, _ = evaluate(self.model, self.splits[noise_key(rate)], self.cfg, self.pad_id, self.device)
-            metrics[noise_key(rate)] = float(noisy["auc"])
+            if "auc" in noisy:
+                metrics[noise_key(rate)] = float(noisy["auc"])
             if "pairwise_accuracy" in noisy:
                 metrics[f"pairwise_accuracy_noise_{rate:g}"] = float(noisy["pairwise_accuracy"])
         metrics["eval_s"] = time.perf_counter() - t0
         return metrics, pred
 
     def validation_auc(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = ()) -> float:
-        """ROC-AUC of ``state`` on the validation rows only (never the test rows): how the
-        ``validated`` strategy scores a candidate update."""
+        """ROC-AUC (pairwise accuracy on pairs) of ``state`` on the validation rows only (never
+        the test rows): how the ``validated`` strategy scores a candidate update."""
         configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
         val = self.splits["validation"]
         return float(metrics_from_predictions(predict(self.model, val, self.cfg, self.pad_id, self.device), val,
-                                              self.cfg)["auc"])
+                                              self.cfg)[selection_metric(val)])
 
     def validation_features(self, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Head inputs of the validation rows under ``state`` and their 0-4 labels: what the
@@ -105,10 +112,11 @@ class ServerEvaluator:
         (every client's shard) and scored on the server's test rows, the rows the federation
         is scored on; feature baselines use the head inputs under ``state``."""
         from fedgate.baselines import all_baselines
+        from fedgate.pairwise import pair_baselines
 
         t0 = time.perf_counter()
         rows = {**server_splits(self.cfg), "train": load_splits(self.cfg)["train"]}
-        train = encode_split(rows["train"], self.tokenizer, self.cfg.model)
+        train = (encode_pairs if self.pairs else encode_split)(rows["train"], self.tokenizer, self.cfg.model)
         prepare_cache(self.model, [train], self.cfg, self.pad_id, self.device, progress=False)
         configure_adapters(self.model, self.cfg)
         load_adapter_state(self.model, from_numpy(state))
@@ -116,8 +124,11 @@ class ServerEvaluator:
         for name in ("validation", "test"):
             frozen[name] = frozen_features(self.model, self.splits[name], self.cfg, self.pad_id, self.device)
         try:
-            out = all_baselines(rows["train"], rows["validation"], rows["test"], frozen,
-                                self.cfg.data.misaligned_threshold, self.cfg.train.seed)
+            if self.pairs:
+                out = pair_baselines(rows["train"], rows["validation"], rows["test"], frozen)
+            else:
+                out = all_baselines(rows["train"], rows["validation"], rows["test"], frozen,
+                                    self.cfg.data.misaligned_threshold, self.cfg.train.seed)
         except ValueError as e:  # e.g. a single class or no shared word in a handful of rows
             log.warning("cheap baselines skipped on %d pooled training rows: %s", len(train), e)
             return {}

@@ -60,7 +60,26 @@ def line_plot(path: Path, series: dict[str, tuple[list, list]], *, ylabel: str, 
     plt.close(fig)
 
 
+def headline_metric(rounds: list[dict]) -> tuple[str, str]:
+    """(key, name) of what a run is judged by: ROC-AUC, or pairwise accuracy on preference pairs."""
+    evals = [r.get("server_eval") or {} for r in rounds]
+    if any("pairwise_accuracy" in s for s in evals) and not any("auc" in s for s in evals):
+        return "pairwise_accuracy", "pairwise accuracy"
+    return "auc", "AUC"
+
+
 def plot_metrics(rounds: list[dict], path: Path) -> None:
+    if headline_metric(rounds)[0] == "pairwise_accuracy":
+        keys = [("server_eval", "pairwise_accuracy", "server pairwise accuracy")]
+        noise = sorted({k for r in rounds for k in (r.get("server_eval") or {})
+                        if k.startswith("pairwise_accuracy_noise_")})
+        keys += [("server_eval", k, f"pairwise accuracy, noise {k.removeprefix('pairwise_accuracy_noise_')}")
+                 for k in noise]
+        keys += [("federated_eval", "pairwise_accuracy-mean", "clients' mean pairwise accuracy"),
+                 ("federated_eval", "pairwise_accuracy-worst", "worst client pairwise accuracy")]
+        line_plot(path, {label: _series(rounds, section, key) for section, key, label in keys}, ylabel="metric",
+                  dashed=[label for section, _, label in keys if section == "federated_eval"])
+        return
     keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
     noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith("auc_noise_")})
     keys += [("server_eval", k, f"ROC-AUC, noise {k.removeprefix('auc_noise_')}") for k in noise]
@@ -130,13 +149,15 @@ def _fmt(v, spec: str = ".4f") -> str:
 
 
 def round_table(rounds: list[dict]) -> str:
-    lines = ["| round | test AUC | F1 | clients' mean / worst AUC | clients | up KiB / client | down KiB | wall s |",
+    key, name = headline_metric(rounds)
+    lines = [f"| round | test {name} | F1 | clients' mean / worst {name} | clients | up KiB / client | down KiB "
+             "| wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rounds:
         s, fe, b = r.get("server_eval") or {}, r.get("federated_eval") or {}, r.get("bytes") or {}
-        fed = f"{_fmt(fe.get('auc-mean'))} / {_fmt(fe.get('auc-worst'))}" if fe else "-"
+        fed = f"{_fmt(fe.get(f'{key}-mean'))} / {_fmt(fe.get(f'{key}-worst'))}" if fe else "-"
         lines.append(
-            f"| {r['round']} | {_fmt(s.get('auc'))} | {_fmt(s.get('f1'))} | {fed} | {len(r.get('clients', []))} | "
+            f"| {r['round']} | {_fmt(s.get(key))} | {_fmt(s.get('f1'))} | {fed} | {len(r.get('clients', []))} | "
             f"{_fmt(b.get('array_up_per_client', 0) / 1024 if b else None, '.1f')} | "
             f"{_fmt(b.get('down', 0) / 1024 if b else None, '.1f')} | {_fmt((r.get('wall_s') or {}).get('round'), '.1f')} |")
     return "\n".join(lines)
@@ -166,12 +187,14 @@ def write_report(run_dir: str | Path) -> Path:
                   f"{params['backbone']:,}).", ""]
     parts += ["## Rounds", "", round_table(rounds), "", "![metrics per round](plots/metrics.png)", ""]
     baselines = summary.get("baselines")
+    key, name = headline_metric(rounds)
     if baselines:
-        final = (summary.get("final") or {}).get("auc")
+        final = (summary.get("final") or {}).get(key)
         parts += ["## Cheap baselines (pooled training rows, same test rows)", "",
-                  "| method | test AUC |", "|---|---|", f"| federated model (final) | {_fmt(final)} |",
-                  *(f"| {k} | {_fmt(v)} |" for k, v in baselines.items() if not k.endswith(("_C", "_lr"))), ""]
-    if (run.path / PREDICTIONS_FILE).is_file():
+                  f"| method | test {name} |", "|---|---|", f"| federated model (final) | {_fmt(final)} |",
+                  *(f"| {k} | {_fmt(v)} |" for k, v in baselines.items()
+                    if not k.endswith(("_C", "_lr", "_longer_wins"))), ""]
+    if key == "auc" and (run.path / PREDICTIONS_FILE).is_file():
         auc = plot_roc(run.path / PREDICTIONS_FILE, int(config.get("data.misaligned-threshold", 2)),
                        plots / "roc.png")
         parts += ["## Final ROC curve (test split)", "", f"ROC-AUC {auc:.4f}.", "", "![ROC](plots/roc.png)", ""]

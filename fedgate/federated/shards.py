@@ -3,7 +3,9 @@
 Clients split the training split among themselves (``federation.partitioner``); each keeps a
 share of its shard's prompts as a local held-out set for federated evaluation. The server
 scores the global model on the test split (and picks its F1 cut on the validation split):
-rows no client ever sees.
+rows no client ever sees. A file of preference pairs is shared out the same way, pair by
+pair (:func:`fedgate.data.partition.partition_pairs`); conflicting feedback swaps a pair's
+chosen and rejected replies.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from fedgate.config import DataConfig, FedgateConfig, FederationConfig
 from fedgate.data import DataError, conflicting_feedback, partition_dataset, split_by_prompt
-from fedgate.data.pairs import is_pair_dataset
+from fedgate.data.pairs import flip_pairs, is_pair_dataset
+from fedgate.data.partition import partition_pairs
 from fedgate.pipeline import load_splits
 
 log = logging.getLogger(__name__)
@@ -25,12 +28,10 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=4)
 def _partitions(data: DataConfig, fed: FederationConfig, num_partitions: int) -> tuple[datasets.Dataset, ...]:
     train = load_splits(FedgateConfig(data=data))["train"]
-    if is_pair_dataset(train):
-        raise DataError(f"{data.source} holds preference pairs: fedgate trains on pairs centrally "
-                        f"(fedgate train) but not yet in a federation")
-    parts = partition_dataset(train, num_partitions, fed.partitioner, alpha=fed.alpha, seed=data.seed)
-    log.info("partitioned %d training rows into %d shards (%s): sizes %s", len(train), num_partitions,
-             fed.partitioner, [len(p) for p in parts])
+    partition = partition_pairs if is_pair_dataset(train) else partition_dataset
+    parts = partition(train, num_partitions, fed.partitioner, alpha=fed.alpha, seed=data.seed)
+    log.info("partitioned %d training %s into %d shards (%s): sizes %s", len(train),
+             "pairs" if is_pair_dataset(train) else "rows", num_partitions, fed.partitioner, [len(p) for p in parts])
     return tuple(parts)
 
 
@@ -75,8 +76,9 @@ def client_shard(cfg: FedgateConfig, partition_id: int, num_partitions: int) -> 
         rows["train"] = train.select(sorted(chosen.tolist()))
     adversarial = partition_id in flipped_partitions(fed.flipped_clients, num_partitions, cfg.data.seed)
     fraction = 1.0 if adversarial else fed.flipped_rows
-    if fraction > 0:
-        rows["train"] = conflicting_feedback(rows["train"], fraction, seed=cfg.data.seed * 1000 + partition_id)
+    if fraction > 0:  # on pairs: chosen and rejected swapped
+        flip = flip_pairs if is_pair_dataset(rows["train"]) else conflicting_feedback
+        rows["train"] = flip(rows["train"], fraction, seed=cfg.data.seed * 1000 + partition_id)
     return rows
 
 

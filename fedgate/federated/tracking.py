@@ -33,8 +33,9 @@ def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     train = record.get("train") or {}
     if "train-loss" in train:
         out["clients/train_loss"] = float(train["train-loss"])
-    if "local-auc" in train:
-        out["clients/local_auc"] = float(train["local-auc"])
+    for key in ("local-auc", "local-pairwise-accuracy"):
+        if key in train:
+            out[f"clients/{key.replace('-', '_')}"] = float(train[key])
     if record.get("round", 0) > 0:
         out["clients/ok"] = float(len(record.get("clients") or []))
         out["clients/failed"] = float(len(record.get("failures") or []) + len(record.get("dropped") or []))

@@ -79,6 +79,30 @@ def test_mean_gradient_is_the_full_batch_gradient(tiny_cfg):
     assert any(float(v.abs().max()) > 0 for v in full.values())
 
 
+def test_mean_gradient_on_pairs_is_the_bradley_terry_gradient_of_every_pair(tiny_cfg):
+    from fedgate.batching import encode_pairs, make_batch
+    from fedgate.losses import bradley_terry_loss
+    from fedgate.model import ALIGNMENT
+    from tests.test_pairwise import _pairs
+
+    cfg = tiny_cfg(**{"loss.beta": 0.0, "loss.lambda-f": 0.0, "loss.lambda-s": 0.0,
+                      "train.cache-lower-layers": False, "train.batch-size": 3})
+    model, tok = build_reward_model(cfg.model, cfg.adapter)
+    with torch.no_grad():  # a head that scores, so the pairs' gradients are not all equal
+        model.head.weight.normal_(0, 0.5)
+    split = encode_pairs(_pairs(8), tok, cfg.model)
+    keys = trainable_names(model)
+    got = mean_gradient(model, split, cfg, tok.pad_token_id, torch.device("cpu"), keys)  # 3 + 3 + 2 pairs
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    score = model(make_batch(split, np.arange(16), tok.pad_token_id, torch.device("cpu")))[:, ALIGNMENT]
+    bradley_terry_loss(score[0::2], score[1::2]).backward()  # all 8 pairs at once, by hand
+    for n, p in model.named_parameters():
+        if n in keys and p.grad is not None:
+            torch.testing.assert_close(got[n], p.grad, atol=2e-6, rtol=1e-4)
+    assert float(got["head.weight"].abs().max()) > 0
+
+
 def test_fedprox_keeps_the_client_closer_to_the_global_model(tiny_cfg):
     norms = {}
     for strategy, mu in (("fedavg", 0.0), ("fedprox", 50.0)):
