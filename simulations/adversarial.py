@@ -26,7 +26,7 @@ from fedgate.federated.rundir import RunDir
 from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, paired_difference, parse_sets, resolved,
                                rows_from_dir, run_study, seed_dirs, study_parser, summarize_run, write_table)
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
+COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 RULES = {"fedavg": {"federation.strategy": "fedavg"},

@@ -23,7 +23,7 @@ from fedgate.federated.rundir import RunDir
 from simulations.study import (SEED_KEY, config_string, mean_and_se, rows_from_dir, seed_dir, standard_results,
                                study_main, write_table)
 
-COMMON = {"federation.rounds": 3, "server.noise-rates": "",
+COMMON = {"server.noise-rates": "",  # rounds and sizing: the defaults
           "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "iid": {"federation.partitioner": "iid"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from simulations.study import rows_from_dir, standard_results, study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 3,
+COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
