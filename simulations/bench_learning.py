@@ -41,11 +41,10 @@ import numpy as np
 
 from fedgate.config import FedgateConfig
 from fedgate.federated.rundir import SUMMARY_FILE, RunDir
-from simulations.run import LOG_FILE, app_config, simulate
+from simulations.run import LOG_FILE, simulate
 from simulations.study import config_string
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
 NUM_SUPERNODES = 4
 
 # name -> (kind, overrides)
@@ -140,13 +139,11 @@ def run_row(out: Path, name: str, seed: int) -> dict:
 def run_matched(out: Path, twin: Path, seed: int) -> dict:
     """The centralized twin of a federation: its settings, its pooled training rows, its total
     optimizer steps, scored by its server evaluator (same validation and test rows)."""
-    from simulations.study_noniid import centralized_bound
+    from simulations.study_noniid import centralized_bound, federation_settings
 
     result = out / "server_eval.json"
     if not result.is_file():
-        flat = {k: v for k, v in {**app_config(REPO), "train.seed": seed}.items()
-                if not k.startswith(("federation.", "simulation."))}
-        centralized_bound(flat, fed_steps(twin), out)
+        centralized_bound(federation_settings({"train.seed": seed}), fed_steps(twin), out)
     r = json.loads(result.read_text())
     return {"auc": r["server_eval"]["auc"], "auc_step0": None, "steps": r["steps"], "wall_s": r["wall_s"]}
 

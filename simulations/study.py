@@ -37,6 +37,7 @@ STUDY_FILE = "study.json"  # in the results folder: which script; in each run di
 NUM_SUPERNODES = "simulation.num-supernodes"  # a variant key for run_study, not for the run config
 SEED_KEY = "train.seed"
 RESOLVED_AT = 2.0  # a difference counts as resolved when it is at least this many standard errors
+HEADLINES = ("auc", "pairwise_accuracy")  # what a run is judged by: rated rows, preference pairs
 
 
 def seed_dir(out: Path, name: str, seed: int) -> Path:
@@ -81,7 +82,9 @@ def combine_seeds(per_seed: dict[int, dict]) -> dict:
         else:
             out[key] = value
     out["seeds"] = len(rows)
-    out["auc_se"] = mean_and_se([r["auc"] for r in rows])[1]
+    for key in HEADLINES:  # the SE over seeds of whichever headline figure the rows carry
+        if all(key in r for r in rows):
+            out[f"{key}_se"] = mean_and_se([r[key] for r in rows])[1]
     out["per_seed"] = per_seed
     return out
 
@@ -173,8 +176,9 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
                 continue
             RunDir(run_dir).write_json(STUDY_FILE, {"config": config, "num_supernodes": nodes[name]})
         r = done.setdefault(name, {})[seed] = summarize(run_dir)
-        print(f"{tag}: AUC {r['auc']:.4f}, F1 {r['f1']:.4f}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s",
-              flush=True)
+        score = (f"AUC {r['auc']:.4f}, F1 {r['f1']:.4f}" if "auc" in r
+                 else f"pairwise accuracy {r['pairwise_accuracy']:.4f}")
+        print(f"{tag}: {score}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s", flush=True)
     return {name: combine_seeds(done[name]) for name in configs if name in done}
 
 

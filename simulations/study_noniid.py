@@ -41,6 +41,16 @@ def total_client_steps(run_dir: Path) -> int:
     return int(sum(c.get("steps", 0) for r in RunDir(run_dir).rounds() if r["round"] > 0 for c in r["clients"]))
 
 
+def federation_settings(flat: dict) -> dict:
+    """What a federation run with the overrides ``flat`` used, as a centralized config: the
+    app's defaults (``[tool.flwr.app.config]``: its rows, learning rates, schedule, server
+    evaluation rows) under ``flat``, without the keys only a federation has."""
+    from simulations.run import REPO, app_config
+
+    return {k: v for k, v in {**app_config(REPO), **flat}.items()
+            if not k.startswith(("federation.", "simulation."))}
+
+
 def centralized_bound(flat: dict, steps: int, out: Path) -> dict:
     """Train on the pooled training rows for ``steps`` steps, then score the adapters with
     the federation's own server evaluator (same test rows, same validation cut)."""
@@ -72,8 +82,7 @@ def _after(out: Path, flat: dict[str, dict], args: argparse.Namespace) -> None:
             print(f"centralized seed {seed}: already in {target}; reusing it", flush=True)
             continue
         print(f"centralized seed {seed}: {steps} steps (the {source} federation's clients together)", flush=True)
-        base = {k: v for k, v in flat[source].items() if not k.startswith(("federation.", "simulation."))}
-        centralized_bound({**base, SEED_KEY: seed}, steps, target)
+        centralized_bound({**federation_settings(flat[source]), SEED_KEY: seed}, steps, target)
 
 
 def report(out: Path) -> str:
