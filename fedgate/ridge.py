@@ -5,7 +5,9 @@ column of ones for the bias): sums over rows. So a federation gets the exact cen
 ridge head by adding up each client's ``(G_k, M_k)`` once before round 1, instead of
 averaging heads each client fitted on its own few rows (which, at 200 rows and 1,500
 features, are mostly noise: the averaged head ranked at chance). The regularisation
-strength is chosen on rows the statistics never saw (the validation split).
+strength is chosen on rows the statistics never saw (the validation split). On preference
+pairs the same statistics of each pair's feature difference, regressed on +1, give a
+least-squares Bradley-Terry head (:func:`pair_ridge_stats`, :func:`fit_pairs`).
 """
 
 from __future__ import annotations
