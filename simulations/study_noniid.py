@@ -1,6 +1,7 @@
 """Non-IID degree: Dirichlet label skew from mild to extreme, topic skew (whole module
-families per client) and quantity skew, against centralized training on the pooled rows
-with the same total number of optimizer steps (the upper bound).
+families per client), quantity skew and degradation-kind skew (each client sees only some
+kinds of bad answer), FedProx and SCAFFOLD on the strongest skew, against centralized
+training on the pooled rows with the same total number of optimizer steps (the upper bound).
 
     python -m simulations.study_noniid [--variants ...] [--set KEY=VALUE] [--out DIR]
     fedgate report DIR
@@ -32,6 +33,12 @@ VARIANTS = {
     "dirichlet-0.1": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1},
     "topic-skew": {"federation.partitioner": "domain"},
     "quantity-skew": {"federation.partitioner": "quantity", "federation.alpha": 0.5},
+    "kind-skew": {"federation.partitioner": "kind"},
+    # can a rule built for client drift win back what FedAvg loses to the strongest skew?
+    "dirichlet-0.1-fedprox": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                              "federation.strategy": "fedprox"},
+    "dirichlet-0.1-scaffold": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                               "federation.strategy": "scaffold"},
 }
 CENTRALIZED = "centralized"
 
