@@ -24,3 +24,14 @@ def test_table_gives_mean_and_standard_error_and_the_paired_difference():
 
 def test_a_row_without_runs_is_left_out():
     assert "central" not in table({"central": {}, "fed": {0: _row(0.7)}})
+
+
+def test_noisy_auc_is_paired_against_fed_and_a_missing_value_is_skipped():
+    results = {
+        "fed": {0: _row(0.70, auc_noise=0.68, uplink_mib=8.0), 1: _row(0.72, auc_noise=0.70, uplink_mib=8.0)},
+        "fed-plain-lora": {0: _row(0.70, auc_noise=0.65, uplink_mib=7.5), 1: _row(0.71, auc_noise=None)},
+    }
+    plain = table(results).splitlines()[3].split(" | ")
+    # noisy AUC: only seed 0 has both values: 0.65 - 0.68 = -3.00 points, one pair, no SE
+    assert plain[11] == "0.6500" and plain[12] == "-3.00"
+    assert plain[13] == "7.50"
