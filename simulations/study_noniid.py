@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.rundir import RunDir
-from simulations.study import (SEED_KEY, config_string, mean_and_se, rows_from_dir, seed_dir, standard_results,
-                               study_main, write_table)
+from simulations.study import (SEED_KEY, config_string, mean_and_se, paired_difference, resolved, rows_from_dir,
+                               seed_dir, standard_results, study_main, write_table)
 
 COMMON = {"server.noise-rates": "",  # rounds and sizing: the defaults
           "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}
@@ -41,6 +41,8 @@ VARIANTS = {
                                "federation.strategy": "scaffold"},
 }
 CENTRALIZED = "centralized"
+# variant -> the FedAvg run on the same split it tries to improve on
+RECOVERY = {"dirichlet-0.1-fedprox": "dirichlet-0.1", "dirichlet-0.1-scaffold": "dirichlet-0.1"}
 
 
 def total_client_steps(run_dir: Path) -> int:
@@ -107,7 +109,30 @@ def report(out: Path) -> str:
         md += "\n" + write_table(out, gap, {"variant": "variant", "auc": "final ROC-AUC",
                                             "gap_points": f"vs {reference[0]} ({reference[1]:.4f}), points"},
                                  name="vs_centralized")
-    return md
+    return md + recovery(out, rows)
+
+
+def recovery(out: Path, rows: dict[str, dict]) -> str:
+    """For each rule run on a skewed split: FedAvg's cost on that split (IID minus skewed,
+    paired) and how many of those points the rule wins back (rule minus FedAvg, paired), as a
+    share of the cost. Empty when the runs are missing."""
+    table = []
+    for name, skewed in RECOVERY.items():
+        if not {name, skewed, "iid"} <= rows.keys():
+            continue
+        cost, cost_se, _ = paired_difference(out, rows, "iid", skewed)
+        gain, gain_se, _ = paired_difference(out, rows, name, skewed)
+        table.append({"variant": name, "split": skewed, "cost_points": f"{cost:+.2f}",
+                      "cost_se": "" if cost_se != cost_se else f"{cost_se:.2f}", "cost_resolved": resolved(cost, cost_se),
+                      "gain_points": f"{gain:+.2f}", "gain_se": "" if gain_se != gain_se else f"{gain_se:.2f}",
+                      "gain_resolved": resolved(gain, gain_se),
+                      "share_recovered": f"{gain / cost:.0%}" if cost > 0 else "-"})
+    if not table:
+        return ""
+    return "\n" + write_table(out, table, {
+        "variant": "rule on the skewed split", "split": "split", "cost_points": "FedAvg's non-IID cost (IID - split, points)",
+        "cost_se": "its SE", "cost_resolved": ">= 2 SE", "gain_points": "rule - FedAvg on the split (points)",
+        "gain_se": "its SE", "gain_resolved": ">= 2 SE", "share_recovered": "share of the cost won back"}, name="recovery")
 
 
 def main(argv: list[str] | None = None) -> int:

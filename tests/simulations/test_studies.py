@@ -119,6 +119,23 @@ def test_noniid_report_draws_the_centralized_bound(tmp_path):
     assert (tmp_path / "vs_centralized.csv").is_file()
 
 
+def test_noniid_report_gives_the_share_of_fedavgs_cost_a_rule_wins_back(tmp_path):
+    from simulations import study_noniid
+
+    runs = {"iid": [0.70, 0.72, 0.71], "dirichlet-0.1": [0.64, 0.66, 0.67],  # cost 6, 6, 4 points
+            "dirichlet-0.1-fedprox": [0.67, 0.68, 0.69]}  # gain 3, 2, 2 points
+    for name, aucs in runs.items():
+        for seed, auc in enumerate(aucs):
+            fake_run(seed_dir(tmp_path, name, seed), [0.6, auc])
+    (tmp_path / "variants.json").write_text(json.dumps(dict.fromkeys(runs, "")))
+    md = study_noniid.report(tmp_path)
+    cost_se, gain_se = np.std([6, 6, 4], ddof=1) / np.sqrt(3), np.std([3, 2, 2], ddof=1) / np.sqrt(3)
+    # 7/3 of 16/3 points won back: 44%; both differences are over 2 SE
+    assert (f"| dirichlet-0.1-fedprox | dirichlet-0.1 | +5.33 | {cost_se:.2f} | yes | +2.33 | {gain_se:.2f} | yes | 44% |"
+            in md)
+    assert "scaffold" not in md.split("share of the cost won back")[1]  # not run: no row
+
+
 def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
     from simulations.study_noniid import centralized_bound
 
