@@ -69,21 +69,19 @@ def headline_metric(rounds: list[dict]) -> tuple[str, str]:
 
 
 def plot_metrics(rounds: list[dict], path: Path) -> None:
+    """The server's headline metric (with F1 for labelled rows), its noisy copies and the
+    clients' mean and worst per round; the clients' lines dashed."""
     if headline_metric(rounds)[0] == "pairwise_accuracy":
-        keys = [("server_eval", "pairwise_accuracy", "server pairwise accuracy")]
-        noise = sorted({k for r in rounds for k in (r.get("server_eval") or {})
-                        if k.startswith("pairwise_accuracy_noise_")})
-        keys += [("server_eval", k, f"pairwise accuracy, noise {k.removeprefix('pairwise_accuracy_noise_')}")
-                 for k in noise]
-        keys += [("federated_eval", "pairwise_accuracy-mean", "clients' mean pairwise accuracy"),
-                 ("federated_eval", "pairwise_accuracy-worst", "worst client pairwise accuracy")]
-        line_plot(path, {label: _series(rounds, section, key) for section, key, label in keys}, ylabel="metric",
-                  dashed=[label for section, _, label in keys if section == "federated_eval"])
-        return
-    keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
-    noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith("auc_noise_")})
-    keys += [("server_eval", k, f"ROC-AUC, noise {k.removeprefix('auc_noise_')}") for k in noise]
-    keys += [("federated_eval", "auc-mean", "clients' mean AUC"), ("federated_eval", "auc-worst", "worst client AUC")]
+        metric, name, client_name = "pairwise_accuracy", "pairwise accuracy", "pairwise accuracy"
+        keys = [("server_eval", metric, "server pairwise accuracy")]
+    else:
+        metric, name, client_name = "auc", "ROC-AUC", "AUC"
+        keys = [("server_eval", "auc", "server ROC-AUC"), ("server_eval", "f1", "server F1")]
+    prefix = f"{metric}_noise_"
+    noise = sorted({k for r in rounds for k in (r.get("server_eval") or {}) if k.startswith(prefix)})
+    keys += [("server_eval", k, f"{name}, noise {k.removeprefix(prefix)}") for k in noise]
+    keys += [("federated_eval", f"{metric}-mean", f"clients' mean {client_name}"),
+             ("federated_eval", f"{metric}-worst", f"worst client {client_name}")]
     line_plot(path, {label: _series(rounds, section, key) for section, key, label in keys}, ylabel="metric",
               dashed=[label for section, _, label in keys if section == "federated_eval"])
 

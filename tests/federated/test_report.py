@@ -70,3 +70,22 @@ def test_report_lists_the_baselines_next_to_the_final_model_and_scores_by_the_al
     assert "| federated model (final) | 0.7000 |" in report and "| frozen_probe | 0.6500 |" in report
     assert "| length | 0.5500 |" in report and "frozen_probe_C" not in report
     assert "ROC-AUC 0.7500" in report  # 3 of the 4 (misaligned, aligned) pairs ordered right
+
+
+@pytest.mark.parametrize("metric, expected", [
+    ("auc", ["server ROC-AUC", "server F1", "ROC-AUC, noise 0.1", "clients' mean AUC", "worst client AUC"]),
+    ("pairwise_accuracy", ["server pairwise accuracy", "pairwise accuracy, noise 0.1",
+                           "clients' mean pairwise accuracy", "worst client pairwise accuracy"]),
+])
+def test_metric_plot_draws_the_headline_metric_its_noisy_copy_and_the_clients(tmp_path, monkeypatch, metric, expected):
+    from fedgate.federated import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "line_plot", lambda path, series, **kw: drawn.update(series=series, **kw))
+    server = {metric: 0.6, f"{metric}_noise_0.1": 0.55} | ({"f1": 0.7} if metric == "auc" else {})
+    rounds = [{"round": r, "server_eval": server, "federated_eval": {f"{metric}-mean": 0.6, f"{metric}-worst": 0.5}}
+              for r in (0, 1)]
+    report.plot_metrics(rounds, tmp_path / "m.png")
+    assert list(drawn["series"]) == expected
+    assert drawn["series"][expected[0]] == ([0, 1], [0.6, 0.6])
+    assert drawn["dashed"] == expected[-2:]
