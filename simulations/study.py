@@ -199,27 +199,29 @@ def rows_from_dir(out: Path, summarize: Callable[[Path], dict] = summarize_run) 
     return rows
 
 
-def paired_difference(out: Path, rows: dict[str, dict], name: str, baseline: str) -> tuple[float, float, str]:
-    """``AUC(name) - AUC(baseline)`` in points with its standard error and how that was had:
-    over two or more shared seeds, the mean and SE of the per-seed differences
-    (``"seeds"``); over one shared seed, a paired bootstrap over the test rows
-    (``"bootstrap"``); ``nan`` where neither applies."""
+def paired_difference(out: Path, rows: dict[str, dict], name: str, baseline: str,
+                      key: str = "auc") -> tuple[float, float, str]:
+    """``key(name) - key(baseline)`` in points (``key``: the final ROC-AUC, or a figure such
+    as ``auc_noise_0.2``) with its standard error and how that was had: over two or more
+    shared seeds, the mean and SE of the per-seed differences (``"seeds"``); over one shared
+    seed, a paired bootstrap over the test rows (``"bootstrap"``, clean AUC only); ``nan``
+    where neither applies."""
     a, b = rows[name].get("per_seed", {}), rows[baseline].get("per_seed", {})
-    shared = sorted(set(a) & set(b))
+    shared = sorted(s for s in set(a) & set(b) if key in a[s] and key in b[s])
     if len(shared) >= 2:
-        mean, se = mean_and_se([100 * (a[s]["auc"] - b[s]["auc"]) for s in shared])
+        mean, se = mean_and_se([100 * (a[s][key] - b[s][key]) for s in shared])
         return mean, se, "seeds"
     if shared:
         s = shared[0]
-        diff = 100 * (a[s]["auc"] - b[s]["auc"])
+        diff = 100 * (a[s][key] - b[s][key])
         da, db = seed_dir(out, name, s), seed_dir(out, baseline, s)
-        if all((d / PREDICTIONS_FILE).is_file() for d in (da, db)):
+        if key == "auc" and all((d / PREDICTIONS_FILE).is_file() for d in (da, db)):
             try:
                 return diff, auc_difference_se(da, db), "bootstrap"
             except ValueError as e:  # scored on other rows: no paired SE, say why
                 log.warning("%s", e)
         return diff, float("nan"), ""
-    return 100 * (rows[name]["auc"] - rows[baseline]["auc"]), float("nan"), ""
+    return 100 * (rows[name][key] - rows[baseline][key]), float("nan"), ""
 
 
 def resolved(diff: float, se: float) -> str:

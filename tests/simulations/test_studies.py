@@ -136,6 +136,22 @@ def test_noniid_report_gives_the_share_of_fedavgs_cost_a_rule_wins_back(tmp_path
     assert "scaffold" not in md.split("share of the cost won back")[1]  # not run: no row
 
 
+def test_gate_study_pairs_gated_against_plain_in_each_condition_that_ran(tmp_path):
+    from simulations.study_gates import gates_vs_plain
+
+    def rows_of(aucs, noisy):
+        return combine_seeds({s: {"auc": a, "f1": 0.8, "auc_noise_0.2": n} for s, (a, n) in enumerate(zip(aucs, noisy))})
+
+    rows = {"plain-lora": rows_of([0.70, 0.71, 0.72], [0.66, 0.67, 0.68]),
+            "both-gates": rows_of([0.71, 0.71, 0.72], [0.69, 0.70, 0.70])}  # clean +1, 0, 0; noisy +3, +3, +2
+    md = gates_vs_plain(tmp_path, rows)
+    clean_se, noisy_se = np.std([1, 0, 0], ddof=1) / np.sqrt(3), np.std([3, 3, 2], ddof=1) / np.sqrt(3)
+    assert f"| clean | 3 | 0.7100 | 0.7133 | +0.33 | {clean_se:.2f} | no |" in md
+    assert f"| 20% of test inputs noised | 3 | 0.6700 | 0.6967 | +2.67 | {noisy_se:.2f} | yes |" in md
+    assert "flipped" not in md  # those variants did not run
+    assert (tmp_path / "gates_vs_plain.csv").is_file()
+
+
 def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
     from simulations.study_noniid import centralized_bound
 
