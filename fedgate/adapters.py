@@ -79,7 +79,10 @@ class GatedLoRALinear(nn.Module):
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
         self.scaling = spec.scaling
         ref = base_layer.weight
-        kw = {"device": ref.device, "dtype": ref.dtype}
+        # a quantized base layer (bitsandbytes) stores packed integers: the adapter trains in
+        # the layer's compute dtype, as QLoRA does
+        dtype = ref.dtype if ref.is_floating_point() else (getattr(base_layer, "compute_dtype", None) or torch.float32)
+        kw = {"device": ref.device, "dtype": dtype}
         self.lora_A = nn.Parameter(torch.empty(spec.r, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, **kw))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # same init as nn.Linear / peft
@@ -203,6 +206,8 @@ class GatedLoRALinear(nn.Module):
         if self.merged:
             return
         w = self.base_layer.weight
+        if not w.is_floating_point():
+            raise ValueError("cannot merge an adapter into quantized weights (model.quantize): keep it separate")
         w.add_(self.delta_weight().to(w.dtype))
         self.merged = True
 

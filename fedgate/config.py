@@ -28,9 +28,13 @@ class ModelConfig:
     top_layers: int = 2  # adapters in the top k layers only (0 = all); lower layers get cached
     max_prompt_tokens: int = 48
     max_response_tokens: int = 128
+    # none | 8bit | 4bit: the frozen backbone's linear layers through bitsandbytes (4bit: NF4 with
+    # double quantization, as QLoRA); adapters, gates and head stay in float32
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         _choice("model.pairing", self.pairing, ("separate", "joint"))
+        _choice("model.quantize", self.quantize, QUANTIZE)
         _choice("model.pooling", self.pooling, ("", "mean", "last", "mean-last"))
         _positive("model.max-prompt-tokens", self.max_prompt_tokens)
         if self.top_layers < 0:
@@ -263,6 +267,8 @@ class FedgateConfig:
         if (fed.personal_gates or fed.prune_threshold > 0) and not self.adapter.structural_gate:
             what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
             raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
+        if self.model.quantize != "none":
+            _check_quantized(self)
         if self.adapter.method != "gated-lora":
             lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
                          "federation.weighting": "gates" if fed.weighting == "gates" else None,
@@ -369,6 +375,23 @@ def _parse_int_list(raw: Any) -> tuple[int, ...]:
         lo, sep, hi = part.partition("-")
         out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
     return tuple(out)
+
+
+QUANTIZE = ("none", "8bit", "4bit")
+
+
+def _check_quantized(cfg: "FedgateConfig") -> None:
+    """What a quantized backbone (``model.quantize``) cannot be combined with, and why."""
+    q = f"model.quantize={cfg.model.quantize}"
+    if cfg.model.backbone.startswith("tiny-"):
+        raise ValueError(f"{q} quantizes a pretrained checkpoint as transformers loads it (a hub id or a folder); "
+                         f"{cfg.model.backbone} is built in memory: save it with save_pretrained and name its folder")
+    if cfg.adapter.method != "gated-lora":
+        raise ValueError(f"{q} needs adapter.method=gated-lora: {cfg.adapter.method} puts trainable tensors inside "
+                         f"the backbone's layers, which are packed integers once quantized")
+    if cfg.engine.name == "deepspeed":
+        raise ValueError(f"{q} needs engine.name=torch: DeepSpeed flattens and partitions (ZeRO-3) or casts the "
+                         f"module's parameters, and bitsandbytes' packed weights do not survive either")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -123,6 +123,10 @@ def export_merged(trained: Trained, out: Path) -> Path:
     model = trained.model
     _unsupported(model)
     _refuse_token_gates(model, "merged")
+    quantized = [n for n, m in adapter_modules(model).items() if not m.base_layer.weight.is_floating_point()]
+    if quantized:
+        raise ExportError(f"cannot export as merged: the backbone is quantized (model.quantize; {quantized[0]}, ...) "
+                          f"and an adapter cannot be folded into packed weights; use --format peft")
     backbone = clean_backbone(model)
     layers = dict(backbone.named_modules())
     with torch.no_grad():

@@ -55,33 +55,77 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
-def load_backbone(name: str = OFFLINE_DEFAULT, *, gguf_file: str | None = None):
+def quantization_config(quantize: str):
+    """transformers' ``BitsAndBytesConfig`` for ``model.quantize`` (None for ``none``): 8-bit
+    LLM.int8() weights, or 4-bit NF4 with double quantization as QLoRA uses; the
+    quantized layers compute in float32."""
+    if quantize == "none":
+        return None
+    import importlib.util
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"model.quantize={quantize} needs bitsandbytes: pip install 'fedgate[quant]'")
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+    raise ValueError(f"model.quantize must be none, 8bit or 4bit, got {quantize!r}")
+
+
+def load_backbone(name: str = OFFLINE_DEFAULT, *, gguf_file: str | None = None, quantize: str = "none"):
     """Load (model, tokenizer) by hub id, local folder, the offline MiniLM default, or a
     ``tiny-*`` test model (see fedgate.tiny).
 
     ``gguf_file`` loads a GGUF checkpoint inside the folder (dequantised to float32).
+    ``quantize`` (``8bit`` / ``4bit``) loads the linear layers through bitsandbytes
+    (:func:`quantization_config`), on the first GPU where there is one, else on the CPU.
     """
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     if name.startswith("tiny-"):
+        if quantize != "none":
+            raise ValueError(f"model.quantize={quantize} needs a checkpoint to load; {name} is built in memory")
         from fedgate.tiny import build_tiny_backbone, tiny_tokenizer
 
         tokenizer = tiny_tokenizer()
         return build_tiny_backbone(name, vocab_size=len(tokenizer)), tokenizer
     path = resolve_backbone(name)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model_kwargs = {}
+    if quantize != "none":
+        model_kwargs = {"quantization_config": quantization_config(quantize),
+                        "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
     if not Path(path).exists():
         log.info("loading backbone %s from the Hugging Face hub", path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModel.from_pretrained(path, **kwargs)
+        model = AutoModel.from_pretrained(path, **kwargs, **model_kwargs)
     except OSError as e:
         raise OSError(
             f"could not load backbone {name!r} (resolved to {path!r}): {e}. Offline, use a local "
             f"folder or the default {OFFLINE_DEFAULT!r}"
         ) from e
+    if quantize == "4bit":
+        keep_4bit_layout_trainable(model)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
+
+
+def keep_4bit_layout_trainable(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for a faster
+    inference kernel the first time the layer runs in eval mode without gradients, and
+    keeps that layout; the repacked kernel has no backward, so training after any
+    evaluation (fedgate evaluates and caches lower layers before it trains) would fail.
+    Keep every layer on the standard layout, which trains and evaluates alike."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -249,7 +293,7 @@ def build_reward_model(mcfg, spec):
     from fedgate.inject import default_targets, freeze_except, inject_adapters
     from fedgate.peft_methods import GATED_LORA, inject_method
 
-    backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None)
+    backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None, quantize=mcfg.quantize)
     model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None,
                         end_tokens=appended_special_tokens(tokenizer))
     if mcfg.target_regex:  # a regex, when given, decides alone

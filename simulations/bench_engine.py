@@ -3,8 +3,8 @@
     python -m simulations.bench_engine [--backbone all-MiniLM-L6-v2] [--steps 6] [--set KEY=VALUE ...]
 
 Each variant runs in a fresh process (so peaks do not mix): the plain torch engine, then
-DeepSpeed ZeRO-0, ZeRO-2, ZeRO-2 with optimizer offload, ZeRO-3, and ZeRO-3 with parameter
-and optimizer offload. Reported: median step time after one warm-up step, and peak memory
+DeepSpeed ZeRO-0, ZeRO-2, ZeRO-2 with optimizer offload, ZeRO-3, ZeRO-3 with parameter
+and optimizer offload, and the torch engine on an 8-bit and a 4-bit (NF4) frozen backbone. Reported: median step time after one warm-up step, and peak memory
 (on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS during the
 steps, its high-water mark reset once the model and batch are loaded, and that peak above the
 loaded baseline; offload cannot save anything on CPU, "device" and "CPU" memory being the same
@@ -35,6 +35,9 @@ VARIANTS = {
     "zero3": {"engine.name": "deepspeed", "engine.zero-stage": 3},
     "zero3+offload": {"engine.name": "deepspeed", "engine.zero-stage": 3, "engine.offload-optimizer": True,
                       "engine.offload-params": True},
+    # the frozen backbone through bitsandbytes (model.quantize), adapters in float32
+    "torch-8bit": {"engine.name": "torch", "model.quantize": "8bit"},
+    "torch-4bit": {"engine.name": "torch", "model.quantize": "4bit"},
 }
 
 
