@@ -389,9 +389,10 @@ def _check_quantized(cfg: "FedgateConfig") -> None:
     if cfg.adapter.method != "gated-lora":
         raise ValueError(f"{q} needs adapter.method=gated-lora: {cfg.adapter.method} puts trainable tensors inside "
                          f"the backbone's layers, which are packed integers once quantized")
-    if cfg.engine.name == "deepspeed":
-        raise ValueError(f"{q} needs engine.name=torch: DeepSpeed flattens and partitions (ZeRO-3) or casts the "
-                         f"module's parameters, and bitsandbytes' packed weights do not survive either")
+    if cfg.engine.name == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ValueError(f"{q} cannot run under ZeRO-3, which partitions every parameter, the packed quantized "
+                         f"weights included (DeepSpeed's parameter hooks fail on them): use engine.zero-stage 0-2, "
+                         f"which leave frozen weights alone")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -46,7 +46,9 @@ def memory_estimates(model: RewardModel, cfg: FedgateConfig) -> dict[str, float]
     hidden unit per layer in fp32, halved in bf16; attention scores ignored)."""
     t, m = cfg.train, cfg.model
     scale = 0.5 if t.bf16 else 1.0
-    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) * scale
+    # bf16 halves float weights; quantized ones (packed integers) are already as small as they get
+    frozen = sum(p.numel() * p.element_size() * (scale if p.is_floating_point() else 1.0)
+                 for p in model.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     conf = model.backbone.config
     hidden = getattr(conf, "hidden_size", 0) or getattr(conf, "n_embd", 0)
@@ -78,14 +80,17 @@ def plan_engine(model: RewardModel, cfg: FedgateConfig) -> EnginePlan:
     layouts = [("zero0", EnginePlan(0, False, False, est["zero0"], "")),
                ("zero2_offload", EnginePlan(2, True, False, est["zero2_offload"], "")),
                ("zero3_offload", EnginePlan(3, True, True, est["zero3_offload"], ""))]
+    if cfg.model.quantize != "none":  # ZeRO-3 cannot partition packed weights (see config._check_quantized)
+        layouts = layouts[:2]
     for name, plan in layouts:
         if plan.estimate_gb <= budget:
             return EnginePlan(plan.stage, plan.offload_optimizer, plan.offload_params, plan.estimate_gb,
                               f"{name} needs ~{plan.estimate_gb:.2f} GiB <= {budget:.2f} GiB (90% of the budget)")
-    plan = layouts[-1][1]
-    log.warning("no ZeRO layout fits engine.memory-gb=%g (ZeRO-3 with offload needs ~%.2f GiB); using it anyway",
-                e.memory_gb, plan.estimate_gb)
-    return EnginePlan(3, True, True, plan.estimate_gb, "nothing fits the budget; the most frugal layout")
+    name, plan = layouts[-1]
+    log.warning("no ZeRO layout fits engine.memory-gb=%g (%s needs ~%.2f GiB); using it anyway",
+                e.memory_gb, name, plan.estimate_gb)
+    return EnginePlan(plan.stage, plan.offload_optimizer, plan.offload_params, plan.estimate_gb,
+                      "nothing fits the budget; the most frugal layout")
 
 
 # ---------------------------------------------------------------------------- DeepSpeed config
@@ -143,6 +148,9 @@ def load_deepspeed_config(path: str | Path, cfg: FedgateConfig) -> dict[str, Any
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    if stage == 3 and cfg.model.quantize != "none":
+        raise ValueError(f"{path}: zero_optimization.stage 3 partitions the packed weights of model.quantize="
+                         f"{cfg.model.quantize}, which DeepSpeed cannot; use stage 0-2")
     if "offload_param" in zero and stage != 3:
         raise ValueError(f"{path}: zero_optimization.offload_param needs stage 3, got stage {stage}")
     for key in ("fp16", "bf16"):
