@@ -134,7 +134,7 @@ class FederationConfig:
     round_timeout: float = 3600.0  # seconds the server waits for the replies of one round
     max_idle_rounds: int = 3  # stop the run (failed) after this many rounds in a row without an update; 0 = never
     strategy: str = "fedavg"  # see STRATEGIES and fedgate/aggregation/recipes.py
-    weighting: str = "examples"  # examples | gates: per layer, examples x the client's mean gate there
+    weighting: str = "examples"  # examples | uniform | gates: per layer, examples x the client's mean gate there
     server_lr: float = 0.0  # server optimizer step size; 0 = the strategy's default (1.0, adaptive 0.01)
     server_momentum: float = 0.9  # fedavgm
     server_beta1: float = 0.9  # fedadagrad / fedadam / fedyogi
@@ -157,6 +157,11 @@ class FederationConfig:
     absent_clients: float = 0.0  # the reference for flipped-clients: the same seeded share of clients holds no rows
     labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
+    # client-level differential privacy (fedgate/aggregation/privacy.py): off | central | local
+    dp: str = "off"
+    dp_noise: float = 0.0  # noise multiplier sigma (noise std = sigma * clip-norm); or give dp-epsilon
+    dp_epsilon: float = 0.0  # target epsilon after federation.rounds rounds; sigma is solved for it
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -170,7 +175,6 @@ class FederationConfig:
         if not self.round_timeout > 0:
             raise ValueError(f"federation.round-timeout must be > 0 seconds, got {self.round_timeout}")
         _choice("federation.strategy", self.strategy, STRATEGIES)
-        _choice("federation.weighting", self.weighting, ("examples", "gates"))
         if self.server_lr < 0:
             raise ValueError(f"federation.server-lr must be > 0 (0 = the strategy's default), got {self.server_lr}")
         for key, v in (("server-momentum", self.server_momentum), ("server-beta1", self.server_beta1),
@@ -214,6 +218,52 @@ class FederationConfig:
         if not 0.0 < self.local_holdout < 1.0:
             raise ValueError(f"federation.local-holdout must be in (0, 1), got {self.local_holdout}")
         _choice("federation.gate-prior", self.gate_prior, ("global", "fixed"))
+        _choice("federation.weighting", self.weighting, ("examples", "uniform", "gates"))
+        _choice("federation.dp", self.dp, ("off", "central", "local"))
+        if self.dp != "off":
+            _check_private(self)
+
+    def noise_multiplier(self) -> float:
+        """sigma: ``dp-noise``, or the smallest that keeps ``dp-epsilon`` after all rounds."""
+        if self.dp == "off":
+            return 0.0
+        if self.dp_noise > 0:
+            return self.dp_noise
+        from fedgate.aggregation.privacy import noise_for_epsilon
+
+        return noise_for_epsilon(self.dp, self.dp_epsilon, self.fraction_train, self.rounds, self.dp_delta)
+
+
+# rules that combine more than a sum of clipped updates: each looks at the updates one by one
+_NOT_A_SUM = ("exact", "median", "trimmed-mean", "krum", "validated")
+
+
+def _check_private(fed: FederationConfig) -> None:
+    """What client-level DP cannot be combined with, and why (federation.dp != off)."""
+    dp = f"federation.dp={fed.dp}"
+    if not fed.clip_norm > 0:
+        raise ValueError(f"{dp} needs federation.clip-norm > 0: the clip bounds what one client can change")
+    if (fed.dp_noise > 0) == (fed.dp_epsilon > 0):
+        raise ValueError(f"{dp} needs exactly one of federation.dp-noise (sigma) or federation.dp-epsilon (a target)")
+    if fed.dp_noise < 0 or fed.dp_epsilon < 0 or not 0 < fed.dp_delta < 1:
+        raise ValueError(f"{dp}: dp-noise and dp-epsilon must be >= 0 and dp-delta in (0, 1)")
+    if fed.strategy in _NOT_A_SUM:
+        raise ValueError(f"{dp} adds noise to a sum of clipped updates; federation.strategy={fed.strategy} combines "
+                         f"the updates one by one (its sensitivity to one client is not bounded by the clip)")
+    if fed.strategy == "scaffold":
+        raise ValueError(f"{dp} covers the adapter updates; scaffold also uploads each client's control variate, "
+                         f"which would be released without noise")
+    if fed.weighting != "uniform":
+        raise ValueError(f"{dp} needs federation.weighting=uniform: weights by examples or gates change one "
+                         f"client's share of the sum and are themselves statistics of its data")
+    used = [k for k, on in (("federation.gate-prior=global", fed.gate_prior == "global"),
+                            ("federation.prune-threshold", fed.prune_threshold > 0),
+                            ("federation.personal-gates", fed.personal_gates),
+                            ("federation.heterogeneous-ranks", fed.heterogeneous_ranks)) if on]
+    if used:
+        raise ValueError(f"{dp}: {used[0]} needs the gate statistics or ranks each client reports, which the "
+                         f"mechanism does not cover; under DP clients send no gate statistics (use "
+                         f"federation.gate-prior=fixed, no pruning, shared gates, one rank)")
 
 
 STRATEGIES = ("fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold",
@@ -269,6 +319,9 @@ class FedgateConfig:
             raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
         if self.model.quantize != "none":
             _check_quantized(self)
+        if fed.dp != "off" and self.train.head_init == "ridge":
+            raise ValueError(f"federation.dp={fed.dp} does not cover round 0's federated ridge head, fitted from "
+                             f"every client's exact feature statistics: use train.head-init=zero")
         if self.adapter.method != "gated-lora":
             lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
                          "federation.weighting": "gates" if fed.weighting == "gates" else None,

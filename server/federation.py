@@ -46,11 +46,15 @@ def round_line(record: dict, total: int) -> str:
         parts.append(f"{record['wall_s']['round']:.1f} s")
     if "clients" in record:
         parts.append(f"clients {len(record['clients'])} ok, {lost} failed")
+    if "privacy" in record:
+        p = record["privacy"]
+        parts.append(f"{p['mode']} DP epsilon {p['epsilon']:.2f} (delta {p['delta']:g})")
     return " | ".join(parts)
 
 
 # what the strategy's round log adds to rounds.jsonl's "strategy" section
-STRATEGY_LOG = ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback", "validation_auc")
+STRATEGY_LOG = ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback", "validation_auc",
+                "dp_noise_std")
 
 
 def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
@@ -199,6 +203,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     }
     if "skipped" in rl:
         record["skipped"] = rl["skipped"]
+    if "privacy" in rl:
+        record["privacy"] = rl["privacy"]
     progress.info(round_line(record, total))
     return record, server_eval, pred
 

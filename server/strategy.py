@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from fedgate.aggregation import ClientUpdate, gate_profile, prior_from_profile
 from fedgate.aggregation.gates import below_threshold_streaks, newly_pruned
 from fedgate.aggregation.lora import lora_modules, lora_rank, pad_to_rank, refactor_to_rank, truncate_to_rank
+from fedgate.aggregation.privacy import noise_rng, privacy_record
 from fedgate.aggregation.recipes import RECIPES, aggregate, make_server_optimizer, scaffold_control
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
@@ -164,7 +165,7 @@ class FedgateStrategy(Strategy):
             self.round_log["skipped"] = reason
             log.warning("round %d: %s", server_round, reason)
             return None, None
-        self._aggregate(updates, sent)
+        self._aggregate(updates, sent, server_round)
         if scaffold:
             self.control = scaffold_control(self.control, controls, self.round_log.get("num_nodes", len(updates)))
         self._update_gates(updates, server_round)
@@ -259,7 +260,7 @@ class FedgateStrategy(Strategy):
             return refactor_to_rank(state, rank)[0]
         return truncate_to_rank(state, rank) if rank < self.rank else pad_to_rank(state, rank)
 
-    def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]]) -> None:
+    def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]], server_round: int) -> None:
         if self.fed.heterogeneous_ranks and self.fed.strategy != "exact":
             # zero-padding: bring every delta to the global rank (pad smaller, cut larger)
             for u in updates:
@@ -271,8 +272,11 @@ class FedgateStrategy(Strategy):
         if RECIPES[self.fed.strategy].combine == "validated":  # each update applied alone, scored by the server
             scores = [self.scorer({k: v + u.delta[k] if k in u.delta else v for k, v in self.global_state.items()},
                                   self.pruned) for u in updates]
+        noise = noise_rng(self.cfg.train.seed, server_round) if self.fed.dp == "central" else None
         result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
-                           rank=self.rank, scores=scores)
+                           rank=self.rank, scores=scores, noise=noise)
+        if self.fed.dp != "off":
+            self.round_log["privacy"] = privacy_record(self.fed, server_round)
         self.global_state, self.opt_state = result.params, result.opt_state
         for key, value in result.info.items():
             self.round_log[key] = value

@@ -17,9 +17,10 @@ recipe by ``federation.strategy`` and calls :func:`aggregate`.
 | krum           | Multi-Krum: mean of the K - f updates closest to the others | sgd |             |
 | validated      | mean of the K - f updates whose global + delta scores best on the server's validation rows | sgd | |
 
-``federation.weighting=gates`` makes the mean (and exact's product mean) weight each client
-per layer by examples x its mean gate there; ``federation.clip-norm`` clips every update
-before combining, for any strategy.
+``federation.weighting=uniform`` weighs every client alike (required by ``federation.dp``,
+which clips, averages and adds noise: see privacy.py); ``federation.weighting=gates`` makes
+the mean (and exact's product mean) weight each client per layer by examples x its mean gate
+there; ``federation.clip-norm`` clips every update before combining, for any strategy.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from fedgate.aggregation.fedavg import Params, weighted_mean
 from fedgate.aggregation.lora import exact_aggregate, gate_weights, module_weighted_mean
+from fedgate.aggregation.privacy import noised_mean
 from fedgate.aggregation.robust import best_scored, clip_update, coordinate_median, multi_krum, trimmed_mean
 from fedgate.aggregation.server_opt import ServerOptimizer, server_optimizer
 from fedgate.aggregation.update import ClientUpdate
@@ -79,14 +81,16 @@ class Aggregated:
 
 def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate], optimizer: ServerOptimizer,
               opt_state: Mapping[str, np.ndarray], *, sent: Sequence[Mapping[str, np.ndarray]] | None = None,
-              rank: int = 0, scores: Sequence[float] | None = None) -> Aggregated:
+              rank: int = 0, scores: Sequence[float] | None = None,
+              noise: np.random.Generator | None = None) -> Aggregated:
     """One round's new global state from validated client updates.
 
     Updates may cover a subset of ``params`` (tensors not sent stay as they are). ``sent[k]``
     is what client k started from (needed by ``exact``: its local factors are ``sent + delta``,
     possibly at its own rank); ``rank`` is the global adapter rank ``exact`` re-factorizes to;
     ``scores[k]`` is how well ``params + delta_k`` alone does on the server's validation rows
-    (needed by ``validated``).
+    (needed by ``validated``); ``noise`` draws central DP's Gaussian noise
+    (``federation.dp=central``, :mod:`fedgate.aggregation.privacy`).
     """
     if not updates:
         raise ValueError("aggregate: no updates")
@@ -97,7 +101,7 @@ def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpd
         clipped = [clip_update(d, fed.clip_norm) for d in deltas]
         deltas = [d for d, _ in clipped]
         info["clip_scale"] = [s for _, s in clipped]
-    examples = [float(u.num_examples) for u in updates]
+    examples = [1.0 if fed.weighting == "uniform" else float(u.num_examples) for u in updates]
     per_layer = (gate_weights([u.num_examples for u in updates], [u.gate_stats for u in updates])
                  if fed.weighting == "gates" else None)
     if recipe.combine == "exact":
@@ -123,6 +127,12 @@ def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpd
             raise ValueError("aggregate: strategy validated needs the server's validation score of each update")
         mean_delta, info["excluded"] = best_scored(deltas, examples, scores, fed.byzantine_clients)
         info["validation_auc"] = [float(s) for s in scores]
+    elif fed.dp == "central":  # config allows only sum rules here: clipped updates, unweighted, noised
+        if noise is None:
+            raise ValueError("aggregate: federation.dp=central needs a noise generator")
+        sigma = fed.noise_multiplier()
+        mean_delta = noised_mean(deltas, fed.clip_norm, sigma, noise)
+        info["dp_noise_std"] = sigma * fed.clip_norm / len(deltas)
     elif per_layer is not None:
         mean_delta = module_weighted_mean(deltas, per_layer)
     else:

@@ -19,6 +19,7 @@ from typing import Any, Collection, Mapping
 import numpy as np
 import torch
 
+from fedgate.aggregation.privacy import noise_rng, privatize_update
 from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data.pairs import is_pair_dataset
@@ -188,6 +189,14 @@ class ClientTask:
                 # ZeRO-3 converted the weights for the engine just destroyed; the next round
                 # builds the model afresh rather than reuse half-managed parameters.
                 _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
+        gate_stats, fed = result.gate_stats, self.cfg.federation
+        dp_metrics = {}
+        if fed.dp != "off":
+            gate_stats = {}  # statistics of this client's data the mechanism does not cover: not sent
+        if fed.dp == "local":  # clipped and noised here: nothing clean leaves this client
+            delta, scale = privatize_update(delta, fed.clip_norm, fed.noise_multiplier(),
+                                            noise_rng(t.seed, server_round, self.partition_id))
+            dp_metrics["dp-clip-scale"] = scale
         c_new = c_delta = None
         if new_control is not None:
             c_new = {k: v.numpy() for k, v in new_control.items()}
@@ -204,8 +213,9 @@ class ClientTask:
             "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
             "scaffold-ci-norm": control_norm,
             "flipped-rows": float(self.shard.flipped_rows),
+            **dp_metrics,
         }
-        return LocalUpdate(delta, len(self.shard.train), metrics, result.gate_stats,
+        return LocalUpdate(delta, len(self.shard.train), metrics, gate_stats,
                            control=c_new, control_delta=c_delta, personal=own)
 
     def head_statistics(self, global_state: Mapping[str, np.ndarray]) -> RidgeStats:

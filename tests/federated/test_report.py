@@ -1,6 +1,7 @@
 """The report is rebuilt from a run directory's files alone."""
 
 import csv
+import json
 
 import pytest
 
@@ -89,3 +90,16 @@ def test_metric_plot_draws_the_headline_metric_its_noisy_copy_and_the_clients(tm
     assert list(drawn["series"]) == expected
     assert drawn["series"][expected[0]] == ([0, 1], [0.6, 0.6])
     assert drawn["dashed"] == expected[-2:]
+
+
+def test_report_states_the_privacy_guarantee_after_each_round(tmp_path):
+    _fake_run(tmp_path)
+    run = RunDir(tmp_path)
+    rounds = run.rounds()
+    for r, eps in zip(rounds[1:], (1.5, 2.25)):
+        r["privacy"] = {"mode": "central", "clip_norm": 0.5, "noise_multiplier": 1.1, "sample_rate": 1.0,
+                        "delta": 1e-5, "epsilon": eps}
+    (tmp_path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    text = write_report(tmp_path).read_text()
+    assert "## Privacy" in text and "noise multiplier 1.1" in text
+    assert "Epsilon at delta 1e-05 after each round: 1.500, 2.250." in text

@@ -1,0 +1,126 @@
+"""Client-level differential privacy: the Gaussian mechanism of DP-FedAvg (McMahan et al.,
+"Learning Differentially Private Recurrent Language Models", ICLR 2018) and its accounting.
+
+``central``: the server clips every client's update (all shared tensors together, L2) to
+``C`` (``federation.clip-norm``), averages them without weights, and adds Gaussian noise
+of standard deviation ``sigma * C / n`` to the mean of ``n`` updates, i.e. ``sigma * C`` to
+their sum, whose sensitivity to one client is ``C``. The privacy loss is accounted with
+Google's ``dp-accounting`` (Renyi DP): each round a Poisson-sampled Gaussian mechanism of
+noise multiplier ``sigma`` with sampling rate ``q = federation.fraction-train``, composed
+over the rounds, under add-or-remove-one-client adjacency. Flower samples a fixed number of
+clients without replacement; the Poisson analysis is the one DP-FedAvg uses, and with
+``q = 1`` (every client every round) it is exact.
+
+``local``: each client clips its own update to ``C`` and adds noise of standard deviation
+``sigma * C`` before it sends anything, so the server (and the wire) never sees a clean
+update. A client's release can change by ``2 C`` when its data is replaced, so each round it
+takes part in is a Gaussian mechanism of noise multiplier ``sigma / 2``; the accountant
+composes the rounds without amplification by sampling (the client knows it was sampled).
+
+The noise generators are seeded (``train.seed``, the round, the client) so that a study can
+be rerun exactly; a deployment that must resist someone who knows the seed should seed from
+the operating system instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Mapping
+
+import numpy as np
+
+from fedgate.aggregation.robust import clip_update
+
+MODES = ("off", "central", "local")
+
+
+def _accounting():
+    try:
+        import dp_accounting
+        from dp_accounting import rdp
+    except ImportError as e:  # pragma: no cover - a declared dependency of the privacy extra
+        raise ImportError("federation.dp needs dp-accounting: pip install 'fedgate[privacy]'") from e
+    return dp_accounting, rdp
+
+
+def epsilon(mode: str, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """The privacy loss after ``rounds`` rounds at ``delta`` (RDP accountant); ``inf`` without
+    noise, 0 after no round."""
+    if rounds <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    dp, rdp = _accounting()
+    if mode == "central":
+        step = dp.GaussianDpEvent(noise_multiplier)
+        if sample_rate < 1.0:
+            step = dp.PoissonSampledDpEvent(sample_rate, step)
+    elif mode == "local":
+        step = dp.GaussianDpEvent(noise_multiplier / 2.0)  # replace-one sensitivity 2C, noise sigma * C
+    else:
+        raise ValueError(f"no privacy accounting for federation.dp={mode!r}")
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp.SelfComposedDpEvent(step, rounds))
+    return float(accountant.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=64)  # a few seconds per solve; asked every round by server and clients
+def noise_for_epsilon(mode: str, target: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after ``rounds`` rounds is at
+    most ``target``: bisection on :func:`epsilon`, which falls as the noise grows."""
+    if target <= 0:
+        raise ValueError(f"a target epsilon must be > 0, got {target}")
+    low, high = 0.0, 1.0
+    while epsilon(mode, high, sample_rate, rounds, delta) > target:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier reaches epsilon {target} in {rounds} rounds at delta {delta}")
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        if epsilon(mode, mid, sample_rate, rounds, delta) > target:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def gaussian_noise(shapes: Mapping[str, tuple[int, ...]], std: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Independent N(0, std^2) noise for every coordinate of every named tensor."""
+    return {k: rng.normal(0.0, std, size=shape) for k, shape in shapes.items()}
+
+
+def noised_mean(clipped: list[Mapping[str, np.ndarray]], clip: float, noise_multiplier: float,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Central DP: the unweighted mean of updates already clipped to ``clip``, plus
+    N(0, (noise_multiplier * clip / n)^2) per coordinate."""
+    n = len(clipped)
+    if n == 0:
+        raise ValueError("noised_mean: no updates")
+    total = {k: np.sum([np.asarray(u[k], np.float64) for u in clipped], axis=0) for k in clipped[0]}
+    noise = gaussian_noise({k: v.shape for k, v in total.items()}, noise_multiplier * clip, rng)
+    return {k: (total[k] + noise[k]) / n for k in total}
+
+
+def privatize_update(delta: Mapping[str, np.ndarray], clip: float, noise_multiplier: float,
+                     rng: np.random.Generator) -> tuple[dict[str, np.ndarray], float]:
+    """Local DP: clip one client's update to ``clip`` and add N(0, (noise_multiplier *
+    clip)^2) per coordinate; returns the release and the clip scale applied."""
+    clipped, scale = clip_update(delta, clip)
+    noise = gaussian_noise({k: np.shape(v) for k, v in clipped.items()}, noise_multiplier * clip, rng)
+    return {k: (np.asarray(v, np.float64) + noise[k]).astype(np.asarray(delta[k]).dtype)
+            for k, v in clipped.items()}, scale
+
+
+def noise_rng(seed: int, server_round: int, client: int = -1) -> np.random.Generator:
+    """The generator for one round's noise: the server's (``client=-1``) or one client's."""
+    return np.random.default_rng([seed, server_round, client + 1, 0xD1FF])
+
+
+def privacy_record(fed, rounds: int) -> dict:
+    """What ``rounds.jsonl`` records after round ``rounds`` of a private federation: the
+    mechanism, sigma, the clip, and epsilon at ``federation.dp-delta`` so far."""
+    sigma = fed.noise_multiplier()
+    return {"mode": fed.dp, "noise_multiplier": sigma, "clip_norm": fed.clip_norm, "delta": fed.dp_delta,
+            "sample_rate": fed.fraction_train if fed.dp == "central" else 1.0,
+            "epsilon": epsilon(fed.dp, sigma, fed.fraction_train, rounds, fed.dp_delta)}
