@@ -17,7 +17,7 @@ from simulations.study import (NUM_SUPERNODES, SCALES, combine_seeds, config_str
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
-           "study_scale", "study_peft", "adversarial", "compare_strategies"]
+           "study_scale", "study_peft", "adversarial", "compare_strategies", "study_privacy"]
 
 
 @pytest.mark.parametrize("scale", sorted(SCALES))
@@ -150,6 +150,20 @@ def test_gate_study_pairs_gated_against_plain_in_each_condition_that_ran(tmp_pat
     assert f"| 20% of test inputs noised | 3 | 0.6700 | 0.6967 | +2.67 | {noisy_se:.2f} | yes |" in md
     assert "flipped" not in md  # those variants did not run
     assert (tmp_path / "gates_vs_plain.csv").is_file()
+
+
+def test_privacy_study_pairs_each_epsilon_with_its_methods_clean_run_and_compares_the_methods(tmp_path):
+    from simulations.study_privacy import degradation
+
+    aucs = {"fedavg-eps-inf": [0.70, 0.72, 0.71], "fedavg-eps-8": [0.60, 0.63, 0.61],  # drops 10, 9, 10
+            "ffa-eps-inf": [0.69, 0.70, 0.70], "ffa-eps-8": [0.65, 0.66, 0.67]}  # drops 4, 4, 3
+    rows = {n: combine_seeds({s: {"auc": a, "f1": 0.8} for s, a in enumerate(v)}) for n, v in aucs.items()}
+    md = degradation(tmp_path, rows)
+    fedavg_se = np.std([10, 9, 10], ddof=1) / np.sqrt(3)
+    gap_se = np.std([-6, -5, -7], ddof=1) / np.sqrt(3)  # FFA's drop minus FedAvg's, per seed
+    assert f"| 8 | 0.6133 | +9.67 | {fedavg_se:.2f} | 0.6600 | +3.67 |" in md
+    assert f"| -6.00 | {gap_se:.2f} | yes |" in md
+    assert "| 2 |" not in md  # epsilon 2 did not run: no row
 
 
 def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
