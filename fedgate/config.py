@@ -162,6 +162,7 @@ class FederationConfig:
     dp_noise: float = 0.0  # noise multiplier sigma (noise std = sigma * clip-norm); or give dp-epsilon
     dp_epsilon: float = 0.0  # target epsilon after federation.rounds rounds; sigma is solved for it
     dp_delta: float = 1e-5
+    dp_seeded: bool = False  # noise from train.seed (studies that rerun exactly) instead of the OS's entropy
 
     def __post_init__(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -223,15 +224,17 @@ class FederationConfig:
         if self.dp != "off":
             _check_private(self)
 
-    def noise_multiplier(self) -> float:
-        """sigma: ``dp-noise``, or the smallest that keeps ``dp-epsilon`` after all rounds."""
+    def noise_multiplier(self, sample_rate: float | None = None) -> float:
+        """sigma: ``dp-noise``, or the smallest that keeps ``dp-epsilon`` after all rounds at
+        ``sample_rate`` (central DP: the rate the server samples at; default fraction-train)."""
         if self.dp == "off":
             return 0.0
         if self.dp_noise > 0:
             return self.dp_noise
         from fedgate.aggregation.privacy import noise_for_epsilon
 
-        return noise_for_epsilon(self.dp, self.dp_epsilon, self.fraction_train, self.rounds, self.dp_delta)
+        rate = self.fraction_train if sample_rate is None else sample_rate
+        return noise_for_epsilon(self.dp, self.dp_epsilon, rate, self.rounds, self.dp_delta)
 
 
 # rules that combine more than a sum of clipped updates: each looks at the updates one by one
@@ -247,13 +250,13 @@ def _check_private(fed: FederationConfig) -> None:
         raise ValueError(f"{dp} needs exactly one of federation.dp-noise (sigma) or federation.dp-epsilon (a target)")
     if fed.dp_noise < 0 or fed.dp_epsilon < 0 or not 0 < fed.dp_delta < 1:
         raise ValueError(f"{dp}: dp-noise and dp-epsilon must be >= 0 and dp-delta in (0, 1)")
-    if fed.strategy in _NOT_A_SUM:
+    if fed.dp == "central" and fed.strategy in _NOT_A_SUM:
         raise ValueError(f"{dp} adds noise to a sum of clipped updates; federation.strategy={fed.strategy} combines "
                          f"the updates one by one (its sensitivity to one client is not bounded by the clip)")
     if fed.strategy == "scaffold":
         raise ValueError(f"{dp} covers the adapter updates; scaffold also uploads each client's control variate, "
                          f"which would be released without noise")
-    if fed.weighting != "uniform":
+    if fed.weighting == "gates" or (fed.dp == "central" and fed.weighting != "uniform"):
         raise ValueError(f"{dp} needs federation.weighting=uniform: weights by examples or gates change one "
                          f"client's share of the sum and are themselves statistics of its data")
     used = [k for k, on in (("federation.gate-prior=global", fed.gate_prior == "global"),

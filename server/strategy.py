@@ -61,6 +61,8 @@ class FedgateStrategy(Strategy):
         self.pruned: list[str] = []
         self.streaks: dict[str, int] = {}
         self.node_ranks: dict[int, int] = {}
+        self.dp_rates: list[float] = []  # each private round's sampling rate, for the accountant
+        self.dp_sigma: float | None = None
         if saved is not None:
             self.load_saved(*saved)
         if not self.opt_state:
@@ -80,7 +82,8 @@ class FedgateStrategy(Strategy):
         arrays = {f"opt/{k}": v for k, v in self.opt_state.items()}
         arrays.update({f"control/{k}": v for k, v in self.control.items()})
         meta = {"pruned": self.pruned, "streaks": self.streaks,
-                "node_ranks": {str(k): v for k, v in self.node_ranks.items()}}
+                "node_ranks": {str(k): v for k, v in self.node_ranks.items()},
+                "dp_rates": self.dp_rates, "dp_sigma": self.dp_sigma}  # a resumed run keeps its privacy loss
         return arrays, meta
 
     def load_saved(self, arrays: dict, meta: dict) -> None:
@@ -89,6 +92,8 @@ class FedgateStrategy(Strategy):
         self.pruned = list(meta.get("pruned", []))
         self.streaks = {k: int(v) for k, v in meta.get("streaks", {}).items()}
         self.node_ranks = {int(k): int(v) for k, v in meta.get("node_ranks", {}).items()}
+        self.dp_rates = [float(q) for q in meta.get("dp_rates", [])]
+        self.dp_sigma = meta.get("dp_sigma")
 
     # ------------------------------------------------------------------ Flower interface
     def summary(self) -> None:
@@ -146,7 +151,9 @@ class FedgateStrategy(Strategy):
                 if node not in self.sent:
                     raise ValueError("a reply from a node that was not sent a train message this round")
                 expected = layout(self.sent[node])
-                update, control_delta, norm = parse_train_reply(msg, expected, self.fed.max_update_norm,
+                # a local-DP release is noised to a large norm by design: no norm bound for it
+                bound = 0.0 if self.fed.dp == "local" else self.fed.max_update_norm
+                update, control_delta, norm = parse_train_reply(msg, expected, bound,
                                                                 expected if scaffold else None)
             except (KeyError, ValueError, TypeError) as e:
                 self.round_log["rejected"].append({"node_id": node, "reason": str(e)})
@@ -272,11 +279,21 @@ class FedgateStrategy(Strategy):
         if RECIPES[self.fed.strategy].combine == "validated":  # each update applied alone, scored by the server
             scores = [self.scorer({k: v + u.delta[k] if k in u.delta else v for k, v in self.global_state.items()},
                                   self.pruned) for u in updates]
-        noise = noise_rng(self.cfg.train.seed, server_round) if self.fed.dp == "central" else None
-        result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
-                           rank=self.rank, scores=scores, noise=noise)
+        sigma, noise, sampled = 0.0, None, None
         if self.fed.dp != "off":
-            self.round_log["privacy"] = privacy_record(self.fed, server_round)
+            # the rate this round really sampled at (min-train-nodes can raise it above fraction-train)
+            rate = len(self.sent) / max(1, self.round_log.get("num_nodes", len(self.sent)))
+            self.dp_rates.append(rate if self.fed.dp == "central" else 1.0)
+            if self.dp_sigma is None:  # a target epsilon is solved once, at the first round's rate
+                self.dp_sigma = self.fed.noise_multiplier(rate)
+            sigma = self.dp_sigma
+        if self.fed.dp == "central":
+            noise = noise_rng(self.cfg.train.seed if self.fed.dp_seeded else None, server_round)
+            sampled = len(self.sent)
+        result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
+                           rank=self.rank, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled)
+        if self.fed.dp != "off":
+            self.round_log["privacy"] = privacy_record(self.fed, sigma, self.dp_rates)
         self.global_state, self.opt_state = result.params, result.opt_state
         for key, value in result.info.items():
             self.round_log[key] = value

@@ -51,7 +51,8 @@ def gates_vs_plain(out: Path, rows: dict[str, dict]) -> str:
         if not ({gated, plain} <= rows.keys() and key in rows[gated] and key in rows[plain]):
             continue
         diff, se, _ = paired_difference(out, rows, gated, plain, key=key)
-        table.append({"condition": condition, "seeds": min(rows[gated]["seeds"], rows[plain]["seeds"]),
+        shared = set(rows[gated].get("per_seed", {})) & set(rows[plain].get("per_seed", {}))
+        table.append({"condition": condition, "seeds": len(shared) or 1,
                       "plain": rows[plain][key], "gated": rows[gated][key], "diff_points": f"{diff:+.2f}",
                       "se": "" if se != se else f"{se:.2f}", "resolved": resolved(diff, se)})
     if not table:

@@ -126,7 +126,8 @@ def recovery(out: Path, rows: dict[str, dict]) -> str:
                       "cost_se": "" if cost_se != cost_se else f"{cost_se:.2f}", "cost_resolved": resolved(cost, cost_se),
                       "gain_points": f"{gain:+.2f}", "gain_se": "" if gain_se != gain_se else f"{gain_se:.2f}",
                       "gain_resolved": resolved(gain, gain_se),
-                      "share_recovered": f"{gain / cost:.0%}" if cost > 0 else "-"})
+                      # a share of a cost that is itself inside the noise means nothing
+                      "share_recovered": f"{gain / cost:.0%}" if cost > 0 and resolved(cost, cost_se) == "yes" else "-"})
     if not table:
         return ""
     return "\n" + write_table(out, table, {

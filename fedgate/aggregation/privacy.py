@@ -17,16 +17,24 @@ update. A client's release can change by ``2 C`` when its data is replaced, so e
 takes part in is a Gaussian mechanism of noise multiplier ``sigma / 2``; the accountant
 composes the rounds without amplification by sampling (the client knows it was sampled).
 
-The noise generators are seeded (``train.seed``, the round, the client) so that a study can
-be rerun exactly; a deployment that must resist someone who knows the seed should seed from
-the operating system instead.
+The noise comes from the operating system's entropy by default: seeded noise could be
+regenerated and subtracted by anyone who knows the seed (for local DP, the server itself).
+``federation.dp-seeded`` seeds it from ``train.seed``, the round and the client, for studies
+that must rerun exactly; the guarantee then holds only against someone without the config.
+
+Central DP divides the noised sum by the number of clients *sampled* that round, not by the
+number whose update arrived, so the denominator does not depend on who took part; the
+accountant composes each round with the sampling rate the server actually used (the sample
+size over the connected clients: ``federation.min-train-nodes`` can raise it above
+``federation.fraction-train``), and a target epsilon is solved with that rate.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping
+from collections import Counter
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -44,24 +52,30 @@ def _accounting():
     return dp_accounting, rdp
 
 
-def epsilon(mode: str, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+def epsilon(mode: str, noise_multiplier: float, sample_rate: float | Sequence[float], rounds: int,
+            delta: float) -> float:
     """The privacy loss after ``rounds`` rounds at ``delta`` (RDP accountant); ``inf`` without
-    noise, 0 after no round."""
+    noise, 0 after no round. ``sample_rate`` is one rate for every round, or one per round
+    (central DP; local DP does not use it)."""
     if rounds <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
     dp, rdp = _accounting()
-    if mode == "central":
-        step = dp.GaussianDpEvent(noise_multiplier)
-        if sample_rate < 1.0:
-            step = dp.PoissonSampledDpEvent(sample_rate, step)
-    elif mode == "local":
-        step = dp.GaussianDpEvent(noise_multiplier / 2.0)  # replace-one sensitivity 2C, noise sigma * C
-    else:
-        raise ValueError(f"no privacy accounting for federation.dp={mode!r}")
     accountant = rdp.RdpAccountant()
-    accountant.compose(dp.SelfComposedDpEvent(step, rounds))
+    if mode == "local":  # replace-one sensitivity 2C, noise sigma * C
+        accountant.compose(dp.SelfComposedDpEvent(dp.GaussianDpEvent(noise_multiplier / 2.0), rounds))
+        return float(accountant.get_epsilon(delta))
+    if mode != "central":
+        raise ValueError(f"no privacy accounting for federation.dp={mode!r}")
+    rates = [float(sample_rate)] * rounds if np.isscalar(sample_rate) else [float(q) for q in sample_rate]
+    if len(rates) != rounds:
+        raise ValueError(f"epsilon: {len(rates)} sampling rates for {rounds} rounds")
+    for q, count in Counter(rates).items():
+        step = dp.GaussianDpEvent(noise_multiplier)
+        if q < 1.0:
+            step = dp.PoissonSampledDpEvent(q, step)
+        accountant.compose(dp.SelfComposedDpEvent(step, count))
     return float(accountant.get_epsilon(delta))
 
 
@@ -91,12 +105,13 @@ def gaussian_noise(shapes: Mapping[str, tuple[int, ...]], std: float, rng: np.ra
 
 
 def noised_mean(clipped: list[Mapping[str, np.ndarray]], clip: float, noise_multiplier: float,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Central DP: the unweighted mean of updates already clipped to ``clip``, plus
-    N(0, (noise_multiplier * clip / n)^2) per coordinate."""
-    n = len(clipped)
-    if n == 0:
+                rng: np.random.Generator, sampled: int | None = None) -> dict[str, np.ndarray]:
+    """Central DP: the sum of updates already clipped to ``clip``, plus N(0, (noise_multiplier
+    * clip)^2) per coordinate, divided by ``sampled`` (the clients sampled this round;
+    default the number of updates): noise of std ``noise_multiplier * clip / sampled`` on the mean."""
+    if not clipped:
         raise ValueError("noised_mean: no updates")
+    n = max(sampled or 0, len(clipped))
     total = {k: np.sum([np.asarray(u[k], np.float64) for u in clipped], axis=0) for k in clipped[0]}
     noise = gaussian_noise({k: v.shape for k, v in total.items()}, noise_multiplier * clip, rng)
     return {k: (total[k] + noise[k]) / n for k in total}
@@ -112,15 +127,18 @@ def privatize_update(delta: Mapping[str, np.ndarray], clip: float, noise_multipl
             for k, v in clipped.items()}, scale
 
 
-def noise_rng(seed: int, server_round: int, client: int = -1) -> np.random.Generator:
-    """The generator for one round's noise: the server's (``client=-1``) or one client's."""
+def noise_rng(seed: int | None, server_round: int, client: int = -1) -> np.random.Generator:
+    """The generator for one round's noise, the server's (``client=-1``) or one client's:
+    from the operating system's entropy when ``seed`` is None, else reproducible."""
+    if seed is None:
+        return np.random.default_rng()
     return np.random.default_rng([seed, server_round, client + 1, 0xD1FF])
 
 
-def privacy_record(fed, rounds: int) -> dict:
-    """What ``rounds.jsonl`` records after round ``rounds`` of a private federation: the
-    mechanism, sigma, the clip, and epsilon at ``federation.dp-delta`` so far."""
-    sigma = fed.noise_multiplier()
-    return {"mode": fed.dp, "noise_multiplier": sigma, "clip_norm": fed.clip_norm, "delta": fed.dp_delta,
-            "sample_rate": fed.fraction_train if fed.dp == "central" else 1.0,
-            "epsilon": epsilon(fed.dp, sigma, fed.fraction_train, rounds, fed.dp_delta)}
+def privacy_record(fed, noise_multiplier: float, rates: Sequence[float]) -> dict:
+    """What ``rounds.jsonl`` records after a private round: the mechanism, sigma, the clip,
+    this round's sampling rate and epsilon at ``federation.dp-delta`` over the rounds so far
+    (``rates``: the sampling rate of each)."""
+    return {"mode": fed.dp, "noise_multiplier": noise_multiplier, "clip_norm": fed.clip_norm, "delta": fed.dp_delta,
+            "sample_rate": rates[-1] if fed.dp == "central" else 1.0,
+            "epsilon": epsilon(fed.dp, noise_multiplier, rates, len(rates), fed.dp_delta)}

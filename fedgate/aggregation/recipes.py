@@ -82,22 +82,26 @@ class Aggregated:
 def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate], optimizer: ServerOptimizer,
               opt_state: Mapping[str, np.ndarray], *, sent: Sequence[Mapping[str, np.ndarray]] | None = None,
               rank: int = 0, scores: Sequence[float] | None = None,
-              noise: np.random.Generator | None = None) -> Aggregated:
+              noise: np.random.Generator | None = None, noise_multiplier: float = 0.0,
+              sampled: int | None = None) -> Aggregated:
     """One round's new global state from validated client updates.
 
     Updates may cover a subset of ``params`` (tensors not sent stay as they are). ``sent[k]``
     is what client k started from (needed by ``exact``: its local factors are ``sent + delta``,
     possibly at its own rank); ``rank`` is the global adapter rank ``exact`` re-factorizes to;
     ``scores[k]`` is how well ``params + delta_k`` alone does on the server's validation rows
-    (needed by ``validated``); ``noise`` draws central DP's Gaussian noise
-    (``federation.dp=central``, :mod:`fedgate.aggregation.privacy`).
+    (needed by ``validated``). Central DP (``federation.dp=central``,
+    :mod:`fedgate.aggregation.privacy`): ``noise`` draws the Gaussian noise of multiplier
+    ``noise_multiplier``, and the noised sum is divided by ``sampled``, the clients sampled
+    this round. Under local DP the updates arrive clipped and noised: the server does not
+    clip them again (a noised release is long by design).
     """
     if not updates:
         raise ValueError("aggregate: no updates")
     recipe = RECIPES[fed.strategy]
     deltas = [u.delta for u in updates]
     info: dict = {}
-    if fed.clip_norm > 0:
+    if fed.clip_norm > 0 and fed.dp != "local":
         clipped = [clip_update(d, fed.clip_norm) for d in deltas]
         deltas = [d for d, _ in clipped]
         info["clip_scale"] = [s for _, s in clipped]
@@ -128,11 +132,10 @@ def aggregate(fed, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpd
         mean_delta, info["excluded"] = best_scored(deltas, examples, scores, fed.byzantine_clients)
         info["validation_auc"] = [float(s) for s in scores]
     elif fed.dp == "central":  # config allows only sum rules here: clipped updates, unweighted, noised
-        if noise is None:
-            raise ValueError("aggregate: federation.dp=central needs a noise generator")
-        sigma = fed.noise_multiplier()
-        mean_delta = noised_mean(deltas, fed.clip_norm, sigma, noise)
-        info["dp_noise_std"] = sigma * fed.clip_norm / len(deltas)
+        if noise is None or not noise_multiplier > 0:
+            raise ValueError("aggregate: federation.dp=central needs a noise generator and a noise multiplier")
+        mean_delta = noised_mean(deltas, fed.clip_norm, noise_multiplier, noise, sampled)
+        info["dp_noise_std"] = noise_multiplier * fed.clip_norm / max(sampled or 0, len(deltas))
     elif per_layer is not None:
         mean_delta = module_weighted_mean(deltas, per_layer)
     else:

@@ -194,8 +194,9 @@ class ClientTask:
         if fed.dp != "off":
             gate_stats = {}  # statistics of this client's data the mechanism does not cover: not sent
         if fed.dp == "local":  # clipped and noised here: nothing clean leaves this client
+            seed = t.seed if fed.dp_seeded else None  # seeded noise the server could regenerate: studies only
             delta, scale = privatize_update(delta, fed.clip_norm, fed.noise_multiplier(),
-                                            noise_rng(t.seed, server_round, self.partition_id))
+                                            noise_rng(seed, server_round, self.partition_id))
             dp_metrics["dp-clip-scale"] = scale
         c_new = c_delta = None
         if new_control is not None:

@@ -184,12 +184,12 @@ def write_report(run_dir: str | Path) -> Path:
         parts += [f"Trainable parameters: {params['trainable']:,} ({params['percent']:.2f}% of the backbone's "
                   f"{params['backbone']:,}).", ""]
     parts += ["## Rounds", "", round_table(rounds), "", "![metrics per round](plots/metrics.png)", ""]
-    if private := [r["privacy"] for r in rounds if r.get("privacy")]:
-        p = private[-1]
+    if private := [(r["round"], r["privacy"]) for r in rounds if r.get("privacy")]:
+        p = private[-1][1]
         parts += ["## Privacy", "", f"Client-level {p['mode']} differential privacy: updates clipped to L2 norm "
                   f"{p['clip_norm']:g}, noise multiplier {p['noise_multiplier']:.4g}, sampling rate "
-                  f"{p['sample_rate']:g}. Epsilon at delta {p['delta']:g} after each round: "
-                  + ", ".join(f"{r['epsilon']:.3f}" for r in private) + ".", ""]
+                  f"{p['sample_rate']:g}. Epsilon at delta {p['delta']:g} after each private round: "
+                  + ", ".join(f"round {n} {q['epsilon']:.3f}" for n, q in private) + ".", ""]
     baselines = summary.get("baselines")
     key, name = headline_metric(rounds)
     if baselines:

@@ -25,11 +25,12 @@ def _fed(**over):
     return FedgateConfig.from_flat({**PRIVATE, **over}).federation
 
 
-def _aggregate(fed, deltas, seed=0):
+def _aggregate(fed, deltas, seed=0, sampled=None):
     params = {k: np.zeros_like(v) for k, v in deltas[0].items()}
     updates = [ClientUpdate(node_id=i, delta=d, num_examples=10 * (i + 1)) for i, d in enumerate(deltas)]
     opt = make_server_optimizer(fed)
-    return aggregate(fed, params, updates, opt, opt.init(params), noise=noise_rng(seed, 1))
+    return aggregate(fed, params, updates, opt, opt.init(params), noise=noise_rng(seed, 1),
+                     noise_multiplier=fed.noise_multiplier(), sampled=sampled)
 
 
 def test_central_noise_on_the_mean_has_standard_deviation_sigma_clip_over_n():
@@ -43,6 +44,26 @@ def test_central_noise_on_the_mean_has_standard_deviation_sigma_clip_over_n():
     assert result.info["dp_noise_std"] == pytest.approx(want)
     again = _aggregate(fed, zeros)  # seeded: a study reruns exactly
     assert np.array_equal(again.mean_delta["a"], result.mean_delta["a"])
+    fresh = _aggregate(fed, zeros, seed=None)  # the default: the operating system's entropy
+    assert not np.array_equal(fresh.mean_delta["a"], result.mean_delta["a"])
+
+
+def test_central_noise_is_divided_by_the_clients_sampled_not_those_that_answered():
+    fed = _fed(**{"federation.dp-noise": 2.0, "federation.clip-norm": 0.5})
+    zeros = [{"a": np.zeros(200_000, np.float32)} for _ in range(3)]  # 3 of 5 sampled clients answered
+    result = _aggregate(fed, zeros, sampled=5)
+    assert abs(result.mean_delta["a"].std() / (2.0 * 0.5 / 5) - 1) < 0.05
+    assert result.info["dp_noise_std"] == pytest.approx(0.2)
+
+
+def test_under_local_dp_the_server_does_not_clip_the_noised_releases_again():
+    fed = _fed(**{"federation.dp": "local", "federation.dp-noise": 1.0, "federation.clip-norm": 1.0,
+                  "federation.weighting": "examples"})
+    rng = np.random.default_rng(0)
+    releases = [{"a": rng.normal(size=10_000).astype(np.float32)} for _ in range(3)]  # norms about 100 >> C
+    result = _aggregate(fed, releases)
+    want = sum(10 * (i + 1) * r["a"].astype(np.float64) for i, r in enumerate(releases)) / 60  # example-weighted
+    assert np.allclose(result.mean_delta["a"], want, atol=1e-5) and "clip_scale" not in result.info
 
 
 def test_clipping_bounds_a_huge_update_and_the_mean_is_unweighted():
@@ -91,8 +112,18 @@ def test_the_noise_solved_for_a_target_epsilon_meets_it_and_no_less_noise_would(
     assert epsilon(mode, sigma * 0.99, 0.5, 4, 1e-5) > target
     fed = _fed(**{"federation.dp": mode, "federation.dp-noise": 0.0, "federation.dp-epsilon": target,
                   "federation.fraction-train": 0.5, "federation.rounds": 4})
-    record = privacy_record(fed, 4)
-    assert record["noise_multiplier"] == pytest.approx(sigma) and record["epsilon"] <= target
+    assert fed.noise_multiplier() == pytest.approx(sigma)
+    record = privacy_record(fed, sigma, [0.5] * 4)
+    assert record["noise_multiplier"] == sigma and record["epsilon"] <= target
+
+
+def test_epsilon_composes_the_rate_each_round_really_sampled_at():
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp.SelfComposedDpEvent(dp.PoissonSampledDpEvent(0.25, dp.GaussianDpEvent(1.0)), 2))
+    accountant.compose(dp.SelfComposedDpEvent(dp.PoissonSampledDpEvent(0.5, dp.GaussianDpEvent(1.0)), 1))
+    assert epsilon("central", 1.0, [0.25, 0.5, 0.25], 3, 1e-5) == pytest.approx(accountant.get_epsilon(1e-5))
+    # min-train-nodes raised the rate from 0.25 to 0.5: the loss is larger than fraction-train suggests
+    assert epsilon("central", 1.0, [0.5] * 8, 8, 1e-5) > epsilon("central", 1.0, 0.25, 8, 1e-5)
 
 
 @pytest.mark.parametrize("over, reason", [
@@ -102,6 +133,7 @@ def test_the_noise_solved_for_a_target_epsilon_meets_it_and_no_less_noise_would(
     ({"federation.strategy": "median"}, "combines the updates one by one"),
     ({"federation.strategy": "exact"}, "combines the updates one by one"),
     ({"federation.strategy": "scaffold"}, "control variate"),
+    ({"federation.dp": "local", "federation.weighting": "gates"}, "needs federation.weighting=uniform"),
     ({"federation.weighting": "examples"}, "needs federation.weighting=uniform"),
     ({"federation.gate-prior": "global"}, "gate statistics"),
     ({"federation.prune-threshold": 0.5}, "gate statistics"),
@@ -113,6 +145,9 @@ def test_what_the_mechanism_does_not_cover_is_refused_at_config_time(over, reaso
         FedgateConfig.from_flat({**PRIVATE, **over})
 
 
-def test_rules_that_only_need_the_sum_are_accepted():
+def test_rules_that_only_need_the_sum_are_accepted_and_local_dp_allows_any_server_rule():
     for strategy in ("fedavg", "fedavg-ab", "fedprox", "fedadam", "ffa"):
         assert _fed(**{"federation.strategy": strategy}).noise_multiplier() == 2.0
+    for strategy in ("median", "exact", "validated"):  # post-processing of releases already private
+        assert _fed(**{"federation.dp": "local", "federation.strategy": strategy,
+                       "federation.weighting": "examples"}).dp == "local"

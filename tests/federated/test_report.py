@@ -102,4 +102,4 @@ def test_report_states_the_privacy_guarantee_after_each_round(tmp_path):
     (tmp_path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     text = write_report(tmp_path).read_text()
     assert "## Privacy" in text and "noise multiplier 1.1" in text
-    assert "Epsilon at delta 1e-05 after each round: 1.500, 2.250." in text
+    assert "Epsilon at delta 1e-05 after each private round: round 1 1.500, round 2 2.250." in text

@@ -136,6 +136,19 @@ def test_noniid_report_gives_the_share_of_fedavgs_cost_a_rule_wins_back(tmp_path
     assert "scaffold" not in md.split("share of the cost won back")[1]  # not run: no row
 
 
+def test_noniid_report_gives_no_share_of_a_cost_inside_the_noise(tmp_path):
+    from simulations import study_noniid
+
+    runs = {"iid": [0.70, 0.66, 0.71], "dirichlet-0.1": [0.66, 0.67, 0.68],  # cost 4, -1, 3: 2 +- 1.5
+            "dirichlet-0.1-fedprox": [0.67, 0.68, 0.69]}
+    for name, aucs in runs.items():
+        for seed, auc in enumerate(aucs):
+            fake_run(seed_dir(tmp_path, name, seed), [0.6, auc])
+    (tmp_path / "variants.json").write_text(json.dumps(dict.fromkeys(runs, "")))
+    row = [line for line in study_noniid.report(tmp_path).splitlines() if line.startswith("| dirichlet-0.1-fedprox |")]
+    assert row[-1].endswith("| no | +1.00 | 0.00 | yes | - |")  # cost unresolved: no share
+
+
 def test_gate_study_pairs_gated_against_plain_in_each_condition_that_ran(tmp_path):
     from simulations.study_gates import gates_vs_plain
 
