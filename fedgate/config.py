@@ -442,6 +442,10 @@ def _check_quantized(cfg: "FedgateConfig") -> None:
     if cfg.model.backbone.startswith("tiny-"):
         raise ValueError(f"{q} quantizes a pretrained checkpoint as transformers loads it (a hub id or a folder); "
                          f"{cfg.model.backbone} is built in memory: save it with save_pretrained and name its folder")
+    if cfg.model.gguf_file:
+        raise ValueError(f"{q} cannot quantize a GGUF checkpoint (model.gguf-file): transformers dequantizes GGUF "
+                         f"to float32 and refuses a bitsandbytes config beside it; load it once, save_pretrained "
+                         f"it to a folder, and name that folder")
     if cfg.adapter.method != "gated-lora":
         raise ValueError(f"{q} needs adapter.method=gated-lora: {cfg.adapter.method} puts trainable tensors inside "
                          f"the backbone's layers, which are packed integers once quantized")

@@ -105,6 +105,7 @@ def test_a_4bit_run_trains_exports_as_peft_with_the_same_outputs_and_refuses_a_m
     ({"adapter.method": "ia3"}, "needs adapter.method=gated-lora"),
     ({"engine.name": "deepspeed", "engine.zero-stage": 3}, "cannot run under ZeRO-3"),
     ({"model.quantize": "2bit"}, "model.quantize must be one of"),
+    ({"model.gguf-file": "model.Q4_1.gguf"}, "cannot quantize a GGUF checkpoint"),
 ])
 def test_combinations_a_quantized_backbone_cannot_serve_are_refused_with_the_reason(tiny_folder, keys, reason):
     flat = {"model.backbone": tiny_folder, "model.quantize": "4bit", **keys}
