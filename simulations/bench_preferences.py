@@ -2,7 +2,7 @@
 next to the cheap pair baselines fitted on the same training pairs, over seeds.
 
     python -m simulations.bench_preferences [--data ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz]
-        [--out runs/bench-preferences] [--seeds 0,1,2]
+        [--out runs/bench-preferences] [--seeds 0,1,2] [--set KEY=VALUE ...]
     python -m simulations.bench_preferences --summarize [--out runs/bench-preferences]
 
 Each seed is one run in ``OUT/seed-<s>`` (a finished run is not run again). The data split
@@ -29,13 +29,14 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jso
 BASELINES = ("length", "tfidf_logreg", "frozen_probe")
 
 
-def run_seed(data: Path, out: Path, seed: int) -> dict:
+def run_seed(data: Path, out: Path, seed: int, overrides: dict | None = None) -> dict:
     from fedgate.config import FedgateConfig
     from fedgate.pipeline import train_centralized
 
     metrics_file = out / "metrics.json"
     if not metrics_file.is_file():
-        cfg = FedgateConfig.from_flat({"data.source": str(data), "data.bad-rows": "skip", "train.seed": seed})
+        cfg = FedgateConfig.from_flat({"data.source": str(data), "data.bad-rows": "skip", **(overrides or {}),
+                                       "train.seed": seed})
         t0 = time.perf_counter()
         metrics = train_centralized(cfg, out, progress=False)
         metrics["bench_wall_s"] = time.perf_counter() - t0
@@ -88,16 +89,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench-preferences")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every seed (recipe trials); kept in OUT/settings.json")
     p.add_argument("--summarize", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args(argv)
     out = Path(args.out)
     if not args.summarize:
+        from simulations.study import parse_sets
+
+        try:
+            overrides = parse_sets(args.set)
+        except ValueError as e:
+            p.error(str(e))
+        if "train.seed" in overrides:
+            p.error("set the seeds with --seeds, not --set train.seed=...")
         data = Path(args.data)
         if not data.is_file():
             print(f"{data}: absent; nothing to run (the HH-RLHF pairs live outside the repository)", file=sys.stderr)
             return 1
+        settings = out / "settings.json"
+        if settings.is_file() and json.loads(settings.read_text()) != overrides:
+            p.error(f"{out} holds runs with other overrides ({settings}); choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps(overrides, indent=1))
         for seed in (int(s) for s in args.seeds.split(",")):
-            m = run_seed(data, out / f"seed-{seed}", seed)
+            m = run_seed(data, out / f"seed-{seed}", seed, overrides)
             print(f"seed {seed}: test pairwise accuracy {m['test']['pairwise_accuracy']:.4f}", flush=True)
     print(summarize(out))
     return 0

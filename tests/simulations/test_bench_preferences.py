@@ -33,3 +33,25 @@ def test_absent_data_is_said_in_one_line(tmp_path, capsys):
     assert "absent" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no finished runs"):
         summarize(tmp_path)
+
+
+def test_overrides_reach_every_seed_and_a_folder_keeps_one_set_of_them(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+    seen = []
+
+    def fake_run(data_path, out, seed, overrides=None):
+        seen.append((seed, overrides))
+        out.mkdir(parents=True, exist_ok=True)
+        m = _metrics(0.6, 0.5, 0.7, 0.55)
+        (out / "metrics.json").write_text(json.dumps(m))
+        return m
+
+    monkeypatch.setattr("simulations.bench_preferences.run_seed", fake_run)
+    out = tmp_path / "trial"
+    args = ["--data", str(data), "--out", str(out), "--seeds", "0,1"]
+    assert main([*args, "--set", "model.pairing=joint", "--set", "train.epochs=4"]) == 0
+    assert seen == [(0, {"model.pairing": "joint", "train.epochs": 4}), (1, {"model.pairing": "joint", "train.epochs": 4})]
+    with pytest.raises(SystemExit):  # the same folder with other overrides would mix two recipes
+        main([*args, "--set", "model.pairing=separate"])
+    assert "holds runs with other overrides" in capsys.readouterr().err
