@@ -32,9 +32,8 @@ from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
                           split_by_prompt)
-from fedgate.data.pairs import is_pair_dataset, is_pair_file, read_pairs
+from fedgate.data.pairs import is_pair_dataset, is_pair_file, noisy_columns, read_pairs
 from fedgate.engine import close_stepper, make_stepper
-from fedgate.errors import InputError
 from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
@@ -235,10 +234,8 @@ def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: st
     model.to(device)
     ds = load_eval_split(cfg, split)
     pairs = is_pair_dataset(ds)
-    if noise_rate > 0 and pairs:
-        raise InputError("--noise-rate perturbs rated rows; preference pairs are scored without it")
-    if noise_rate > 0:
-        ds = noisy_dataset(ds, noise_rate, seed=seed)
+    if noise_rate > 0:  # on pairs: the prompt and both replies, as the server's noisy evaluation does
+        ds = noisy_dataset(ds, noise_rate, seed=seed, columns=noisy_columns(ds))
     enc = (encode_pairs if pairs else encode_split)(ds, tokenizer, cfg.model)
     prepare_cache(model, [enc], cfg, tokenizer.pad_token_id, device, progress)
     metrics, _ = evaluate(model, enc, cfg, tokenizer.pad_token_id, device,

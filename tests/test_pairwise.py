@@ -91,6 +91,9 @@ def test_fedgate_train_on_a_pair_file_reports_pairwise_accuracy(tmp_path, capsys
     assert main(["evaluate", str(out), "--data", str(data), "--quiet"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["n_pairs"] == 60 and 0.0 <= scored["pairwise_accuracy"] <= 1.0  # every pair of the file
+    assert main(["evaluate", str(out), "--data", str(data), "--quiet", "--noise-rate", "0.5"]) == 0
+    noisy = json.loads(capsys.readouterr().out)  # prompt and both replies perturbed, every pair scored
+    assert noisy["noise_rate"] == 0.5 and noisy["n_pairs"] == 60 and 0.0 <= noisy["pairwise_accuracy"] <= 1.0
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # evaluate writes nothing
 
 
