@@ -29,6 +29,17 @@ def tiny_folder(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """120 rated rows over 40 prompts (split 80/10/10 by prompt): a quick end-to-end run."""
+    path = tmp_path_factory.mktemp("data") / "rows.jsonl"
+    rows = [{"prompt": f"How do I use feature {p}?", "response": f"Call it with option {r}; " + "more words " * (p % 4),
+             "helpfulness": (p + 2 * r) % 5, "correctness": 2, "coherence": 3, "complexity": 1, "verbosity": r}
+            for p in range(40) for r in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 @pytest.mark.parametrize("quantize, layer_type, packed", [("4bit", bnb.nn.Linear4bit, torch.uint8),
                                                            ("8bit", bnb.nn.Linear8bitLt, torch.int8)])
 def test_quantized_backbone_packs_its_linear_layers_and_stays_close_to_full_precision(
@@ -66,7 +77,8 @@ def test_adapters_around_4bit_layers_train_in_float32_and_only_they_get_gradient
         m.merge()
 
 
-def test_a_4bit_run_trains_exports_as_peft_with_the_same_outputs_and_refuses_a_merge(tiny_folder, tmp_path):
+def test_a_4bit_run_trains_exports_as_peft_with_the_same_outputs_and_refuses_a_merge(tiny_folder, small_data,
+                                                                                      tmp_path):
     from peft import PeftModel
 
     from fedgate.cli import main
@@ -75,9 +87,9 @@ def test_a_4bit_run_trains_exports_as_peft_with_the_same_outputs_and_refuses_a_m
     from fedgate.trained import load_trained
 
     out = tmp_path / "run"
-    rc = main(["train", "--out", str(out), "--backbone", tiny_folder, "--max-steps", "4", "--quiet", "--no-baselines",
-               "--set", "model.quantize=4bit", "--set", "data.limit=120", "--set", "adapter.r=4",
-               "--set", "adapter.token-gate=false"])
+    rc = main(["train", "--out", str(out), "--backbone", tiny_folder, "--data", small_data, "--max-steps", "4",
+               "--quiet", "--no-baselines", "--set", "model.quantize=4bit", "--set", "adapter.r=4",
+               "--set", "adapter.token-gate=false", "--set", "train.batch-size=8"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 4 and 0.0 <= metrics["test"]["auc"] <= 1.0
@@ -113,15 +125,15 @@ def test_combinations_a_quantized_backbone_cannot_serve_are_refused_with_the_rea
         FedgateConfig.from_flat(flat)
 
 
-def test_deepspeed_zero2_trains_the_adapters_around_a_4bit_backbone(tiny_folder, tmp_path):
+def test_deepspeed_zero2_trains_the_adapters_around_a_4bit_backbone(tiny_folder, small_data, tmp_path):
     from safetensors.torch import load_file
 
     from fedgate.cli import main
 
     out = tmp_path / "zero2"
-    rc = main(["train", "--out", str(out), "--backbone", tiny_folder, "--max-steps", "2", "--quiet", "--no-baselines",
-               "--set", "model.quantize=4bit", "--set", "data.limit=48", "--set", "adapter.r=4",
-               "--set", "engine.name=deepspeed", "--set", "engine.zero-stage=2"])
+    rc = main(["train", "--out", str(out), "--backbone", tiny_folder, "--data", small_data, "--max-steps", "2",
+               "--quiet", "--no-baselines", "--set", "model.quantize=4bit", "--set", "adapter.r=4",
+               "--set", "train.batch-size=8", "--set", "engine.name=deepspeed", "--set", "engine.zero-stage=2"])
     assert rc == 0
     state = load_file(str(out / "adapters.safetensors"))
     lora_b = [t for k, t in state.items() if k.endswith("lora_B")]
