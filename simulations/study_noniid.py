@@ -1,6 +1,6 @@
 """Non-IID degree: Dirichlet label skew from mild to extreme, topic skew (whole module
 families per client), quantity skew and degradation-kind skew (each client sees only some
-kinds of bad answer), FedProx and SCAFFOLD on the strongest skew, against centralized
+kinds of bad answer), FedProx, SCAFFOLD, FedAvgM and FedAdam on the strongest skew, against centralized
 training on the pooled rows with the same total number of optimizer steps (the upper bound).
 
     python -m simulations.study_noniid [--variants ...] [--set KEY=VALUE] [--out DIR]
@@ -39,10 +39,15 @@ VARIANTS = {
                               "federation.strategy": "fedprox"},
     "dirichlet-0.1-scaffold": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
                                "federation.strategy": "scaffold"},
+    # or a server optimizer (its defaults: FedAvgM momentum 0.9 at step 1; FedAdam step 0.01)
+    "dirichlet-0.1-fedavgm": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                              "federation.strategy": "fedavgm"},
+    "dirichlet-0.1-fedadam": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                              "federation.strategy": "fedadam"},
 }
 CENTRALIZED = "centralized"
 # variant -> the FedAvg run on the same split it tries to improve on
-RECOVERY = {"dirichlet-0.1-fedprox": "dirichlet-0.1", "dirichlet-0.1-scaffold": "dirichlet-0.1"}
+RECOVERY = {f"dirichlet-0.1-{rule}": "dirichlet-0.1" for rule in ("fedprox", "scaffold", "fedavgm", "fedadam")}
 
 
 def total_client_steps(run_dir: Path) -> int:
