@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                      summarize=summarize, seeds=seeds)
     if not rows:
         return 1
-    print(write_results(out, rows, flipped))
+    print(write_results(out, rows_from_dir(out, summarize), flipped))  # every variant the folder holds
     return 0 if len(rows) == len(names) else 1
 
 

@@ -146,6 +146,26 @@ def _already_done(run_dir: Path, config: str, nodes: int) -> bool:
         return False
 
 
+def _record_variants(out: Path, study: str, configs: dict[str, str], nodes: dict[str, int],
+                     seeds: tuple[int, ...]) -> None:
+    """Write ``variants.json`` and ``study.json``. A folder that already holds this study keeps
+    the variants and seeds this call does not run: adding a variant to a finished study adds a
+    row to its report instead of dropping the others (a variant run again with another config
+    takes the new one)."""
+    old_configs, old_meta = {}, {}
+    if (out / STUDY_FILE).is_file() and (out / VARIANTS_FILE).is_file():
+        old_meta = json.loads((out / STUDY_FILE).read_text())
+        if old_meta.get("study") == study:
+            old_configs = json.loads((out / VARIANTS_FILE).read_text())
+        else:
+            old_meta = {}
+    old_nodes = old_meta.get("num_supernodes", {})
+    (out / VARIANTS_FILE).write_text(json.dumps({**old_configs, **configs}, indent=1))
+    (out / STUDY_FILE).write_text(json.dumps({
+        "study": study, "num_supernodes": {**(old_nodes if isinstance(old_nodes, dict) else {}), **nodes},
+        "seeds": sorted({*old_meta.get("seeds", []), *seeds})}, indent=1))
+
+
 def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernodes: int = 4,
               timeout: float = 1800.0, summarize: Callable[[Path], dict] = summarize_run,
               seeds: tuple[int, ...] = (0,)) -> dict[str, dict]:
@@ -157,9 +177,7 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
     nodes = {name: int(flat.get(NUM_SUPERNODES, num_supernodes)) for name, flat in variants.items()}
     configs = {name: config_string({k: v for k, v in flat.items() if k not in (NUM_SUPERNODES, SEED_KEY)})
                for name, flat in variants.items()}
-    (out / VARIANTS_FILE).write_text(json.dumps(configs, indent=1))
-    (out / STUDY_FILE).write_text(json.dumps({"study": study, "num_supernodes": nodes, "seeds": list(seeds)},
-                                             indent=1))
+    _record_variants(out, study, configs, nodes, seeds)
     jobs = [(name, seed) for seed in seeds for name in configs]  # seed-major: every variant of seed 0 first
     done: dict[str, dict[int, dict]] = {}
     for i, (name, seed) in enumerate(jobs, start=1):

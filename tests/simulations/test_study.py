@@ -65,3 +65,14 @@ def test_fedgate_report_rebuilds_the_tables_without_running(study, monkeypatch, 
     assert fedgate_main(["report", str(out)]) == 0
     assert (out / "results.md").read_text() == before
     assert "| fedavg |" in capsys.readouterr().out
+
+
+def test_running_one_variant_into_a_finished_study_keeps_the_others(study, monkeypatch):
+    out, args = study
+    monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("ran a finished variant again"))
+    i = args.index("--variants")
+    assert adversarial.main(args[:i + 1] + ["fedavg-clean"] + args[i + 2:]) == 0
+    assert list(json.loads((out / "variants.json").read_text())) == ["fedavg-clean", "fedavg-flipped", "fedavg-absent"]
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0]
+    with (out / "results.csv").open() as f:
+        assert [r["rule"] for r in csv.DictReader(f)] == ["fedavg"]
