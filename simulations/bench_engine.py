@@ -52,6 +52,7 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     from fedgate.engine import close_stepper, make_stepper
     from fedgate.losses import total_loss
     from fedgate.model import build_reward_model, head_targets
+    from fedgate.train import autocast
 
     cfg = FedgateConfig.from_flat({"model.backbone": backbone, "train.batch-size": 16, "model.top-layers": 0,
                                    "train.cache-lower-layers": False, **extra, **VARIANTS[variant]})
@@ -69,7 +70,8 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        pred = stepper.forward(model, batch, None)
+        with autocast(device, cfg.train.bf16):  # as fit() runs the forward
+            pred = stepper.forward(model, batch, None)
         loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
                              cfg.loss)
         stepper.backward(loss)

@@ -174,11 +174,15 @@ def start_superlink(flwr_home: Path, env: dict) -> tuple[subprocess.Popen, int]:
 
 
 def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client: float = 1.0,
-             out: str | Path | None = None, app: str | Path = REPO,
+             gpus_per_client: float = 0.0, out: str | Path | None = None, app: str | Path = REPO,
              timeout: float | None = None, verbose: bool = False) -> tuple[int, Path]:
     """Run one simulation; returns (exit code, run directory). 0 only when summary.json says
     the run completed. The console shows one line per round (all output with ``verbose``);
-    the full output is in the run directory's ``simulation.log``."""
+    the full output is in the run directory's ``simulation.log``. ``gpus_per_client`` is
+    Ray's GPU share per ClientApp: at 0 Ray hides every GPU from the clients (they train on
+    the CPU); 0.5 lets two clients share one GPU."""
+    if gpus_per_client < 0:
+        raise ValueError(f"gpus_per_client must be >= 0, got {gpus_per_client}")
     app = Path(app).resolve()
     overrides, run_dir = prepare_run(app, run_config, out)
     states = None
@@ -195,7 +199,8 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
     try:
         write_connection(flwr_home, port)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream",
-               "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+               "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}"
+               + (f" client-resources-num-gpus={gpus_per_client:g}" if gpus_per_client else ""),
                "--run-config", run_config_arg(overrides)]
         log.info("full output: %s", run_dir / LOG_FILE)
         code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
@@ -220,6 +225,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--num-supernodes", type=int, default=4)
     p.add_argument("--cpus-per-client", type=float, default=1.0,
                    help="Ray CPUs per ClientApp (2 on a 2-core machine = one client at a time)")
+    p.add_argument("--gpus-per-client", type=float, default=0.0,
+                   help="Ray GPUs per ClientApp (0: clients train on the CPU; 0.5: two clients share a GPU)")
     p.add_argument("--out", help="run directory (default: server.output-dir, else runs/fed-<time>)")
     p.add_argument("--app", default=str(REPO), help="Flower app directory (default: this checkout)")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
@@ -233,8 +240,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = args or build_parser().parse_args(argv)
     return exit_code(simulate, args.run_config, num_supernodes=args.num_supernodes,
-                     cpus_per_client=args.cpus_per_client, out=args.out, app=args.app, timeout=args.timeout,
-                     verbose=args.verbose)
+                     cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client, out=args.out,
+                     app=args.app, timeout=args.timeout, verbose=args.verbose)
 
 
 def exit_code(launch, *args, **kwargs) -> int:
