@@ -158,9 +158,19 @@ def test_different_seed_differs(noisy: datasets.DatasetDict) -> None:
     assert set(other["test"]["domain"]) != set(noisy["test"]["domain"])
 
 
-def test_same_seed_byte_identical_across_processes(noisy: datasets.DatasetDict) -> None:
+def _fresh_cache(tmp_path: Path) -> Path:
+    """A cache folder holding only the harvest: the rows are built again, not read back."""
+    from fedgate.data.docsource import cache_path
+
+    harvest = cache_path(MAX_CHARS)
+    (tmp_path / harvest.name).write_bytes(harvest.read_bytes())
+    return tmp_path
+
+
+def test_same_seed_byte_identical_across_processes(noisy: datasets.DatasetDict, tmp_path: Path) -> None:
     """A fresh interpreter with another hash seed and transformers imported first (it
-    patches stdlib classes) must build exactly the same rows."""
+    patches stdlib classes) must build exactly the same rows (built there, not read from the
+    on-disk copy)."""
     script = (
         "import sys, hashlib, json, transformers\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
@@ -168,7 +178,8 @@ def test_same_seed_byte_identical_across_processes(noisy: datasets.DatasetDict) 
         "from fedgate.data import build_embedded_dataset\n"
         "print(digest(build_embedded_dataset(0)))\n"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT),
+           "FEDGATE_CACHE_DIR": str(_fresh_cache(tmp_path))}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -178,6 +189,48 @@ def test_same_seed_byte_identical_across_processes(noisy: datasets.DatasetDict) 
 def test_cached_and_loadable(noisy: datasets.DatasetDict) -> None:
     assert build_embedded_dataset(0) is noisy
     assert load_helpsteer("embedded", "test").to_list() == noisy["test"].to_list()
+
+
+def test_a_fresh_process_reads_the_built_rows_from_disk(noisy, tmp_path, monkeypatch) -> None:
+    from fedgate.data import embedded
+
+    monkeypatch.setenv("FEDGATE_CACHE_DIR", str(_fresh_cache(tmp_path)))
+    embedded.build_embedded_dataset.cache_clear()
+    try:
+        built = embedded.build_embedded_dataset(0)  # built, and kept on disk
+        assert (embedded.built_path(0, 0.2, MAX_CHARS) / "dataset_dict.json").is_file()
+        embedded.build_embedded_dataset.cache_clear()  # as a fresh process starts
+        monkeypatch.setattr(embedded, "keep_mask", lambda *a: pytest.fail("built again instead of read"))
+        read = embedded.build_embedded_dataset(0)
+        assert digest(read) == digest(built) == digest(noisy)
+        assert list(tmp_path.glob("*.tmp")) == []
+    finally:
+        embedded.build_embedded_dataset.cache_clear()
+
+
+def test_the_on_disk_copy_is_keyed_by_every_argument(tmp_path, monkeypatch) -> None:
+    from fedgate.data.embedded import built_path
+
+    monkeypatch.setenv("FEDGATE_CACHE_DIR", str(tmp_path))
+    paths = {built_path(0, 0.2, 600), built_path(1, 0.2, 600), built_path(0, 0.0, 600), built_path(0, 0.2, 800)}
+    assert len(paths) == 4 and all(p.parent == tmp_path for p in paths)
+
+
+def test_a_damaged_on_disk_copy_is_built_again(tmp_path, monkeypatch, caplog) -> None:
+    from fedgate.data import embedded
+
+    monkeypatch.setenv("FEDGATE_CACHE_DIR", str(_fresh_cache(tmp_path)))
+    path = embedded.built_path(0, 0.0, MAX_CHARS)
+    path.mkdir()
+    (path / "dataset_dict.json").write_text("{not json")
+    embedded.build_embedded_dataset.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="fedgate.data.embedded"):
+            rows = embedded.build_embedded_dataset(0, label_noise=0.0)
+        assert "building the dataset again" in caplog.text and len(rows["train"]) > 1000
+        assert json.loads((path / "dataset_dict.json").read_text())["splits"] == ["train", "validation", "test"]
+    finally:
+        embedded.build_embedded_dataset.cache_clear()
 
 
 def test_bad_arguments() -> None:
