@@ -23,8 +23,9 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from fedgate.federated.rundir import RunDir
-from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, paired_difference, parse_sets, resolved,
-                               rows_from_dir, run_study, seed_dirs, study_parser, summarize_run, write_table)
+from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, contrast_cells, out_dir, paired_difference,
+                               parse_sets, rows_from_dir, run_study, seed_dirs, study_parser, summarize_run,
+                               write_table)
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
@@ -66,14 +67,14 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
             continue
         drop, se, _ = paired_difference(out, rows, f"{rule}-clean", f"{rule}-flipped")
         row = {"rule": rule, "seeds": bad.get("seeds", 1), "auc_clean": clean["auc"], "auc_flipped": bad["auc"],
-               "drop_points": f"{drop:+.2f}", "drop_se_points": "" if se != se else f"{se:.2f}",
-               "resolved": resolved(drop, se),
+               **dict(zip(("drop_points", "drop_se_points", "resolved"), contrast_cells(drop, se))),
                "flipped_partitions": ",".join(map(str, bad["flipped_partitions"])),
                "f1_clean": clean["f1"], "f1_flipped": bad["f1"]}
         if absent := rows.get(f"{rule}-absent"):
             gap, gap_se, _ = paired_difference(out, rows, f"{rule}-flipped", f"{rule}-absent")
-            row.update(auc_absent=absent["auc"], vs_absent_points=f"{gap:+.2f}",
-                       vs_absent_se="" if gap_se != gap_se else f"{gap_se:.2f}", vs_absent_resolved=resolved(gap, gap_se))
+            cells = contrast_cells(gap, gap_se)
+            row.update(auc_absent=absent["auc"],
+                       **dict(zip(("vs_absent_points", "vs_absent_se", "vs_absent_resolved"), cells)))
         table.append(row)
     columns = {"rule": "rule", "seeds": "seeds", "auc_clean": "ROC-AUC clean",
                "auc_flipped": f"ROC-AUC, {flipped:.0%} clients flipped", "drop_points": "drop (points)",

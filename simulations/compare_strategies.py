@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
-from simulations.study import (config_string, paired_difference, resolved, rows_from_dir, study_main, summarize_run,
-                               write_table)
+from simulations.study import (config_string, contrast_cells, paired_difference, rows_from_dir, study_main,
+                               summarize_run, write_table)
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
           "server.report": False, "server.baselines": False}
@@ -58,8 +58,7 @@ def write_results(out: Path, rows: dict[str, dict]) -> str:
              "pruned": r["pruned"], "wall_s": f"{r['wall_s']:.0f}"}
         if BASELINE in rows and name != BASELINE:
             diff, se, _ = paired_difference(out, rows, name, BASELINE)
-            t.update(auc_vs_baseline_points=f"{diff:+.2f}", se="" if se != se else f"{se:.2f}",
-                     resolved=resolved(diff, se))
+            t.update(zip(("auc_vs_baseline_points", "se", "resolved"), contrast_cells(diff, se)))
         table.append(t)
     md = write_table(out, table, {"variant": "strategy", "seeds": "seeds", "auc": "final ROC-AUC", "auc_se": "its SE",
                                   "auc_vs_baseline_points": "vs plain fedavg-ab (points)",

@@ -251,6 +251,12 @@ def resolved(diff: float, se: float) -> str:
     return "yes" if abs(diff) >= RESOLVED_AT * se and diff != 0 else "no"
 
 
+def contrast_cells(diff: float, se: float) -> tuple[str, str, str]:
+    """A paired difference as table cells: ``(+1.23, 0.45, yes)``; the SE and the verdict
+    empty where there is no SE."""
+    return f"{diff:+.2f}", "" if se != se else f"{se:.2f}", resolved(diff, se)
+
+
 def write_table(out: Path, table: list[dict], columns: dict[str, str], name: str = "results") -> str:
     """``name.csv`` (every key) and ``name.md`` (``columns``: key -> header, floats to 4
     places); returns the markdown."""
@@ -353,7 +359,7 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
                "wall_s": f"{r['wall_s']:.0f}", "lost_updates": r.get("lost_updates", 0)}
         if base and name != baseline:
             diff, se, _ = paired_difference(out, rows, name, baseline)
-            row.update(vs_baseline=f"{diff:+.2f}", se="" if se != se else f"{se:.2f}", resolved=resolved(diff, se))
+            row.update(zip(("vs_baseline", "se", "resolved"), contrast_cells(diff, se)))
         row.update({k: r[k] for k in (extra or {}) if k in r})
         table.append(row)
     columns = dict(STANDARD_COLUMNS)

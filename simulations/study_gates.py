@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.study import paired_difference, resolved, rows_from_dir, standard_results, study_main, write_table
+from simulations.study import (contrast_cells, paired_difference, rows_from_dir, standard_results, study_main,
+                               write_table)
 
 NOISE = "0.2"
 FLIPPED = 0.25  # one client of the default four
@@ -53,8 +54,8 @@ def gates_vs_plain(out: Path, rows: dict[str, dict]) -> str:
         diff, se, _ = paired_difference(out, rows, gated, plain, key=key)
         shared = set(rows[gated].get("per_seed", {})) & set(rows[plain].get("per_seed", {}))
         table.append({"condition": condition, "seeds": len(shared) or 1,
-                      "plain": rows[plain][key], "gated": rows[gated][key], "diff_points": f"{diff:+.2f}",
-                      "se": "" if se != se else f"{se:.2f}", "resolved": resolved(diff, se)})
+                      "plain": rows[plain][key], "gated": rows[gated][key],
+                      **dict(zip(("diff_points", "se", "resolved"), contrast_cells(diff, se)))})
     if not table:
         return ""
     return "\n" + write_table(out, table, {

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.rundir import RunDir
-from simulations.study import (SEED_KEY, config_string, mean_and_se, paired_difference, resolved, rows_from_dir,
-                               seed_dir, standard_results, study_main, write_table)
+from simulations.study import (SEED_KEY, config_string, contrast_cells, mean_and_se, paired_difference, resolved,
+                               rows_from_dir, seed_dir, standard_results, study_main, write_table)
 
 COMMON = {"server.noise-rates": "",  # rounds and sizing: the defaults
           "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}
@@ -127,10 +127,9 @@ def recovery(out: Path, rows: dict[str, dict]) -> str:
             continue
         cost, cost_se, _ = paired_difference(out, rows, "iid", skewed)
         gain, gain_se, _ = paired_difference(out, rows, name, skewed)
-        table.append({"variant": name, "split": skewed, "cost_points": f"{cost:+.2f}",
-                      "cost_se": "" if cost_se != cost_se else f"{cost_se:.2f}", "cost_resolved": resolved(cost, cost_se),
-                      "gain_points": f"{gain:+.2f}", "gain_se": "" if gain_se != gain_se else f"{gain_se:.2f}",
-                      "gain_resolved": resolved(gain, gain_se),
+        table.append({"variant": name, "split": skewed,
+                      **dict(zip(("cost_points", "cost_se", "cost_resolved"), contrast_cells(cost, cost_se))),
+                      **dict(zip(("gain_points", "gain_se", "gain_resolved"), contrast_cells(gain, gain_se))),
                       # a share of a cost that is itself inside the noise means nothing
                       "share_recovered": f"{gain / cost:.0%}" if cost > 0 and resolved(cost, cost_se) == "yes" else "-"})
     if not table:

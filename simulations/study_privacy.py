@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.rundir import RunDir
-from simulations.study import (mean_and_se, paired_difference, resolved, rows_from_dir, standard_results,
+from simulations.study import (contrast_cells, mean_and_se, paired_difference, rows_from_dir, standard_results,
                                study_main, summarize_run, write_table)
 
 CLIENTS = 20
@@ -63,8 +63,8 @@ def degradation(out: Path, rows: dict[str, dict]) -> str:
             clean, noisy = f"{method}-eps-inf", f"{method}-eps-{name}"
             if {clean, noisy} <= rows.keys():
                 drop, se, _ = paired_difference(out, rows, clean, noisy)
-                row.update({f"{method}_auc": rows[noisy]["auc"], f"{method}_drop": f"{drop:+.2f}",
-                            f"{method}_se": "" if se != se else f"{se:.2f}"})
+                row.update({f"{method}_auc": rows[noisy]["auc"],
+                            **dict(zip((f"{method}_drop", f"{method}_se"), contrast_cells(drop, se)[:2]))})
         # FFA's drop minus FedAvg's = (ffa_inf - ffa_eps) - (fedavg_inf - fedavg_eps), per seed
         names = ("ffa-eps-inf", f"ffa-eps-{name}", "fedavg-eps-inf", f"fedavg-eps-{name}")
         if set(names) <= rows.keys():
@@ -75,8 +75,7 @@ def degradation(out: Path, rows: dict[str, dict]) -> str:
             if per_seed:
                 diff, se = mean_and_se(per_seed)
                 se = se if len(per_seed) > 1 else float("nan")
-                row.update(ffa_minus_fedavg=f"{diff:+.2f}", ffa_minus_fedavg_se="" if se != se else f"{se:.2f}",
-                           resolved=resolved(diff, se))
+                row.update(zip(("ffa_minus_fedavg", "ffa_minus_fedavg_se", "resolved"), contrast_cells(diff, se)))
         if len(row) > 1:  # some run of this epsilon finished
             table.append(row)
     if not table:
