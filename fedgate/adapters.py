@@ -177,6 +177,14 @@ class GatedLoRALinear(nn.Module):
         return self.structural_gate()
 
     @property
+    def token_gate_record(self) -> tuple[float, float]:
+        """(sum, count) of the unpadded token gates seen since the last reset: what ranks
+        training one client add up to get the whole batch's mean (train.fit)."""
+        if self._gate_sum is None:
+            return 0.0, 0.0
+        return float(self._gate_sum.detach()), float(self._gate_count)
+
+    @property
     def last_token_gate_mean(self) -> torch.Tensor | None:
         """Mean token gate over the (unpadded) tokens seen since the last reset; None if none."""
         if self._gate_sum is None or self._gate_count == 0:
