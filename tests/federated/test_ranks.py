@@ -119,3 +119,39 @@ def test_ranks_die_with_a_killed_launcher(tmp_path):
         launcher.wait()
         for pid in processes_with_token():  # only if the test failed: leave nothing running
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_client_app_trains_on_ranks_when_the_world_size_is_above_one(monkeypatch):
+    """The ClientApp hands the round to run_ranks and builds no model itself."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import clients.app as client_app
+    from fedgate.federated import protocol as P
+    from fedgate.federated.client import LocalUpdate
+    from fedgate.state import from_numpy
+
+    state = {"head.bias": np.zeros(6, np.float32)}
+    calls = []
+
+    def fake_run_ranks(run_config, node_config, partition_id, num_partitions, global_state, server_round, prior,
+                       *, pruned, personal):
+        calls.append((partition_id, num_partitions, sorted(global_state), server_round, prior, pruned, personal))
+        return LocalUpdate({"head.bias": np.ones(6, np.float32)}, 27, {"train-loss": 0.5, "world-size": 2.0}, {})
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the ClientApp built a model although ranks train the round")
+
+    monkeypatch.setattr(client_app, "run_ranks", fake_run_ranks)
+    monkeypatch.setattr(client_app, "ClientTask", no_model_here)
+    for key in ("_run_id", "_node_id", "_task_id"):  # Flower stamps new messages with the task's identity
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    msg = Message(RecordDict({P.ARRAYS: ArrayRecord(from_numpy(state)), P.CONFIG: ConfigRecord({P.SERVER_ROUND: 3})}),
+                  dst_node_id=1, message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitions": 2}, state=RecordDict(),
+                      run_config={**RUN, "engine.world-size": 2, "train.batch-size": 8})
+    reply = client_app.train(msg, context)
+    assert calls == [(1, 2, ["head.bias"], 3, None, [], None)]
+    metrics = reply.content[P.METRICS]
+    assert metrics[P.NUM_EXAMPLES] == 27 and metrics[P.PARTITION_ID] == 1 and metrics["world-size"] == 2.0
+    np.testing.assert_array_equal(reply.content[P.ARRAYS]["head.bias"].numpy(), np.ones(6, np.float32))
