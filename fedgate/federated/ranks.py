@@ -13,9 +13,12 @@ process group (fedgate/engine.py), and a hung rank must not take the actor down 
   race for), gloo on CPU and NCCL on CUDA, bound to the loopback interface. Each trains on
   every ``N``-th row of every batch under DeepSpeed (fedgate.train.fit), in lockstep.
 - Rank 0 writes ``out/result.safetensors`` (the adapter state after training) and
-  ``out/result.json``; every rank writes ``out/rank-R.json`` (its peak memory) and logs to
+  ``out/result.json``; every rank writes ``out/rank-R.json`` (its peak memory, rows trained) and logs to
   ``logs/rank-R.log``. The launcher turns rank 0's result into the reply
   (:func:`fedgate.federated.client.local_update`: delta, local DP, personal gates).
+
+:func:`run_job` runs any ``module:function`` on the ranks the same way (the engine
+benchmark's per-rank memory), :func:`run_selftest` only joins the group and all-reduces.
 
 Cleanup: rank 0 leads a new process group that the other ranks join. When a rank fails or
 ``engine.timeout-s`` passes, the launcher kills the whole group and raises naming the rank;
@@ -27,6 +30,7 @@ rank carries ``FEDGATE_RANKS_TOKEN`` in its environment, so leftovers can be fou
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -101,17 +105,26 @@ def run_ranks(run_config: Mapping[str, Any], node_config: Mapping[str, Any], par
     return update
 
 
+def run_job(entry: str, payload: Mapping[str, Any], world_size: int, timeout_s: float, *, threads: int = 0,
+            cuda: bool = False, on_start: Callable[[list[int]], None] | None = None) -> list[dict]:
+    """Run ``entry`` (``"module:function"``) on ``world_size`` ranks in a process group and
+    return what each rank's call returned (a JSON-able dict), in rank order. The function is
+    called as ``function(job_dir, job, rank)``, ``job`` holding ``payload``; benchmarks use
+    this to measure per-rank memory."""
+    job_dir = Path(tempfile.mkdtemp(prefix="fedgate-ranks-"))
+    try:
+        _write_json(job_dir / "in" / "job.json", {**payload, "kind": entry})
+        launch(job_dir, world_size, timeout_s, threads=threads, cuda=cuda, on_start=on_start)
+        return [json.loads((job_dir / "out" / f"rank-{r}.json").read_text()) for r in range(world_size)]
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
 def run_selftest(world_size: int, timeout_s: float, *,
                  on_start: Callable[[list[int]], None] | None = None) -> float:
     """Start ``world_size`` ranks that join a group and all-reduce their rank + 1: checks the
     launch, the rendezvous and the cleanup without a model. Returns the sum."""
-    job_dir = Path(tempfile.mkdtemp(prefix="fedgate-ranks-"))
-    try:
-        _write_json(job_dir / "in" / "job.json", {"kind": "selftest"})
-        launch(job_dir, world_size, timeout_s, on_start=on_start)
-        return float(json.loads((job_dir / "out" / "result.json").read_text())["sum"])
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+    return float(run_job("selftest", {}, world_size, timeout_s, on_start=on_start)[0]["sum"])
 
 
 def launch(job_dir: Path, world_size: int, timeout_s: float, *, threads: int = 0, cuda: bool = False,
@@ -264,10 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group(backend, store=dist.FileStore(str(job_dir / "store"), world), rank=rank,
                                 world_size=world, timeout=timedelta(seconds=max(1.0, job["deadline"] - time.time())))
         _injected_fault(rank)
-        if job["kind"] == "selftest":
-            _selftest(job_dir, rank)
-        else:
-            _train(job_dir, job, rank)
+        record = _entry(job["kind"])(job_dir, job, rank)
+        _write_json(job_dir / "out" / f"rank-{rank}.json", record)
         dist.barrier()
         dist.destroy_process_group()
     except BaseException as e:
@@ -302,17 +313,24 @@ def _injected_fault(rank: int) -> None:
     raise ValueError(f"{FAULT_VAR} must be raise:RANK or hang:RANK, got {what}:{target}")
 
 
-def _selftest(job_dir: Path, rank: int) -> None:
+def _entry(kind: str) -> Callable[[Path, dict, int], dict]:
+    """The function a job runs on every rank: a local round, the self-test, or ``module:function``."""
+    if kind in ("train", "selftest"):
+        return _train if kind == "train" else _selftest
+    module, _, name = kind.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _selftest(job_dir: Path, job: dict, rank: int) -> dict:
     import torch
     import torch.distributed as dist
 
     value = torch.tensor([rank + 1.0])
     dist.all_reduce(value)
-    if rank == 0:
-        _write_json(job_dir / "out" / "result.json", {"sum": float(value)})
+    return {"sum": float(value)}
 
 
-def _train(job_dir: Path, job: dict, rank: int) -> None:
+def _train(job_dir: Path, job: dict, rank: int) -> dict:
     """Every rank builds the client and trains in lockstep; rank 0 writes the result."""
     import dataclasses
 
@@ -334,7 +352,6 @@ def _train(job_dir: Path, job: dict, rank: int) -> None:
     global_state = to_numpy(load_state(job_dir / "in" / "global.safetensors")[0])
     personal = to_numpy(load_state(job_dir / "in" / "personal.safetensors")[0]) if job["personal"] else None
     done = task.local_round(global_state, job["server_round"], job["prior"], pruned=job["pruned"], personal=personal)
-    _write_json(job_dir / "out" / f"rank-{rank}.json", {"rss_peak_mb": peak_mib(), "rows_trained": done.rows_trained})
     if rank == 0:
         save_state(job_dir / "out" / "result.safetensors.tmp", done.after)
         os.replace(job_dir / "out" / "result.safetensors.tmp", job_dir / "out" / "result.safetensors")
@@ -342,6 +359,7 @@ def _train(job_dir: Path, job: dict, rank: int) -> None:
             "num_examples": done.num_examples, "train_loss": done.train_loss, "steps": done.steps,
             "local": {k: float(v) for k, v in done.local.items()}, "gate_stats": done.gate_stats,
             "train_s": done.train_s, "setup_s": done.setup_s, "flipped_rows": done.flipped_rows})
+    return {"rss_peak_mb": peak_mib(), "rows_trained": done.rows_trained}
 
 
 if __name__ == "__main__":
