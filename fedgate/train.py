@@ -13,6 +13,7 @@ both replies of each, and the task loss is Bradley-Terry on the alignment logit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ from fedgate.batching import (EncodedSplit, cache_lower_layers, is_pairs, iterat
 from fedgate.config import FedgateConfig
 from fedgate.hidden_store import load_states, save_states
 from fedgate.inject import adapter_modules, layer_index
-from fedgate.losses import bradley_terry_loss, regularized_loss, total_loss
+from fedgate.losses import bradley_terry_loss, regularized_loss, shared_gate_kl, total_loss
 from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy,
                              pairwise_accuracy_ci)
 from fedgate.model import ALIGNMENT, RewardModel, head_targets, to_attribute_scale
@@ -384,10 +385,14 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     is scaled by ``N * n_r / n`` so that the averaged gradient is the whole batch's, and a
     rank without rows forwards one placeholder row at weight 0 (ZeRO's collectives need the
     same forwards and backwards on every rank). One all-reduce per micro-batch adds up the
-    loss and the token-gate records, so train-loss and gate statistics are the whole batch's.
-    Exact except the gate-KL term (``loss.beta``), a function of each rank's own gate mean."""
+    loss and the token-gate records before the backward pass, so train-loss and gate
+    statistics are the whole batch's, and so is the gate-KL term (``loss.beta``): a function
+    of the whole batch's mean gate, which each rank back-propagates through its own share
+    (:func:`fedgate.losses.shared_gate_kl`)."""
     t = cfg.train
     rank, world = data_parallel_rank()
+    # with several ranks the gate-KL term is added from the ranks' summed gate records below
+    rank_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, beta=0.0)) if world > 1 else cfg
     rng = np.random.default_rng(t.seed)
     torch.manual_seed(t.seed)
     model.to(device).train()
@@ -425,15 +430,19 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
-            loss, parts = batch_loss(pred, batch, pairs, model, cfg, prior)
+            loss, parts = batch_loss(pred, batch, pairs, model, rank_cfg, prior)
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if world > 1:
-                opt.backward(loss * weight)
                 summed = sum_across_ranks([float(loss.detach()) * weight / world,
                                            *tracker.local_records(counted=weight > 0)], device)
                 tracker.add_records(summed[1:])
-                loss_value = summed[0]
+                kl_value, kl_term = 0.0, 0.0
+                if cfg.loss.beta:
+                    kl_value, kl_term = shared_gate_kl(model, summed[1:], prior if prior is not None else
+                                                       cfg.loss.gate_prior, cfg.loss.gate_prior, world, weight > 0)
+                opt.backward(loss * weight + cfg.loss.beta * kl_term)
+                loss_value = summed[0] + cfg.loss.beta * kl_value
             else:
                 opt.backward(loss)
                 tracker.update()

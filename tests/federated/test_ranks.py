@@ -18,11 +18,11 @@ from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, to_numpy
 
 # tiny-llama has no dropout, whose per-rank random streams could not match one process's.
-# Partition 0 of 2 at data.limit=48 holds 27 training rows. loss.beta=0: the gate-KL term is
-# the one part of the loss that is not exact across ranks. No clipping: clipping and Adam
-# would hide a wrongly scaled gradient.
+# Partition 0 of 2 at data.limit=48 holds 27 training rows. A gate-KL weight 100x the default:
+# the term is a function of the whole batch's mean gate, not of each rank's. No clipping:
+# clipping and Adam would hide a wrongly scaled gradient.
 RUN = {"model.backbone": "tiny-llama", "data.limit": 48, "train.epochs": 2.0, "train.max-grad-norm": 1e6,
-       "train.device": "cpu", "loss.beta": 0.0, "engine.name": "deepspeed", "engine.timeout-s": 300}
+       "train.device": "cpu", "loss.beta": 0.1, "engine.name": "deepspeed", "engine.timeout-s": 300}
 NODE = {"partition-id": 0, "num-partitions": 2}
 
 
