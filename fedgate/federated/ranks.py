@@ -57,6 +57,7 @@ POLL_S = 0.2  # how often the launcher and the watchdogs look
 GRACE_S = 5.0  # between SIGTERM and SIGKILL of a rank group
 WATCHDOG_MARGIN_S = 10.0  # a rank kills its group this long after the launcher's deadline
 LOG_TAIL_CHARS = 3000
+FAILURE_SETTLE_S = 2.0  # after a rank fails, how long the others get to exit before the group is killed
 
 
 class RankFailed(RuntimeError):
@@ -153,9 +154,12 @@ def launch(job_dir: Path, world_size: int, timeout_s: float, *, threads: int = 0
             on_start([p.pid for p in procs])
         while True:
             codes = [p.poll() for p in procs]
-            failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
-            if failed:
-                raise RankFailed(_failure_message(job_dir, failed, codes))
+            if any(code not in (None, 0) for code in codes):
+                # the rank at fault may still be exiting while a peer that lost it already has
+                settle = time.monotonic() + FAILURE_SETTLE_S
+                while time.monotonic() < settle and any(p.poll() is None for p in procs):
+                    time.sleep(0.05)
+                raise RankFailed(_failure_message(job_dir, [p.poll() for p in procs]))
             if all(code == 0 for code in codes):
                 return
             if time.time() > deadline:
@@ -217,11 +221,12 @@ def _signal_group(group: int, sig: signal.Signals) -> None:
         pass
 
 
-def _failure_message(job_dir: Path, failed: list[int], codes: list[int | None]) -> str:
-    """Name the rank that failed first (by the time in its error record) and why; the others
-    usually fail only because a peer left their collective."""
+def _failure_message(job_dir: Path, codes: list[int | None]) -> str:
+    """Name the rank that failed first (by the time in its error record, written before it
+    exits) and why; the others usually fail only because a peer left their collective."""
+    failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
     records = {}
-    for r in failed:
+    for r in range(len(codes)):
         path = job_dir / "out" / f"error-{r}.json"
         if path.is_file():
             records[r] = json.loads(path.read_text())
