@@ -161,9 +161,11 @@ def test_rounds_release_their_engine_and_model(stage):
 def test_deepspeed_batch_keys_split_the_batch_over_the_ranks(tmp_path):
     from fedgate.engine import EnginePlan, deepspeed_config
 
-    cfg = FedgateConfig.from_flat({**TINY, "train.grad-accum": 2, "engine.name": "deepspeed", "engine.world-size": 2})
+    cfg = FedgateConfig.from_flat({**TINY, "train.grad-accum": 2, "engine.name": "deepspeed",
+                                   "engine.world-size": 2})
     ds = deepspeed_config(cfg, EnginePlan(2, False, False, 0.0, ""), world_size=2)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 16)
+    batch_keys = (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"])
+    assert batch_keys == (4, 2, 16)
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     ds = load_deepspeed_config(path, cfg, world_size=2)
