@@ -12,20 +12,26 @@ from flwr.clientapp import ClientApp
 
 from fedgate.federated import protocol as P
 from fedgate.federated.client import ClientTask, client_config
+from fedgate.federated.ranks import run_ranks
 from fedgate.state import from_numpy, to_numpy
 
 app = ClientApp()
 
 
-def _task(context: Context) -> ClientTask:
-    datasets.disable_progress_bars()  # one bar per shard operation floods the simulation log
+def _partition(context: Context) -> tuple[int, int]:
+    """(partition-id, num-partitions) from the node config."""
     node = context.node_config
     for key in (P.PARTITION_ID, P.NUM_PARTITIONS):
         if key not in node:
             raise KeyError(f"node config has no {key!r}: start the SuperNode with "
                            f"--node-config 'partition-id=<i> num-partitions=<n>'")
-    cfg = client_config(context.run_config, node)
-    return ClientTask(cfg, int(node[P.PARTITION_ID]), int(node[P.NUM_PARTITIONS]))
+    return int(node[P.PARTITION_ID]), int(node[P.NUM_PARTITIONS])
+
+
+def _task(context: Context) -> ClientTask:
+    datasets.disable_progress_bars()  # one bar per shard operation floods the simulation log
+    cfg = client_config(context.run_config, context.node_config)
+    return ClientTask(cfg, *_partition(context))
 
 
 def _arrays(record: ArrayRecord) -> dict:
@@ -42,21 +48,30 @@ def _kept(context: Context, key: str) -> dict | None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    task = _task(context)
-    fed = task.cfg.federation
+    """A local round: in this process, or with engine.world-size > 1 on that many rank
+    processes (fedgate/federated/ranks.py; no model is built here then)."""
+    cfg = client_config(context.run_config, context.node_config)
+    fed = cfg.federation
+    partition_id, num_partitions = _partition(context)
     prior = dict(msg.content[P.GATE_PRIOR]) if P.GATE_PRIOR in msg.content else {}
-    control = None
-    if fed.strategy == "scaffold":
-        control = (_arrays(msg.content[P.CONTROL]), _kept(context, P.STATE_CONTROL) or {})
-    update = task.train(_arrays(msg.content[P.ARRAYS]), int(msg.content[P.CONFIG][P.SERVER_ROUND]), prior or None,
-                        pruned=_pruned(msg), control=control,
-                        personal=_kept(context, P.STATE_PERSONAL) if fed.personal_gates else None)
+    server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
+    personal = _kept(context, P.STATE_PERSONAL) if fed.personal_gates else None
+    if cfg.engine.world_size > 1:  # SCAFFOLD is refused with it (config checks)
+        update = run_ranks(context.run_config, context.node_config, partition_id, num_partitions,
+                           _arrays(msg.content[P.ARRAYS]), server_round, prior or None, pruned=_pruned(msg),
+                           personal=personal)
+    else:
+        control = None
+        if fed.strategy == "scaffold":
+            control = (_arrays(msg.content[P.CONTROL]), _kept(context, P.STATE_CONTROL) or {})
+        update = _task(context).train(_arrays(msg.content[P.ARRAYS]), server_round, prior or None,
+                                      pruned=_pruned(msg), control=control, personal=personal)
     token, structural = P.split_gate_stats(update.gate_stats)
     rounds_kept = int(context.state[P.STATE_COUNTS]["rounds-trained"]) if P.STATE_COUNTS in context.state else 0
     context.state[P.STATE_COUNTS] = MetricRecord({"rounds-trained": rounds_kept + 1})
     content = RecordDict({
         P.ARRAYS: ArrayRecord(from_numpy(update.delta)),
-        P.METRICS: MetricRecord({P.NUM_EXAMPLES: update.num_examples, P.PARTITION_ID: task.partition_id,
+        P.METRICS: MetricRecord({P.NUM_EXAMPLES: update.num_examples, P.PARTITION_ID: partition_id,
                                  "rounds-trained": rounds_kept + 1, **update.metrics}),
         P.GATE_TOKEN: MetricRecord(token),
         P.GATE_STRUCT: MetricRecord(structural),

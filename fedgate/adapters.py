@@ -177,6 +177,13 @@ class GatedLoRALinear(nn.Module):
         return self.structural_gate()
 
     @property
+    def token_gate_record(self) -> tuple[torch.Tensor | None, float]:
+        """(sum, with graph; count) of the unpadded token gates seen since the last reset:
+        what ranks training one client add up to get the whole batch's mean, and the gate-KL
+        gradient of that mean (train.fit, losses.shared_gate_kl)."""
+        return self._gate_sum, float(self._gate_count)
+
+    @property
     def last_token_gate_mean(self) -> torch.Tensor | None:
         """Mean token gate over the (unpadded) tokens seen since the last reset; None if none."""
         if self._gate_sum is None or self._gate_count == 0:

@@ -110,9 +110,17 @@ class EngineConfig:
     offload_params: bool = False  # frozen and trainable weights in CPU memory (ZeRO-3)
     memory_gb: float = 0.0  # this client's accelerator memory budget; 0 = no budget
     deepspeed_config: str = ""  # a DeepSpeed JSON file; its settings win over the keys above
+    world_size: int = 1  # processes (ranks) one client trains with; > 1 needs deepspeed (fedgate/federated/ranks.py)
+    timeout_s: float = 1800.0  # seconds a multi-process local round may take before its ranks are killed
 
     def __post_init__(self) -> None:
         _choice("engine.name", self.name, ("torch", "deepspeed"))
+        _positive("engine.world-size", self.world_size)
+        if not self.timeout_s > 0:
+            raise ValueError(f"engine.timeout-s must be > 0 seconds, got {self.timeout_s}")
+        if self.world_size > 1 and self.name != "deepspeed":
+            raise ValueError(f"engine.world-size={self.world_size} trains one client on several processes, which "
+                             f"needs engine.name=deepspeed (it averages the ranks' gradients), got {self.name!r}")
         if self.zero_stage not in (-1, 0, 1, 2, 3):
             raise ValueError(f"engine.zero-stage must be 0-3 (or -1 = from engine.memory-gb), got {self.zero_stage}")
         if self.memory_gb < 0:
@@ -322,6 +330,8 @@ class FedgateConfig:
             raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
         if self.model.quantize != "none":
             _check_quantized(self)
+        if self.engine.world_size > 1:
+            _check_world_size(self)
         if fed.dp != "off" and self.train.head_init == "ridge":
             raise ValueError(f"federation.dp={fed.dp} does not cover round 0's federated ridge head, fitted from "
                              f"every client's exact feature statistics: use train.head-init=zero")
@@ -453,6 +463,17 @@ def _check_quantized(cfg: "FedgateConfig") -> None:
         raise ValueError(f"{q} cannot run under ZeRO-3, which partitions every parameter, the packed quantized "
                          f"weights included (DeepSpeed's parameter hooks fail on them): use engine.zero-stage 0-2, "
                          f"which leave frozen weights alone")
+
+
+def _check_world_size(cfg: "FedgateConfig") -> None:
+    """What a client trained by several ranks (``engine.world-size`` > 1) needs."""
+    n, t = cfg.engine.world_size, cfg.train
+    if t.batch_size % n:
+        raise ValueError(f"train.batch-size={t.batch_size} must be divisible by engine.world-size={n}: every rank "
+                         f"takes an equal share of each batch")
+    if cfg.engine.timeout_s >= cfg.federation.round_timeout:
+        raise ValueError(f"engine.timeout-s={cfg.engine.timeout_s:g} must be below federation.round-timeout="
+                         f"{cfg.federation.round_timeout:g}: the ranks must be stopped before the server gives up")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

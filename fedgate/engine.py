@@ -43,8 +43,12 @@ def memory_estimates(model: RewardModel, cfg: FedgateConfig) -> dict[str, float]
 
     frozen weights (2 or 4 bytes each), trainable weights + gradients + Adam moments
     (16 bytes each), and activations of the trained layers (about 68 bytes per token per
-    hidden unit per layer in fp32, halved in bf16; attention scores ignored)."""
+    hidden unit per layer in fp32, halved in bf16; attention scores ignored).
+
+    Per rank when ``engine.world-size`` > 1: each rank holds 1/N of a batch's activations,
+    and ZeRO-2 keeps 1/N of the gradients."""
     t, m = cfg.train, cfg.model
+    world = cfg.engine.world_size
     scale = 0.5 if t.bf16 else 1.0
     # bf16 halves float weights; quantized ones (packed integers) are already as small as they get
     frozen = sum(p.numel() * p.element_size() * (scale if p.is_floating_point() else 1.0)
@@ -55,13 +59,13 @@ def memory_estimates(model: RewardModel, cfg: FedgateConfig) -> dict[str, float]
     layers = getattr(conf, "num_hidden_layers", 0) or getattr(conf, "n_layer", 1)
     trained_layers = m.top_layers if m.top_layers and cfg.train.cache_lower_layers else layers
     tokens = t.batch_size * (m.max_prompt_tokens + m.max_response_tokens)
-    activations = 68.0 * scale * tokens * hidden * trained_layers
+    activations = 68.0 * scale * tokens * hidden * trained_layers / world
     # ZeRO-3 with parameter offload holds on the device about one module's weights at a time
     largest_module = max(sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
                          for mod in model.modules()) * scale
     return {
         "zero0": (frozen + 16 * trainable + activations) / GIB,
-        "zero2_offload": (frozen + 8 * trainable + activations) / GIB,
+        "zero2_offload": (frozen + (4 + 4 / world) * trainable + activations) / GIB,
         "zero3_offload": (largest_module + 8 * trainable + activations) / GIB,
     }
 
@@ -104,8 +108,9 @@ _TOP_LEVEL_KEYS = {
 }
 
 
-def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan) -> dict[str, Any]:
-    """The DeepSpeed config dict for a plan (world size 1: one client, one process)."""
+def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan, world_size: int = 1) -> dict[str, Any]:
+    """The DeepSpeed config dict for a plan. With ``world_size`` ranks each one takes
+    ``batch-size / world_size`` rows of every batch (DeepSpeed checks train = micro x accum x world)."""
     t = cfg.train
     zero: dict[str, Any] = {"stage": plan.stage}
     if plan.offload_optimizer:
@@ -113,7 +118,7 @@ def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan) -> dict[str, Any]:
     if plan.offload_params:
         zero["offload_param"] = {"device": "cpu"}
     return {
-        "train_micro_batch_size_per_gpu": t.batch_size,
+        "train_micro_batch_size_per_gpu": t.batch_size // world_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.batch_size * t.grad_accum,
         "gradient_clipping": t.max_grad_norm,
@@ -127,9 +132,9 @@ def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan) -> dict[str, Any]:
     }
 
 
-def load_deepspeed_config(path: str | Path, cfg: FedgateConfig) -> dict[str, Any]:
+def load_deepspeed_config(path: str | Path, cfg: FedgateConfig, world_size: int = 1) -> dict[str, Any]:
     """Read and check a DeepSpeed JSON file; errors name the file, line or key. Batch keys it
-    leaves out are filled from train.* (world size 1)."""
+    leaves out are filled from train.* (each of ``world_size`` ranks takes batch-size / world_size rows)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"engine.deepspeed-config: no file {path}")
@@ -158,13 +163,14 @@ def load_deepspeed_config(path: str | Path, cfg: FedgateConfig) -> dict[str, Any
             raise ValueError(f"{path}: '{key}' casts the whole model, frozen backbone included; "
                              f"use train.bf16=true (autocast) instead")
     t = cfg.train
-    ds.setdefault("train_micro_batch_size_per_gpu", t.batch_size)
+    ds.setdefault("train_micro_batch_size_per_gpu", t.batch_size // world_size)
     ds.setdefault("gradient_accumulation_steps", t.grad_accum)
-    ds.setdefault("train_batch_size", ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"])
-    if ds["train_batch_size"] != ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]:
+    micro, accum = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    ds.setdefault("train_batch_size", micro * accum * world_size)
+    if ds["train_batch_size"] != micro * accum * world_size:
         raise ValueError(f"{path}: train_batch_size {ds['train_batch_size']} != train_micro_batch_size_per_gpu "
-                         f"{ds['train_micro_batch_size_per_gpu']} x gradient_accumulation_steps "
-                         f"{ds['gradient_accumulation_steps']} (one process)")
+                         f"{micro} x gradient_accumulation_steps {accum} x {world_size} process(es) "
+                         f"(engine.world-size)")
     if "optimizer" in ds or "scheduler" in ds:
         raise ValueError(f"{path}: 'optimizer'/'scheduler' are fedgate's (train.lr-*, warmup + cosine); remove them")
     ds.setdefault("zero_allow_untested_optimizer", True)
@@ -178,10 +184,12 @@ def _accelerator() -> str:
 
 
 # ---------------------------------------------------------------------------- DeepSpeed engine
-def _init_single_process_group() -> str:
-    """A world-size-1 process group without a TCP port (simulation actors of many clients
-    share a host), created once per process: DeepSpeed caches its groups, so it is never
-    destroyed and re-created. Returns the backend."""
+def _init_process_group() -> str:
+    """The process group DeepSpeed trains in. A rank of a multi-process client
+    (fedgate/federated/ranks.py) has created its group already, and DeepSpeed wraps it. Any
+    other process gets a world-size-1 group without a TCP port (simulation actors of many
+    clients share a host), created once per process: DeepSpeed caches its groups, so it is
+    never destroyed and re-created. Returns the backend."""
     import torch.distributed as dist
 
     for key, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
@@ -191,9 +199,10 @@ def _init_single_process_group() -> str:
     # DeepSpeed JIT-builds a shared-memory collective op on its first initialize (about 2 min
     # on a cold cache here) whatever the world size; one process never needs it.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if dist.is_initialized():
+        return dist.get_backend()
     backend = "nccl" if _accelerator() == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return backend
 
 
@@ -206,14 +215,19 @@ class DeepSpeedStepper:
     def __init__(self, model: RewardModel, cfg: FedgateConfig) -> None:
         if _accelerator() == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        _init_single_process_group()
+        _init_process_group()
         import deepspeed
+        import torch.distributed as dist
 
+        world = dist.get_world_size()
+        if world != cfg.engine.world_size:
+            raise RuntimeError(f"this process trains in a group of {world} rank(s), but engine.world-size is "
+                               f"{cfg.engine.world_size}: ranks are started by fedgate.federated.ranks.run_ranks")
         self.plan = plan_engine(model, cfg)
         if cfg.engine.deepspeed_config:
-            ds_cfg = load_deepspeed_config(cfg.engine.deepspeed_config, cfg)
+            ds_cfg = load_deepspeed_config(cfg.engine.deepspeed_config, cfg, world)
         else:
-            ds_cfg = deepspeed_config(cfg, self.plan)
+            ds_cfg = deepspeed_config(cfg, self.plan, world)
             if self.plan.stage == 3:
                 # Keep every trainable tensor whole (penalties and gate statistics read them
                 # outside the forward pass); frozen weights larger than that are partitioned.

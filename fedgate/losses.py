@@ -91,6 +91,30 @@ def gate_kl(model: nn.Module, prior: Mapping[str, float] | float, default: float
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def shared_gate_kl(model: nn.Module, totals: list[float], prior: Mapping[str, float] | float, default: float,
+                   world: int, counted: bool = True) -> tuple[float, torch.Tensor | float]:
+    """:func:`gate_kl` of a batch shared by ``world`` ranks, each holding the token-gate record
+    of its own rows; ``totals`` are every adapter's (sum, count) summed over the ranks, in
+    model order. Returns the KL at the whole batch's mean gates, and this rank's term whose
+    gradient, averaged over the ranks, is that KL's gradient:
+    ``world * KL'(q) * sum_r / count`` per adapter, where q = sum / count of the whole batch.
+    ``counted=False``: this rank forwarded a placeholder row, which adds nothing."""
+    value, terms = 0.0, []
+    for i, (name, m) in enumerate(adapter_modules(model).items()):
+        total, count = totals[2 * i], totals[2 * i + 1]
+        if count == 0 or not m.enabled:
+            continue
+        p = prior.get(name, default) if isinstance(prior, Mapping) else prior
+        q = torch.tensor(total / count, dtype=torch.float64, requires_grad=True)
+        kl = bernoulli_kl(q, p)
+        (slope,) = torch.autograd.grad(kl, q)
+        value += float(kl)
+        own_sum = m.token_gate_record[0]
+        if counted and own_sum is not None:
+            terms.append(own_sum * (float(slope) * world / count))
+    return value, torch.stack(terms).sum() if terms else 0.0
+
+
 def structural_sparsity(model: nn.Module) -> torch.Tensor:
     terms = [m.last_structural_gate for m in adapter_modules(model).values()
              if m.struct_logit is not None and m.enabled]

@@ -13,8 +13,10 @@ both replies of each, and the task loss is Bradley-Terry on the alignment logit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from fedgate.batching import (EncodedSplit, cache_lower_layers, is_pairs, iterat
 from fedgate.config import FedgateConfig
 from fedgate.hidden_store import load_states, save_states
 from fedgate.inject import adapter_modules, layer_index
-from fedgate.losses import bradley_terry_loss, regularized_loss, total_loss
+from fedgate.losses import bradley_terry_loss, regularized_loss, shared_gate_kl, total_loss
 from fedgate.metrics import (alignment_metrics, best_threshold, misaligned, misalignment_score, pairwise_accuracy,
                              pairwise_accuracy_ci)
 from fedgate.model import ALIGNMENT, RewardModel, head_targets, to_attribute_scale
@@ -39,7 +41,30 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "") -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``train.device``, or CUDA when there is one. A rank of a multi-process client sees all
+    of its node's GPUs and takes its own, the ``LOCAL_RANK``-th (fedgate/federated/ranks.py)."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and os.environ.get("LOCAL_RANK", "").isdigit():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, world size) of the process group this process trains in; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums of ``values`` over the ranks of the process group (one all-reduce)."""
+    import torch.distributed as dist
+
+    summed = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return summed.tolist()
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -240,6 +265,7 @@ class TrainResult:
     best_val_auc: float  # the selection metric's best value: ROC-AUC, or pairwise accuracy for pairs
     history: list[dict] = field(default_factory=list)
     gate_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    rows_trained: int = 0  # rows this process trained on: examples_seen, or this rank's share of them
 
 
 def make_optimizer(model: RewardModel, cfg: FedgateConfig) -> torch.optim.Optimizer:
@@ -319,6 +345,20 @@ class GateTracker:
                 self.sums[n] += float(m.last_token_gate_mean.detach())
         self.count += 1
 
+    def local_records(self, counted: bool = True) -> list[float]:
+        """This process's token-gate (sum, count) of the last forward, per adapter, flattened;
+        zeros when ``counted`` is false (a rank that forwarded a placeholder row)."""
+        return [x for m in self.modules.values() for x in (m.token_gate_record if counted else (0.0, 0.0))]
+
+    def add_records(self, records: list[float]) -> None:
+        """Like :meth:`update`, from :meth:`local_records` summed over the ranks that shared
+        the batch: each adapter's mean gate over the whole batch."""
+        for i, n in enumerate(self.modules):
+            total, count = records[2 * i], records[2 * i + 1]
+            if count > 0:
+                self.sums[n] += total / count
+        self.count += 1
+
     def stats(self) -> dict[str, dict[str, float]]:
         out = {}
         logits = [m.struct_logit for m in self.modules.values() if m.struct_logit is not None]
@@ -338,8 +378,21 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     ``stepper`` is the training engine (default: :class:`TorchStepper` over ``model``).
     Federated rules hook in twice: ``extra_loss()`` is added to every micro-batch's loss
     (FedProx's proximal term) and ``before_step()`` runs after the last backward of each
-    optimizer step, before clipping and the step (SCAFFOLD's gradient correction)."""
+    optimizer step, before clipping and the step (SCAFFOLD's gradient correction).
+
+    In a process group of N ranks (a multi-process client, DeepSpeed averaging the
+    gradients) every rank draws the same batches and takes rows ``r::N`` of each; its loss
+    is scaled by ``N * n_r / n`` so that the averaged gradient is the whole batch's, and a
+    rank without rows forwards one placeholder row at weight 0 (ZeRO's collectives need the
+    same forwards and backwards on every rank). One all-reduce per micro-batch adds up the
+    loss and the token-gate records before the backward pass, so train-loss and gate
+    statistics are the whole batch's, and so is the gate-KL term (``loss.beta``): a function
+    of the whole batch's mean gate, which each rank back-propagates through its own share
+    (:func:`fedgate.losses.shared_gate_kl`)."""
     t = cfg.train
+    rank, world = data_parallel_rank()
+    # with several ranks the gate-KL term is added from the ranks' summed gate records below
+    rank_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, beta=0.0)) if world > 1 else cfg
     rng = np.random.default_rng(t.seed)
     torch.manual_seed(t.seed)
     model.to(device).train()
@@ -367,17 +420,36 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             if not batches:
                 batches = iterate_batches(items, t.batch_size, rng, lengths)
             picked = batches.pop(0)
-            rows = pair_rows(picked) if pairs else picked
+            share, weight = picked, 1.0
+            if world > 1:
+                share = picked[rank::world]
+                weight = world * len(share) / len(picked)
+                if not len(share):
+                    share = picked[:1]  # a placeholder row, at weight 0
+            rows = pair_rows(share) if pairs else share
             batch = make_batch(train, rows, pad_id, device)
             with autocast(device, t.bf16):
                 pred = opt.forward(model, batch, train.split_at)
-            loss, parts = batch_loss(pred, batch, pairs, model, cfg, prior)
+            loss, parts = batch_loss(pred, batch, pairs, model, rank_cfg, prior)
             if extra_loss is not None:
                 loss = loss + extra_loss()
-            opt.backward(loss)
-            tracker.update()
-            result.examples_seen += len(rows)
-            recent = (recent + [float(loss.detach())])[-50:]
+            if world > 1:
+                summed = sum_across_ranks([float(loss.detach()) * weight / world,
+                                           *tracker.local_records(counted=weight > 0)], device)
+                tracker.add_records(summed[1:])
+                kl_value, kl_term = 0.0, 0.0
+                if cfg.loss.beta:
+                    kl_value, kl_term = shared_gate_kl(model, summed[1:], prior if prior is not None else
+                                                       cfg.loss.gate_prior, cfg.loss.gate_prior, world, weight > 0)
+                opt.backward(loss * weight + cfg.loss.beta * kl_term)
+                loss_value = summed[0] + cfg.loss.beta * kl_value
+            else:
+                opt.backward(loss)
+                tracker.update()
+                loss_value = float(loss.detach())
+            result.examples_seen += 2 * len(picked) if pairs else len(picked)
+            result.rows_trained += len(rows) if weight > 0 else 0
+            recent = (recent + [loss_value])[-50:]
         if before_step is not None:
             before_step()
         opt.step()

@@ -13,6 +13,13 @@ RAM).
 ``--rounds N`` instead measures memory across federated rounds: one process per variant plays
 N local rounds of one client (``ClientTask.train``, which builds and destroys an engine each
 round, as a simulation actor does) and prints the resident memory after each round.
+
+``--world-size N`` (DeepSpeed variants only; ZeRO-0, 2 and 3 unless ``--variants`` says
+otherwise) trains on N ranks of one process group (fedgate.federated.ranks.run_job), each
+taking 16 / N rows of the batch, and prints per rank: the parameter memory it holds after
+DeepSpeed's initialisation (ZeRO-3 keeps 1/N of every partitioned weight), its peak over the
+whole run (ZeRO-3 without ``zero.Init`` still loads the whole model first) and its peak
+during the steps (on CUDA ``max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -116,6 +123,92 @@ def run_rounds(variant: str, backbone: str, rounds: int, extra: dict) -> dict:
     return {"variant": variant, "rss_mb": rss, "peak_mb": peak}
 
 
+def rank_steps(job_dir, job: dict, rank: int) -> dict:
+    """One rank of ``--world-size``: train ``job["steps"]`` steps on this rank's rows of one
+    batch and measure its memory (called by fedgate.federated.ranks on every rank)."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from fedgate.batching import encode_split, make_batch
+    from fedgate.config import FedgateConfig
+    from fedgate.data import build_embedded_dataset
+    from fedgate.engine import close_stepper, make_stepper
+    from fedgate.losses import total_loss
+    from fedgate.model import build_reward_model, head_targets
+    from fedgate.train import pick_device
+
+    world = dist.get_world_size()
+    cfg = FedgateConfig.from_flat({"model.backbone": job["backbone"], "train.batch-size": 16, "model.top-layers": 0,
+                                   "train.cache-lower-layers": False, **job["extra"], **VARIANTS[job["variant"]],
+                                   "engine.world-size": world})
+    device = pick_device()  # the LOCAL_RANK-th GPU, or the CPU
+    torch.manual_seed(0)
+    model, tok = build_reward_model(cfg.model, cfg.adapter)
+    model.to(device)
+    split = encode_split(build_embedded_dataset(0)["train"].select(range(cfg.train.batch_size)), tok, cfg.model)
+    batch = make_batch(split, np.arange(cfg.train.batch_size)[rank::world], tok.pad_token_id, device)
+    stepper = make_stepper(model, cfg)
+    held = sum((p.ds_tensor if hasattr(p, "ds_tensor") else p).numel() * p.element_size()
+               for p in model.parameters()) / 2**20
+    overall_before_steps = peak_mib()
+    if device.type == "cuda":
+        init_cuda = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    gc.collect()
+    base = reset_peak()
+    times = []
+    for _ in range(job["steps"] + 1):
+        t0 = time.perf_counter()
+        pred = stepper.forward(model, batch, None)
+        loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
+                             cfg.loss)
+        stepper.backward(loss)
+        stepper.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    out = {"rank": rank, "step_s": float(np.median(times[1:])), "params_held_mb": held,
+           "peak_overall_mb": max(overall_before_steps, peak_mib()), "peak_steps_mb": peak_mib(),
+           "steps_above_mb": peak_mib() - base, "device": device.type}
+    if device.type == "cuda":
+        out.update(cuda_init_mb=init_cuda, cuda_steps_mb=torch.cuda.max_memory_allocated() / 2**20)
+    close_stepper(stepper)
+    return out
+
+
+def _report_ranks(args, variants: list[str]) -> int:
+    """Per-rank memory of the DeepSpeed variants on ``args.world_size`` ranks."""
+    import torch
+
+    from fedgate.federated.ranks import run_job
+
+    if bad := [v for v in variants if VARIANTS[v].get("engine.name") != "deepspeed"]:
+        print(f"--world-size needs DeepSpeed variants; {bad} are not", file=sys.stderr)
+        return 2
+    rows = {}
+    for variant in variants:
+        payload = {"backbone": args.backbone, "steps": args.steps, "extra": dict(kv.split("=", 1) for kv in args.set),
+                   "variant": variant}
+        rows[variant] = run_job("simulations.bench_engine:rank_steps", payload, args.world_size, timeout_s=1800,
+                                cuda=torch.cuda.is_available())
+        print(f"{variant:>14}: " + "; ".join(f"rank {r['rank']} params {r['params_held_mb']:.0f} MiB, peak "
+                                              f"{r['peak_overall_mb']:.0f} MiB" for r in rows[variant]), flush=True)
+    cuda = next(iter(rows.values()))[0]["device"] == "cuda"
+    base = rows.get("zero0")
+    print(f"\n[{args.backbone}, batch 16 over {args.world_size} ranks, per rank; "
+          f"{'GPU max_memory_allocated' if cuda else 'CPU RSS'}; MiB]")
+    print(f"{'variant':>14} {'rank':>4} {'step s':>7} {'params':>8} {'vs zero0':>8} {'peak all':>9} {'peak steps':>10}"
+          + (f" {'GPU init':>9} {'GPU steps':>9}" if cuda else ""))
+    for variant, ranks in rows.items():
+        for r in ranks:
+            ratio = r["params_held_mb"] / base[r["rank"]]["params_held_mb"] if base else float("nan")
+            print(f"{variant:>14} {r['rank']:>4} {r['step_s']:>7.3f} {r['params_held_mb']:>8.0f} {ratio:>8.2f} "
+                  f"{r['peak_overall_mb']:>9.0f} {r['peak_steps_mb']:>10.0f}"
+                  + (f" {r['cuda_init_mb']:>9.0f} {r['cuda_steps_mb']:>9.0f}" if cuda else ""))
+    return 0
+
+
 def _child(args, *flags: str) -> dict:
     cmd = [sys.executable, "-m", "simulations.bench_engine", "--backbone", args.backbone, *flags,
            *(f"--set={kv}" for kv in args.set)]
@@ -130,12 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="all-MiniLM-L6-v2")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rounds", type=int, default=0, help="measure memory over this many local rounds instead")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default="", help="comma-separated subset of " + ", ".join(VARIANTS)
+                   + " (default: all; zero0, zero2, zero3 with --world-size)")
+    p.add_argument("--world-size", type=int, default=1, help="train on this many ranks; per-rank memory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: one variant, JSON out
     args = p.parse_args(argv)
     extra = dict(kv.split("=", 1) for kv in args.set)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    default = "zero0,zero2,zero3" if args.world_size > 1 else ",".join(VARIANTS)
+    variants = [v.strip() for v in (args.variants or default).split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     if args.one:
@@ -144,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     try:
+        if args.world_size > 1:
+            return _report_ranks(args, variants)
         if args.rounds:
             return _report_rounds(args, variants)
         return _report_steps(args, variants)

@@ -193,3 +193,23 @@ def test_toml_arrays_and_value_checks():
 def test_strategy_settings_that_cannot_work_are_refused(flat, match):
     with pytest.raises(ValueError, match=match):
         FedgateConfig.from_flat(flat)
+
+
+@pytest.mark.parametrize("flat, match", [
+    ({"engine.world-size": 0}, "engine.world-size must be >= 1, got 0"),
+    ({"engine.world-size": 2}, "needs engine.name=deepspeed"),
+    ({"engine.world-size": 2, "engine.name": "deepspeed", "train.batch-size": 7}, "batch-size=7 must be divisible"),
+    ({"engine.world-size": 2, "engine.name": "deepspeed", "federation.strategy": "scaffold"}, "engine.name=torch"),
+    ({"engine.world-size": 2, "engine.name": "deepspeed", "engine.timeout-s": 4000}, "below federation.round-timeout"),
+    ({"engine.timeout-s": 0}, "engine.timeout-s must be > 0"),
+])
+def test_multi_process_client_settings_that_cannot_work_are_refused(flat, match):
+    with pytest.raises(ValueError, match=match):
+        FedgateConfig.from_flat(flat)
+
+
+def test_a_multi_process_client_config_builds():
+    cfg = FedgateConfig.from_flat({"engine.world-size": "2", "engine.name": "deepspeed", "train.batch-size": 8,
+                                   "engine.timeout-s": 60})
+    assert (cfg.engine.world_size, cfg.engine.timeout_s) == (2, 60.0)
+    assert FedgateConfig().engine.world_size == 1  # one process unless asked

@@ -156,3 +156,29 @@ def test_rounds_release_their_engine_and_model(stage):
     gc.collect()
     assert all(ref() is None for ref in models), "a round's model is still referenced after its engine closed"
     assert rss[-1] - rss[1] < 25.0, f"resident memory grew over rounds 2-4: {[round(r) for r in rss]} MiB"
+
+
+def test_deepspeed_batch_keys_split_the_batch_over_the_ranks(tmp_path):
+    from fedgate.engine import EnginePlan, deepspeed_config
+
+    cfg = FedgateConfig.from_flat({**TINY, "train.grad-accum": 2, "engine.name": "deepspeed",
+                                   "engine.world-size": 2})
+    ds = deepspeed_config(cfg, EnginePlan(2, False, False, 0.0, ""), world_size=2)
+    batch_keys = (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"])
+    assert batch_keys == (4, 2, 16)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    ds = load_deepspeed_config(path, cfg, world_size=2)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"]) == (4, 16)
+    path.write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8}))
+    with pytest.raises(ValueError, match=r"train_batch_size 8 != .* x 2 process\(es\)"):
+        load_deepspeed_config(path, cfg, world_size=2)
+
+
+def test_a_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from fedgate.train import pick_device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("cuda") == torch.device("cuda", 1)
+    assert pick_device("cuda:0") == torch.device("cuda", 0)  # an explicit index wins
+    assert pick_device("cpu") == torch.device("cpu")

@@ -67,6 +67,68 @@ class LocalUpdate:
 
 
 @dataclass
+class LocalRound:
+    """What a local round's training left, before it becomes the reply: computed in this
+    process, or by the ranks of a multi-process client (fedgate/federated/ranks.py)."""
+
+    after: dict[str, torch.Tensor]  # every adapter, gate and head tensor after training
+    num_examples: int
+    train_loss: float
+    steps: int
+    local: dict[str, float]  # metrics on the local held-out rows after training
+    gate_stats: dict[str, dict[str, float]]
+    train_s: float
+    setup_s: float
+    rss_peak_mb: float
+    flipped_rows: int
+    rows_trained: int  # by the rank that trained the most (all of them in one process)
+
+
+def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: FedgateConfig, server_round: int,
+                 partition_id: int, prior: Mapping[str, float] | float | None = None, *,
+                 control: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+                 new_control: Mapping[str, torch.Tensor] | None = None,
+                 control_norm: float = float("nan")) -> LocalUpdate:
+    """The reply to the server from a finished local round: ``after - start`` (clipped and
+    noised under local DP), gate statistics, metrics, and what the client keeps (SCAFFOLD's
+    new c_i, personal structural gates)."""
+    fed = cfg.federation
+    delta = to_numpy(state_delta({k: done.after[k] for k in start}, dict(start)))
+    own = ({k: v.numpy() for k, v in done.after.items() if k.endswith(".struct_logit")}
+           if fed.personal_gates else None)
+    gate_stats = done.gate_stats
+    dp_metrics = {}
+    if fed.dp != "off":
+        gate_stats = {}  # statistics of this client's data the mechanism does not cover: not sent
+    if fed.dp == "local":  # clipped and noised here: nothing clean leaves this client
+        seed = cfg.train.seed if fed.dp_seeded else None  # seeded noise the server could regenerate: studies only
+        delta, scale = privatize_update(delta, fed.clip_norm, fed.noise_multiplier(),
+                                        noise_rng(seed, server_round, partition_id))
+        dp_metrics["dp-clip-scale"] = scale
+    c_new = c_delta = None
+    if new_control is not None and control is not None:
+        c_new = {k: v.numpy() for k, v in new_control.items()}
+        c_delta = {k: v - control[1][k] if k in control[1] else v for k, v in c_new.items()}
+    metrics = {
+        "train-loss": done.train_loss,
+        **{f"local-{k.replace('_', '-')}": done.local[k] for k in ("auc", "pairwise_accuracy") if k in done.local},
+        "steps": float(done.steps),
+        "train-s": done.train_s,
+        "setup-s": done.setup_s,
+        "rss-peak-mb": done.rss_peak_mb,  # of this process so far: flat over rounds = no leak
+        # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
+        "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
+        "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
+        "scaffold-ci-norm": control_norm,
+        "flipped-rows": float(done.flipped_rows),
+        "rank-rows-trained": float(done.rows_trained),  # the busiest rank's share of the rows seen
+        **dp_metrics,
+    }
+    return LocalUpdate(delta, done.num_examples, metrics, gate_stats, control=c_new, control_delta=c_delta,
+                       personal=own)
+
+
+@dataclass
 class _Shard:
     train: EncodedSplit
     holdout: EncodedSplit
@@ -149,6 +211,11 @@ class ClientTask:
             load_adapter_state(self.model, mine, only=own)
         return state
 
+    def _round_config(self, server_round: int) -> FedgateConfig:
+        t = self.cfg.train
+        return dataclasses.replace(self.cfg, train=dataclasses.replace(
+            t, seed=round_seed(t.seed, server_round, self.partition_id)))
+
     def train(self, global_state: Mapping[str, np.ndarray], server_round: int,
               prior: Mapping[str, float] | float | None = None, *, pruned: Collection[str] = (),
               control: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
@@ -159,9 +226,7 @@ class ClientTask:
         ``control``: SCAFFOLD's (server c, this client's c_i), c_i empty on its first round.
         ``personal``: this client's own structural gate logits (``federation.personal-gates``)."""
         start = self._load_global(global_state, pruned, personal)
-        t = self.cfg.train
-        cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(
-            t, seed=round_seed(t.seed, server_round, self.partition_id)))
+        cfg = self._round_config(server_round)
         t0 = time.perf_counter()
         hooks: dict = {}
         new_control, control_norm = None, float("nan")
@@ -172,52 +237,39 @@ class ClientTask:
             hooks["before_step"] = control_correction(self.model, c_global, c_local)
             # option I: c_i+ is the gradient at the global model, taken before any local change
             new_control = mean_gradient(self.model, self.shard.train, cfg, self.pad_id, self.device, c_global, prior)
+        done = self._fit_round(cfg, start, prior, hooks, t0)
+        return local_update(done, start, self.cfg, server_round, self.partition_id, prior, control=control,
+                            new_control=new_control, control_norm=control_norm)
+
+    def local_round(self, global_state: Mapping[str, np.ndarray], server_round: int,
+                    prior: Mapping[str, float] | float | None = None, *, pruned: Collection[str] = (),
+                    personal: Mapping[str, np.ndarray] | None = None) -> LocalRound:
+        """The training part of :meth:`train`, for one rank of a multi-process client: every
+        rank calls it in lockstep (ZeRO-3's gathers are collectives), the launcher turns rank
+        0's result into the reply (:func:`local_update`). SCAFFOLD is not supported there."""
+        start = self._load_global(global_state, pruned, personal)
+        return self._fit_round(self._round_config(server_round), start, prior, {}, time.perf_counter())
+
+    def _fit_round(self, cfg: FedgateConfig, start: Mapping[str, torch.Tensor],
+                   prior: Mapping[str, float] | float | None, hooks: dict, t0: float) -> LocalRound:
+        """fit() from the loaded global state, then the held-out metrics and the state after."""
         if self.cfg.federation.strategy == "fedprox":
-            hooks["extra_loss"] = proximal_term(self.model, start, t.proximal_mu)
+            hooks["extra_loss"] = proximal_term(self.model, start, cfg.train.proximal_mu)
         stepper = make_stepper(self.model, cfg)
         try:
             result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
                          progress=self.progress, stepper=stepper, **hooks)
             local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
             after = adapter_state(self.model)
-            delta = to_numpy(state_delta({k: after[k] for k in start}, start))
-            own = ({k: v.numpy() for k, v in after.items() if k.endswith(".struct_logit")}
-                   if self.cfg.federation.personal_gates else None)
         finally:
             close_stepper(stepper)
             if _zero3(self.model):
                 # ZeRO-3 converted the weights for the engine just destroyed; the next round
                 # builds the model afresh rather than reuse half-managed parameters.
                 _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
-        gate_stats, fed = result.gate_stats, self.cfg.federation
-        dp_metrics = {}
-        if fed.dp != "off":
-            gate_stats = {}  # statistics of this client's data the mechanism does not cover: not sent
-        if fed.dp == "local":  # clipped and noised here: nothing clean leaves this client
-            seed = t.seed if fed.dp_seeded else None  # seeded noise the server could regenerate: studies only
-            delta, scale = privatize_update(delta, fed.clip_norm, fed.noise_multiplier(),
-                                            noise_rng(seed, server_round, self.partition_id))
-            dp_metrics["dp-clip-scale"] = scale
-        c_new = c_delta = None
-        if new_control is not None:
-            c_new = {k: v.numpy() for k, v in new_control.items()}
-            c_delta = {k: v - control[1][k] if k in control[1] else v for k, v in c_new.items()}
-        metrics = {
-            "train-loss": result.train_loss,
-            **{f"local-{k.replace('_', '-')}": local[k] for k in ("auc", "pairwise_accuracy") if k in local},
-            "steps": float(result.steps),
-            "train-s": time.perf_counter() - t0,
-            "setup-s": self.setup_s,
-            "rss-peak-mb": peak_mib(),  # of this process so far: flat over rounds = no leak
-            # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
-            "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
-            "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
-            "scaffold-ci-norm": control_norm,
-            "flipped-rows": float(self.shard.flipped_rows),
-            **dp_metrics,
-        }
-        return LocalUpdate(delta, len(self.shard.train), metrics, gate_stats,
-                           control=c_new, control_delta=c_delta, personal=own)
+        return LocalRound(after, len(self.shard.train), result.train_loss, result.steps, local, result.gate_stats,
+                          time.perf_counter() - t0, self.setup_s, peak_mib(), self.shard.flipped_rows,
+                          result.rows_trained)
 
     def head_statistics(self, global_state: Mapping[str, np.ndarray]) -> RidgeStats:
         """Ridge sufficient statistics of this client's training rows under the global
