@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, get_type_hints
 
 from fedgate.adapters import AdapterSpec
+from fedgate.config_rules import check_combinations, check_private
 from fedgate.losses import LossWeights
 
 
@@ -230,7 +231,7 @@ class FederationConfig:
         _choice("federation.weighting", self.weighting, ("examples", "uniform", "gates"))
         _choice("federation.dp", self.dp, ("off", "central", "local"))
         if self.dp != "off":
-            _check_private(self)
+            check_private(self)
 
     def noise_multiplier(self, sample_rate: float | None = None) -> float:
         """sigma: ``dp-noise``, or the smallest that keeps ``dp-epsilon`` after all rounds at
@@ -243,38 +244,6 @@ class FederationConfig:
 
         rate = self.fraction_train if sample_rate is None else sample_rate
         return noise_for_epsilon(self.dp, self.dp_epsilon, rate, self.rounds, self.dp_delta)
-
-
-# rules that combine more than a sum of clipped updates: each looks at the updates one by one
-_NOT_A_SUM = ("exact", "median", "trimmed-mean", "krum", "validated")
-
-
-def _check_private(fed: FederationConfig) -> None:
-    """What client-level DP cannot be combined with, and why (federation.dp != off)."""
-    dp = f"federation.dp={fed.dp}"
-    if not fed.clip_norm > 0:
-        raise ValueError(f"{dp} needs federation.clip-norm > 0: the clip bounds what one client can change")
-    if (fed.dp_noise > 0) == (fed.dp_epsilon > 0):
-        raise ValueError(f"{dp} needs exactly one of federation.dp-noise (sigma) or federation.dp-epsilon (a target)")
-    if fed.dp_noise < 0 or fed.dp_epsilon < 0 or not 0 < fed.dp_delta < 1:
-        raise ValueError(f"{dp}: dp-noise and dp-epsilon must be >= 0 and dp-delta in (0, 1)")
-    if fed.dp == "central" and fed.strategy in _NOT_A_SUM:
-        raise ValueError(f"{dp} adds noise to a sum of clipped updates; federation.strategy={fed.strategy} combines "
-                         f"the updates one by one (its sensitivity to one client is not bounded by the clip)")
-    if fed.strategy == "scaffold":
-        raise ValueError(f"{dp} covers the adapter updates; scaffold also uploads each client's control variate, "
-                         f"which would be released without noise")
-    if fed.weighting == "gates" or (fed.dp == "central" and fed.weighting != "uniform"):
-        raise ValueError(f"{dp} needs federation.weighting=uniform: weights by examples or gates change one "
-                         f"client's share of the sum and are themselves statistics of its data")
-    used = [k for k, on in (("federation.gate-prior=global", fed.gate_prior == "global"),
-                            ("federation.prune-threshold", fed.prune_threshold > 0),
-                            ("federation.personal-gates", fed.personal_gates),
-                            ("federation.heterogeneous-ranks", fed.heterogeneous_ranks)) if on]
-    if used:
-        raise ValueError(f"{dp}: {used[0]} needs the gate statistics or ranks each client reports, which the "
-                         f"mechanism does not cover; under DP clients send no gate statistics (use "
-                         f"federation.gate-prior=fixed, no pruning, shared gates, one rank)")
 
 
 STRATEGIES = ("fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold",
@@ -320,30 +289,8 @@ class FedgateConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
-        """Checks across sections."""
-        fed = self.federation
-        if fed.strategy == "scaffold" and self.engine.name != "torch":
-            raise ValueError("federation.strategy=scaffold corrects gradients between backward and the optimizer "
-                             "step, which DeepSpeed performs itself: use engine.name=torch")
-        if (fed.personal_gates or fed.prune_threshold > 0) and not self.adapter.structural_gate:
-            what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
-            raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
-        if self.model.quantize != "none":
-            _check_quantized(self)
-        if self.engine.world_size > 1:
-            _check_world_size(self)
-        if fed.dp != "off" and self.train.head_init == "ridge":
-            raise ValueError(f"federation.dp={fed.dp} does not cover round 0's federated ridge head, fitted from "
-                             f"every client's exact feature statistics: use train.head-init=zero")
-        if self.adapter.method != "gated-lora":
-            lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
-                         "federation.weighting": "gates" if fed.weighting == "gates" else None,
-                         "federation.personal-gates": fed.personal_gates or None,
-                         "federation.prune-threshold": fed.prune_threshold or None,
-                         "federation.heterogeneous-ranks": fed.heterogeneous_ranks or None}
-            if used := [f"{k}={v}" for k, v in lora_only.items() if v is not None]:
-                raise ValueError(f"adapter.method={self.adapter.method} has no LoRA factors or gates; "
-                                 f"{', '.join(used)} needs adapter.method=gated-lora")
+        """Checks across sections (fedgate/config_rules.py)."""
+        check_combinations(self)
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any], *, ignore_unknown_sections: bool = True) -> "FedgateConfig":
@@ -444,36 +391,6 @@ def _parse_int_list(raw: Any) -> tuple[int, ...]:
 
 
 QUANTIZE = ("none", "8bit", "4bit")
-
-
-def _check_quantized(cfg: "FedgateConfig") -> None:
-    """What a quantized backbone (``model.quantize``) cannot be combined with, and why."""
-    q = f"model.quantize={cfg.model.quantize}"
-    if cfg.model.backbone.startswith("tiny-"):
-        raise ValueError(f"{q} quantizes a pretrained checkpoint as transformers loads it (a hub id or a folder); "
-                         f"{cfg.model.backbone} is built in memory: save it with save_pretrained and name its folder")
-    if cfg.model.gguf_file:
-        raise ValueError(f"{q} cannot quantize a GGUF checkpoint (model.gguf-file): transformers dequantizes GGUF "
-                         f"to float32 and refuses a bitsandbytes config beside it; load it once, save_pretrained "
-                         f"it to a folder, and name that folder")
-    if cfg.adapter.method != "gated-lora":
-        raise ValueError(f"{q} needs adapter.method=gated-lora: {cfg.adapter.method} puts trainable tensors inside "
-                         f"the backbone's layers, which are packed integers once quantized")
-    if cfg.engine.name == "deepspeed" and cfg.engine.zero_stage == 3:
-        raise ValueError(f"{q} cannot run under ZeRO-3, which partitions every parameter, the packed quantized "
-                         f"weights included (DeepSpeed's parameter hooks fail on them): use engine.zero-stage 0-2, "
-                         f"which leave frozen weights alone")
-
-
-def _check_world_size(cfg: "FedgateConfig") -> None:
-    """What a client trained by several ranks (``engine.world-size`` > 1) needs."""
-    n, t = cfg.engine.world_size, cfg.train
-    if t.batch_size % n:
-        raise ValueError(f"train.batch-size={t.batch_size} must be divisible by engine.world-size={n}: every rank "
-                         f"takes an equal share of each batch")
-    if cfg.engine.timeout_s >= cfg.federation.round_timeout:
-        raise ValueError(f"engine.timeout-s={cfg.engine.timeout_s:g} must be below federation.round-timeout="
-                         f"{cfg.federation.round_timeout:g}: the ranks must be stopped before the server gives up")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
