@@ -4,11 +4,11 @@
 
 Each variant runs in a fresh process (so peaks do not mix): the plain torch engine, then
 DeepSpeed ZeRO-0, ZeRO-2, ZeRO-2 with optimizer offload, ZeRO-3, ZeRO-3 with parameter
-and optimizer offload, and the torch engine on an 8-bit and a 4-bit (NF4) frozen backbone. Reported: median step time after one warm-up step, and peak memory
-(on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS during the
-steps, its high-water mark reset once the model and batch are loaded, and that peak above the
-loaded baseline; offload cannot save anything on CPU, "device" and "CPU" memory being the same
-RAM).
+and optimizer offload, and the torch engine on an 8-bit and a 4-bit (NF4) frozen backbone.
+Reported: median step time after one warm-up step, and peak memory (on CUDA
+``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS during the steps, its
+high-water mark reset once the model and batch are loaded, and that peak above the loaded
+baseline; offload cannot save anything on CPU, "device" and "CPU" memory being the same RAM).
 
 ``--rounds N`` instead measures memory across federated rounds: one process per variant plays
 N local rounds of one client (``ClientTask.train``, which builds and destroys an engine each
