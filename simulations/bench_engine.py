@@ -48,6 +48,30 @@ VARIANTS = {
 }
 
 
+def timed_steps(model, stepper, batch: dict, cfg, device, steps: int) -> tuple[list[float], float]:
+    """``steps + 1`` training steps on one batch, the forward under ``train.bf16`` autocast as
+    fit() runs it; the seconds of each step (the first is the warm-up) and the last loss."""
+    import torch
+
+    from fedgate.losses import total_loss
+    from fedgate.model import head_targets
+    from fedgate.train import autocast
+
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        with autocast(device, cfg.train.bf16):
+            pred = stepper.forward(model, batch, None)
+        loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
+                             cfg.loss)
+        stepper.backward(loss)
+        stepper.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times, float(loss.detach())
+
+
 def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     """Train ``steps`` steps on one repeated batch with one engine variant (this process)."""
     import numpy as np
@@ -57,9 +81,7 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     from fedgate.config import FedgateConfig
     from fedgate.data import build_embedded_dataset
     from fedgate.engine import close_stepper, make_stepper
-    from fedgate.losses import total_loss
-    from fedgate.model import build_reward_model, head_targets
-    from fedgate.train import autocast
+    from fedgate.model import build_reward_model
 
     cfg = FedgateConfig.from_flat({"model.backbone": backbone, "train.batch-size": 16, "model.top-layers": 0,
                                    "train.cache-lower-layers": False, **extra, **VARIANTS[variant]})
@@ -74,25 +96,14 @@ def run_one(variant: str, backbone: str, steps: int, extra: dict) -> dict:
     gc.collect()
     base = reset_peak()
     stepper = make_stepper(model, cfg)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        with autocast(device, cfg.train.bf16):  # as fit() runs the forward
-            pred = stepper.forward(model, batch, None)
-        loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
-                             cfg.loss)
-        stepper.backward(loss)
-        stepper.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times, loss = timed_steps(model, stepper, batch, cfg, device, steps)
     if device.type == "cuda":
         peak, base = torch.cuda.max_memory_allocated() / 2**20, 0.0
     else:
         peak = peak_mib()
     close_stepper(stepper)
     return {"variant": variant, "step_s": float(np.median(times[1:])), "peak_mb": peak, "above_mb": peak - base,
-            "device": device.type, "loss": float(loss.detach())}
+            "device": device.type, "loss": loss}
 
 
 def run_rounds(variant: str, backbone: str, rounds: int, extra: dict) -> dict:
@@ -134,8 +145,7 @@ def rank_steps(job_dir, job: dict, rank: int) -> dict:
     from fedgate.config import FedgateConfig
     from fedgate.data import build_embedded_dataset
     from fedgate.engine import close_stepper, make_stepper
-    from fedgate.losses import total_loss
-    from fedgate.model import build_reward_model, head_targets
+    from fedgate.model import build_reward_model
     from fedgate.train import pick_device
 
     world = dist.get_world_size()
@@ -157,17 +167,7 @@ def rank_steps(job_dir, job: dict, rank: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
     base = reset_peak()
-    times = []
-    for _ in range(job["steps"] + 1):
-        t0 = time.perf_counter()
-        pred = stepper.forward(model, batch, None)
-        loss, _ = total_loss(pred.float(), head_targets(batch["labels"], cfg.data.misaligned_threshold), model,
-                             cfg.loss)
-        stepper.backward(loss)
-        stepper.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times, _ = timed_steps(model, stepper, batch, cfg, device, job["steps"])
     out = {"rank": rank, "step_s": float(np.median(times[1:])), "params_held_mb": held,
            "peak_overall_mb": max(overall_before_steps, peak_mib()), "peak_steps_mb": peak_mib(),
            "steps_above_mb": peak_mib() - base, "device": device.type}
