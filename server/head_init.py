@@ -8,6 +8,14 @@ a linear probe on frozen features does instead of at chance. On preference pairs
 statistics are those of each pair's feature difference regressed on +1 (a least-squares
 Bradley-Terry head), the penalty chosen by validation pairwise accuracy. What it costs on the wire is
 logged: one (d+1)^2 gram matrix per client, once.
+
+Under ``federation.strategy=validated`` the head is screened the way that rule screens
+updates: each client's statistics alone give a head, scored on the server's validation rows,
+and up to ``federation.byzantine-clients`` clients whose head ranks those rows worse than
+chance (ROC-AUC or pairwise accuracy below 0.5: labels that contradict the server's) are
+left out of the sum. When no client scores below chance, as in a clean federation, the head
+is exactly the unscreened one; round 0's ``head_init`` logs every client's score and who was
+left out.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedgate.aggregation.recipes import RECIPES
 from fedgate.federated import protocol as P
 from fedgate.federated.evaluator import ServerEvaluator
 from fedgate.model import ALIGNMENT, NUM_OUTPUTS
@@ -40,6 +49,16 @@ def _parse(reply: Message) -> RidgeStats:
     return RidgeStats(gram.astype(np.float64), moment.astype(np.float64), count)
 
 
+CHANCE = 0.5  # ROC-AUC and pairwise accuracy of a head that ranks at random
+
+
+def screened(scores: list[float], budget: int) -> list[int]:
+    """Indices of the clients to leave out: at most ``budget``, the lowest scores first, and
+    only those below chance."""
+    below = sorted((s, i) for i, s in enumerate(scores) if s < CHANCE)
+    return sorted(i for _, i in below[:max(0, budget)])
+
+
 def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvaluator) -> dict:
     """Fit the global head from the sampled clients' statistics; updates
     ``strategy.global_state`` in place and returns what happened (for round 0's record)."""
@@ -51,7 +70,7 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
     queries = [Message(RecordDict({P.CONFIG: config, P.ARRAYS: to_record(strategy.state_for(n))}),
                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     down = sum(wire_bytes(q.content) for q in queries)
-    parts, up, failures = [], 0, []
+    parts, senders, up, failures = [], [], 0, []
     for reply in grid.send_and_receive(queries, timeout=cfg.federation.round_timeout):
         node = reply.metadata.src_node_id
         try:
@@ -59,6 +78,7 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
                 raise ValueError(reply.error.reason or "no reason given")
             up += wire_bytes(reply.content)
             parts.append(_parse(reply))
+            senders.append(node)
         except (KeyError, ValueError, TypeError) as e:
             reason = (str(e).strip().splitlines() or ["?"])[-1]
             failures.append({"node_id": node, "reason": reason})
@@ -70,11 +90,24 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
         return {**info, "fitted": False}
     x_val, y_val = evaluator.validation_features(strategy.global_state)
     if evaluator.pairs:  # the least-squares Bradley-Terry head, chosen by validation pairwise accuracy
-        w, lam, score = fit_pairs(sum_stats(parts), x_val, NUM_OUTPUTS, ALIGNMENT)
+        def fitted(stats: RidgeStats) -> tuple[np.ndarray, float, float]:
+            return fit_pairs(stats, x_val, NUM_OUTPUTS, ALIGNMENT)
         metric, what = "validation_pairwise_accuracy", "pairs"
     else:
-        w, lam, score = fit(sum_stats(parts), x_val, y_val, cfg.data.misaligned_threshold)
+        def fitted(stats: RidgeStats) -> tuple[np.ndarray, float, float]:
+            return fit(stats, x_val, y_val, cfg.data.misaligned_threshold)
         metric, what = "validation_auc", "rows"
+    if RECIPES[cfg.federation.strategy].combine == "validated" and len(parts) > 1:
+        scores = [fitted(part)[2] for part in parts]
+        out = screened(scores, min(cfg.federation.byzantine_clients, len(parts) - 1))
+        info["client_" + metric] = dict(zip(map(str, senders), map(float, scores)))
+        info["excluded"] = [int(senders[i]) for i in out]
+        if out:
+            log.warning("head statistics of node(s) %s left out: their own head scores %s on validation, "
+                        "below chance", info["excluded"], ", ".join(f"{scores[i]:.3f}" for i in out))
+        parts = [part for i, part in enumerate(parts) if i not in out]
+        info.update(clients=len(parts), rows=sum(p.count for p in parts))
+    w, lam, score = fitted(sum_stats(parts))
     strategy.global_state["head.weight"] = w[:-1].T.astype(strategy.global_state["head.weight"].dtype)
     strategy.global_state["head.bias"] = w[-1].astype(strategy.global_state["head.bias"].dtype)
     info.update({"fitted": True, "ridge_lambda": lam, metric: score, "wall_s": time.perf_counter() - t0})

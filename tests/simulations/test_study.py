@@ -1,6 +1,7 @@
 """The study runner and report on a tiny configuration: the adversarial study's clean and
-flipped fedavg runs (real Flower simulations, 5 clients, one of them on flipped labels),
-resumed without re-running, and its tables rebuilt by ``fedgate report``."""
+flipped fedavg runs and a flipped ``validated`` run (real Flower simulations, 5 clients, one
+of them on flipped labels), resumed without re-running, and its tables rebuilt by
+``fedgate report``."""
 
 import csv
 import json
@@ -17,7 +18,7 @@ TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=20
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "adv"
-    args = ["--out", str(out), "--variants", "fedavg-clean,fedavg-flipped,fedavg-absent", "--num-supernodes", "5",
+    args = ["--out", str(out), "--variants", "fedavg-clean,fedavg-flipped,fedavg-absent,validated-flipped", "--num-supernodes", "5",
             "--timeout", "400"] + [a for kv in TINY for a in ("--set", kv)]
     assert adversarial.main(args) == 0
     return out, args
@@ -50,11 +51,24 @@ def test_the_absent_reference_runs_without_exactly_the_flipped_client(study):
     assert 0.0 <= float(row["auc_absent"]) <= 1.0 and row["vs_absent_points"]
 
 
+def test_validated_scores_each_clients_head_statistics_before_summing_them(study):
+    out, _ = study
+    head = json.loads((out / "validated-flipped" / "seed-0" / "rounds.jsonl").read_text().splitlines()[0])["head_init"]
+    scores = head["client_validation_auc"]
+    assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores.values())
+    assert len(head["excluded"]) <= 1 and {str(n) for n in head["excluded"]} <= set(scores)
+    assert head["clients"] == 5 - len(head["excluded"])
+    below = [n for n, s in scores.items() if s < 0.5]
+    assert [str(n) for n in head["excluded"]] == ([min(below, key=scores.get)] if below else [])
+    fedavg = json.loads((out / "fedavg-flipped" / "seed-0" / "rounds.jsonl").read_text().splitlines()[0])["head_init"]
+    assert "excluded" not in fedavg and fedavg["clients"] == 5
+
+
 def test_a_finished_study_is_not_run_again(study, monkeypatch, capsys):
     out, args = study
     monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("ran a finished variant again"))
     assert adversarial.main(args) == 0
-    assert capsys.readouterr().out.count("already completed") == 3
+    assert capsys.readouterr().out.count("already completed") == 4
 
 
 def test_fedgate_report_rebuilds_the_tables_without_running(study, monkeypatch, capsys):
@@ -72,7 +86,8 @@ def test_running_one_variant_into_a_finished_study_keeps_the_others(study, monke
     monkeypatch.setattr("simulations.study.simulate", lambda *a, **k: pytest.fail("ran a finished variant again"))
     i = args.index("--variants")
     assert adversarial.main(args[:i + 1] + ["fedavg-clean"] + args[i + 2:]) == 0
-    assert list(json.loads((out / "variants.json").read_text())) == ["fedavg-clean", "fedavg-flipped", "fedavg-absent"]
+    assert list(json.loads((out / "variants.json").read_text())) == ["fedavg-clean", "fedavg-flipped", "fedavg-absent",
+                                                                   "validated-flipped"]
     assert json.loads((out / "study.json").read_text())["seeds"] == [0]
     with (out / "results.csv").open() as f:
         assert [r["rule"] for r in csv.DictReader(f)] == ["fedavg"]
