@@ -20,7 +20,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -372,13 +372,13 @@ class GateTracker:
 def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device, *,
         validation: EncodedSplit | None = None, prior: Mapping[str, float] | None = None,
         progress: bool = True, stepper=None, extra_loss: Callable[[], torch.Tensor] | None = None,
-        before_step: Callable[[], None] | None = None) -> TrainResult:
+        after_step: Callable[[Any], None] | None = None) -> TrainResult:
     """Train in place; restores the best validation state at the end when validating.
 
     ``stepper`` is the training engine (default: :class:`TorchStepper` over ``model``).
     Federated rules hook in twice: ``extra_loss()`` is added to every micro-batch's loss
-    (FedProx's proximal term) and ``before_step()`` runs after the last backward of each
-    optimizer step, before clipping and the step (SCAFFOLD's gradient correction).
+    (FedProx's proximal term) and ``after_step(stepper)`` runs after each optimizer step,
+    with the learning rates of that step in ``stepper.param_groups`` (SCAFFOLD's correction).
 
     In a process group of N ranks (a multi-process client, DeepSpeed averaging the
     gradients) every rank draws the same batches and takes rows ``r::N`` of each; its loss
@@ -450,9 +450,9 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             result.examples_seen += 2 * len(picked) if pairs else len(picked)
             result.rows_trained += len(rows) if weight > 0 else 0
             recent = (recent + [loss_value])[-50:]
-        if before_step is not None:
-            before_step()
         opt.step()
+        if after_step is not None:
+            after_step(opt)
         result.steps = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(recent):.4f}")

@@ -24,7 +24,7 @@ from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data.pairs import is_pair_dataset
 from fedgate.engine import close_stepper, make_stepper
-from fedgate.federated.client_rules import (configure_adapters, control_correction, mean_gradient,
+from fedgate.federated.client_rules import (ControlVariate, configure_adapters,
                                             proximal_term, shared_keys)
 from fedgate.federated.shards import client_shard
 from fedgate.memory import peak_mib
@@ -234,10 +234,11 @@ class ClientTask:
             c_global, c_local = from_numpy(control[0]), from_numpy(control[1])
             # the c_i this client kept from its last round (0 on its first): shows context.state survives
             control_norm = float(np.sqrt(sum(float((v.double() ** 2).sum()) for v in c_local.values())))
-            hooks["before_step"] = control_correction(self.model, c_global, c_local)
-            # option I: c_i+ is the gradient at the global model, taken before any local change
-            new_control = mean_gradient(self.model, self.shard.train, cfg, self.pad_id, self.device, c_global, prior)
+            variate = ControlVariate(self.model, c_global, c_local)
+            hooks["after_step"] = variate.after_step
         done = self._fit_round(cfg, start, prior, hooks, t0)
+        if control is not None:
+            new_control = variate.new_control(start)
         return local_update(done, start, self.cfg, server_round, self.partition_id, prior, control=control,
                             new_control=new_control, control_norm=control_norm)
 

@@ -6,10 +6,9 @@
 - :func:`configure_adapters` puts a (possibly cached, shared) model into the state a round
   asks for: pruned adapters switched off and frozen, A frozen and re-drawn under ``ffa``.
 - FedProx (Li et al., 2020): :func:`proximal_term`, ``mu/2 ||theta - theta_global||^2``.
-- SCAFFOLD (Karimireddy et al., 2020): the gradient correction ``c - c_i`` added before
-  every optimizer step (:func:`control_correction`), and the new client control variate
-  ``c_i+ = grad f_i(x)`` at the global model (the paper's option I, :func:`mean_gradient`),
-  which stays right whatever local optimizer and schedule the client uses.
+- SCAFFOLD (Karimireddy et al., 2020): :class:`ControlVariate` corrects every local step by
+  ``c - c_i`` and gives the new client control variate (the paper's option II), both in
+  the update space of the client's optimizer and learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -18,15 +17,12 @@ import math
 import zlib
 from typing import Callable, Collection, Iterable, Mapping
 
-import numpy as np
 import torch
 
 from fedgate.aggregation.lora import module_of
-from fedgate.batching import EncodedSplit, is_pairs, make_batch, sorted_batches
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules
 from fedgate.model import RewardModel
-from fedgate.train import batch_loss, pair_rows
 
 FFA = "ffa"
 
@@ -83,48 +79,47 @@ def proximal_term(model: RewardModel, start: Mapping[str, torch.Tensor], mu: flo
     return term
 
 
-def control_correction(model: RewardModel, c_global: Mapping[str, torch.Tensor],
-                       c_local: Mapping[str, torch.Tensor]) -> Callable[[], None]:
-    """SCAFFOLD: add ``c - c_i`` to each trainable tensor's gradient before each step."""
-    corrections = []
-    for n, p in trainable_params(model).items():
-        if n in c_global:
-            corrections.append((p, (c_global[n] - c_local.get(n, torch.zeros_like(c_global[n]))).to(p.device)))
+class ControlVariate:
+    """SCAFFOLD's correction, applied in the local optimizer's update space.
 
-    def correct() -> None:
-        for p, c in corrections:
-            if p.grad is None:
-                p.grad = c.clone().to(p.dtype)
-            else:
-                p.grad.add_(c.to(p.grad.dtype))
-    return correct
+    After every optimizer step, each shared tensor moves by ``-lr_t (c - c_i)`` (``lr_t``:
+    its parameter group's learning rate at that step), and at the end of the round the new
+    control variate is the paper's option II: ``c_i+ = c_i - c + (x - y) / sum_t lr_t``, the
+    mean step direction per unit of learning rate. With SGD this is the paper's update
+    ``y <- y - lr (g + c - c_i)``. With AdamW the directions are Adam's normalised steps, so
+    the correction is measured in the units it is applied in; adding a raw gradient
+    difference to Adam's input instead lets the optimizer rescale it to full-size steps
+    wherever the local gradients are small, which is what made SCAFFOLD diverge here."""
 
+    def __init__(self, model: RewardModel, c_global: Mapping[str, torch.Tensor],
+                 c_local: Mapping[str, torch.Tensor]) -> None:
+        self.c_global, self.c_local = c_global, c_local
+        self.params = {n: p for n, p in trainable_params(model).items() if n in c_global}
+        self.corrections = {n: (c_global[n] - c_local.get(n, torch.zeros_like(c_global[n]))).to(p.device, p.dtype)
+                            for n, p in self.params.items()}
+        self.lr_sum = dict.fromkeys(self.params, 0.0)
+        self._group_of: dict[str, dict] | None = None
 
-def mean_gradient(model: RewardModel, split: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device,
-                  keys: Collection[str], prior: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """The gradient of the client's loss at the model's current weights, averaged over all
-    its training rows (one pass in length order, dropout off, no update)."""
-    params = {n: p for n, p in trainable_params(model).items() if n in keys}
-    sums = {n: torch.zeros_like(p, device="cpu") for n, p in params.items()}
-    was_training = model.training
-    model.eval()
-    total = 0
-    pairs = is_pairs(split)
-    if pairs:  # both replies of a pair in one batch, batch-size pairs at a time
-        n, size = len(split) // 2, cfg.train.batch_size
-        batches = [pair_rows(np.arange(i, min(i + size, n))) for i in range(0, n, size)]
-    else:
-        batches = sorted_batches(split, cfg.train.batch_size)
-    for rows in batches:
-        batch = make_batch(split, rows, pad_id, device)
-        model.zero_grad(set_to_none=True)
-        pred = model(batch, split.split_at)
-        loss, _ = batch_loss(pred, batch, pairs, model, cfg, prior)
-        loss.backward()
-        for n, p in params.items():
-            if p.grad is not None:
-                sums[n] += p.grad.detach().to("cpu") * len(rows)
-        total += len(rows)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return {n: s / max(1, total) for n, s in sums.items()}
+    @torch.no_grad()
+    def after_step(self, optimizer) -> None:
+        """Move each shared tensor by ``-lr (c - c_i)``; ``optimizer`` has ``param_groups``."""
+        if self._group_of is None:
+            by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+            missing = [n for n, p in self.params.items() if id(p) not in by_id]
+            if missing:
+                raise ValueError(f"SCAFFOLD: the optimizer does not update {missing[:3]}")
+            self._group_of = {n: by_id[id(p)] for n, p in self.params.items()}
+        for n, p in self.params.items():
+            lr = float(self._group_of[n]["lr"])
+            p.sub_(lr * self.corrections[n])
+            self.lr_sum[n] += lr
+
+    @torch.no_grad()
+    def new_control(self, start: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``c_i+`` from the round's start ``x`` (the global state) and the weights now, ``y``."""
+        out = {}
+        for n, p in self.params.items():
+            c_i = self.c_local.get(n, torch.zeros_like(self.c_global[n])).double()
+            moved = (start[n].double() - p.detach().double().cpu()) / self.lr_sum[n] if self.lr_sum[n] > 0 else 0.0
+            out[n] = (c_i - self.c_global[n].double() + moved).to(self.c_global[n].dtype)
+        return out

@@ -5,14 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedgate.batching import encode_split
 from fedgate.federated.client import ClientTask, clear_cache
-from fedgate.federated.client_rules import (configure_adapters, control_correction, mean_gradient, proximal_term,
-                                            shared_keys)
-from fedgate.federated.shards import client_shard
+from fedgate.federated.client_rules import ControlVariate, configure_adapters, proximal_term, shared_keys
 from fedgate.inject import adapter_modules
 from fedgate.model import build_reward_model
-from fedgate.state import adapter_state, to_numpy, trainable_names
+from fedgate.state import adapter_state, to_numpy
 
 KEYS = ["m.lora_A", "m.lora_B", "m.gate_weight", "m.struct_logit", "n.lora_A", "n.lora_B", "head.bias"]
 
@@ -51,56 +48,51 @@ def test_pruned_adapters_are_off_and_frozen_until_unpruned(tiny_cfg):
     assert m.enabled and all(getattr(m, p).requires_grad for p in m.adapter_names)
 
 
-def test_proximal_term_and_control_correction_by_hand(tiny_cfg):
+def test_proximal_term_by_hand(tiny_cfg):
     cfg = tiny_cfg()
     model, _ = build_reward_model(cfg.model, cfg.adapter)
     start = {k: v.clone() for k, v in adapter_state(model).items()}
     with torch.no_grad():
         model.head.bias.add_(1.0)  # 6 entries (5 attributes, the alignment logit), each 1 away
     assert float(proximal_term(model, start, mu=0.2)()) == pytest.approx(0.5 * 0.2 * 6)
+
+
+class _Groups:
+    """What ControlVariate reads of a stepper: its parameter groups and their current lr."""
+
+    def __init__(self, model, lr):
+        self.param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+
+def test_control_variate_corrects_each_step_by_its_learning_rate_by_hand(tiny_cfg):
+    cfg = tiny_cfg()
+    model, _ = build_reward_model(cfg.model, cfg.adapter)
+    start = {k: v.clone() for k, v in adapter_state(model).items()}
     c = {"head.bias": torch.full((6,), 0.3)}
     c_i = {"head.bias": torch.full((6,), 0.1)}
-    model.head.bias.grad = torch.ones(6)
-    control_correction(model, c, c_i)()
-    torch.testing.assert_close(model.head.bias.grad, torch.full((6,), 1.2))
+    variate = ControlVariate(model, c, c_i)
+    groups = _Groups(model, 0.1)
+    variate.after_step(groups)
+    groups.param_groups[0]["lr"] = 0.05  # a schedule: the second step is smaller
+    variate.after_step(groups)
+    # moved by -(0.1 + 0.05) * (0.3 - 0.1) = -0.03; every other tensor untouched
+    torch.testing.assert_close(model.head.bias, start["head.bias"] - 0.03)
+    torch.testing.assert_close(model.head.weight, start["head.weight"])
+    # no step of its own: the correction alone, so c_i+ = c_i - c + (c - c_i) = 0
+    torch.testing.assert_close(variate.new_control(start)["head.bias"], torch.zeros(6), atol=1e-7, rtol=0)
+    with torch.no_grad():  # as if the optimizer had also stepped 0.15 * d, d = 2: c_i+ = d
+        model.head.bias.sub_(0.15 * 2.0)
+    torch.testing.assert_close(variate.new_control(start)["head.bias"], torch.full((6,), 2.0))
 
 
-def test_mean_gradient_is_the_full_batch_gradient(tiny_cfg):
-    cfg = tiny_cfg(**{"loss.beta": 0.0, "train.cache-lower-layers": False})  # the KL term is not batch-additive
-    model, tok = build_reward_model(cfg.model, cfg.adapter)
-    split = encode_split(client_shard(cfg, 0, 2)["train"].select(range(20)), tok, cfg.model)
-    keys = trainable_names(model)
-    per_batch = mean_gradient(model, split, cfg, tok.pad_token_id, torch.device("cpu"), keys)
-    full_cfg = tiny_cfg(**{"loss.beta": 0.0, "train.cache-lower-layers": False, "train.batch-size": 20})
-    full = mean_gradient(model, split, full_cfg, tok.pad_token_id, torch.device("cpu"), keys)
-    assert set(per_batch) == set(keys)
-    for k in keys:
-        torch.testing.assert_close(per_batch[k], full[k], atol=2e-6, rtol=1e-4)
-    assert any(float(v.abs().max()) > 0 for v in full.values())
-
-
-def test_mean_gradient_on_pairs_is_the_bradley_terry_gradient_of_every_pair(tiny_cfg):
-    from fedgate.batching import encode_pairs, make_batch
-    from fedgate.losses import bradley_terry_loss
-    from fedgate.model import ALIGNMENT
-    from tests.test_pairwise import _pairs
-
-    cfg = tiny_cfg(**{"loss.beta": 0.0, "loss.lambda-f": 0.0, "loss.lambda-s": 0.0,
-                      "train.cache-lower-layers": False, "train.batch-size": 3})
-    model, tok = build_reward_model(cfg.model, cfg.adapter)
-    with torch.no_grad():  # a head that scores, so the pairs' gradients are not all equal
-        model.head.weight.normal_(0, 0.5)
-    split = encode_pairs(_pairs(8), tok, cfg.model)
-    keys = trainable_names(model)
-    got = mean_gradient(model, split, cfg, tok.pad_token_id, torch.device("cpu"), keys)  # 3 + 3 + 2 pairs
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    score = model(make_batch(split, np.arange(16), tok.pad_token_id, torch.device("cpu")))[:, ALIGNMENT]
-    bradley_terry_loss(score[0::2], score[1::2]).backward()  # all 8 pairs at once, by hand
-    for n, p in model.named_parameters():
-        if n in keys and p.grad is not None:
-            torch.testing.assert_close(got[n], p.grad, atol=2e-6, rtol=1e-4)
-    assert float(got["head.weight"].abs().max()) > 0
+def test_control_variate_names_a_tensor_the_optimizer_does_not_update(tiny_cfg):
+    cfg = tiny_cfg()
+    model, _ = build_reward_model(cfg.model, cfg.adapter)
+    variate = ControlVariate(model, {"head.bias": torch.zeros(6)}, {})
+    groups = _Groups(model, 0.1)
+    groups.param_groups[0]["params"] = [p for p in groups.param_groups[0]["params"] if p is not model.head.bias]
+    with pytest.raises(ValueError, match="head.bias"):
+        variate.after_step(groups)
 
 
 def test_fedprox_keeps_the_client_closer_to_the_global_model(tiny_cfg):
@@ -127,6 +119,11 @@ def test_scaffold_and_personal_gates_in_a_local_round(tiny_cfg):
     assert set(first.personal) == {k for k in full if k.endswith("struct_logit")}
     for k, v in first.control.items():  # c_i starts at 0, so the first delta is c_i+ itself
         np.testing.assert_array_equal(first.control_delta[k], v)
+        # c = c_i = 0: c_i+ = (x - y) / sum of the step sizes, i.e. -delta over one positive number per tensor
+        moved = np.abs(first.delta[k]) > 1e-6
+        if moved.any():
+            ratio = -first.delta[k][moved] / v[moved]
+            assert ratio.min() > 0 and np.allclose(ratio, ratio.mean(), rtol=1e-3), k
     second = task.train(glob, server_round=3, control=(c, first.control), personal=first.personal)
     for k, v in second.control.items():
         np.testing.assert_allclose(second.control_delta[k], v - first.control[k], atol=1e-7)
