@@ -155,6 +155,7 @@ class FederationConfig:
     max_update_norm: float = 1000.0  # validation: reject an update whose L2 norm is larger; 0 = no bound
     prune_threshold: float = 0.0  # prune an insertion point whose global structural gate stays below; 0 = off
     prune_patience: int = 2  # ... for this many consecutive rounds
+    prune_max_share: float = 1.0  # never prune more than this share of the insertion points (lowest gates first)
     personal_gates: bool = False  # structural gates stay with each client (shared adapters, personal routing)
     heterogeneous_ranks: bool = False  # clients may train their own adapter.r (node config); server asks
     client_ranks: tuple[int, ...] = ()  # simulations: adapter.r of partition i is client_ranks[i % len]
@@ -203,6 +204,8 @@ class FederationConfig:
         if not 0.0 <= self.prune_threshold < 1.0:
             raise ValueError(f"federation.prune-threshold must be in [0, 1) (0 = no pruning), got {self.prune_threshold}")
         _positive("federation.prune-patience", self.prune_patience)
+        if not 0.0 < self.prune_max_share <= 1.0:
+            raise ValueError(f"federation.prune-max-share must be in (0, 1], got {self.prune_max_share}")
         for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows),
                        ("absent-clients", self.absent_clients)):
             if not 0.0 <= v <= 1.0:

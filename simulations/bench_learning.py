@@ -22,7 +22,9 @@ data and test rows and differences between rows are paired):
 - ``fed-plain-lora``: the default federation with both gates off (plain LoRA), scored
   clean and with 20% of the test inputs perturbed: what the gates add.
 - ``fed-pruning``: the default federation pruning an insertion point once its global
-  structural gate falls under ``PRUNE_THRESHOLD`` (patience 1): uplink saved against AUC.
+  structural gate falls under ``PRUNE_THRESHOLD`` (patience 1): uplink saved against AUC;
+  ``fed-pruning-half`` the same with at most half of the insertion points pruned
+  (``federation.prune-max-share=0.5``, the lowest gates first).
 
 Each run writes its own folder ``OUT/<row>/seed-<s>``; a finished run is never run again,
 so an interrupted benchmark resumes. The table (``OUT/learning.md`` / ``.csv``) gives the
@@ -71,6 +73,8 @@ ROWS: dict[str, tuple[str, dict]] = {
                                "server.baselines": False}),
     "fed-pruning": ("fed", {"federation.prune-threshold": PRUNE_THRESHOLD, "federation.prune-patience": 1,
                             "server.baselines": False}),
+    "fed-pruning-half": ("fed", {"federation.prune-threshold": PRUNE_THRESHOLD, "federation.prune-patience": 1,
+                                 "federation.prune-max-share": 0.5, "server.baselines": False}),
 }
 BASELINES = ("length", "tfidf_logreg", "frozen_probe", "frozen_boosted_trees")
 

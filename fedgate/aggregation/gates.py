@@ -50,7 +50,12 @@ def below_threshold_streaks(streaks: Mapping[str, int], profile: Mapping[str, Ma
     return out
 
 
-def newly_pruned(streaks: Mapping[str, int], patience: int, pruned: Iterable[str]) -> list[str]:
-    """Adapters whose streak reached ``patience`` rounds and that are not pruned yet, sorted."""
+def newly_pruned(streaks: Mapping[str, int], patience: int, pruned: Iterable[str], *,
+                 limit: int | None = None, gates: Mapping[str, float] | None = None) -> list[str]:
+    """Adapters whose streak reached ``patience`` rounds and that are not pruned yet, sorted.
+    With ``limit``, at most that many: those with the lowest ``gates`` value first (ties by name)."""
     done = set(pruned)
-    return sorted(m for m, n in streaks.items() if n >= patience and m not in done)
+    due = [m for m, n in streaks.items() if n >= patience and m not in done]
+    if limit is not None:
+        due = sorted(due, key=lambda m: ((gates or {}).get(m, 0.0), m))[:max(0, limit)]
+    return sorted(due)

@@ -28,3 +28,18 @@ def test_gate_profile_rejects_nan_and_bad_weights():
         gate_profile([{"l1": {"token_gate": 0.5}}], [-1])
     with pytest.raises(ValueError, match="2 clients but 1 weights"):
         gate_profile([{}, {}], [1])
+
+
+def test_pruning_streaks_and_the_cap_on_how_many_go_lowest_gate_first():
+    from fedgate.aggregation.gates import below_threshold_streaks, newly_pruned
+
+    profile = {"a": {"structural_gate": 0.30}, "b": {"structural_gate": 0.10}, "c": {"structural_gate": 0.20},
+               "d": {"structural_gate": 0.90}}
+    streaks = below_threshold_streaks({"a": 1, "d": 3}, profile, threshold=0.5)
+    assert streaks == {"a": 2, "b": 1, "c": 1, "d": 0}  # d is back above: its streak resets
+    assert newly_pruned(streaks, 1, pruned=[]) == ["a", "b", "c"]
+    assert newly_pruned(streaks, 2, pruned=[]) == ["a"]
+    assert newly_pruned(streaks, 1, pruned=["b"]) == ["a", "c"]
+    gates = {m: v["structural_gate"] for m, v in profile.items()}
+    assert newly_pruned(streaks, 1, pruned=[], limit=2, gates=gates) == ["b", "c"]  # 0.10 and 0.20 before 0.30
+    assert newly_pruned(streaks, 1, pruned=[], limit=0, gates=gates) == []

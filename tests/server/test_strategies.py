@@ -29,8 +29,8 @@ def reply(msg, delta, n, struct=0.9, token=0.5, control_delta=None):
     content = RecordDict({
         P.ARRAYS: to_record(delta),
         P.METRICS: MetricRecord({P.NUM_EXAMPLES: n}),
-        P.GATE_TOKEN: MetricRecord({"m": token}),
-        P.GATE_STRUCT: MetricRecord({"m": struct}),
+        P.GATE_TOKEN: MetricRecord({m: token for m in struct} if isinstance(struct, dict) else {"m": token}),
+        P.GATE_STRUCT: MetricRecord(struct if isinstance(struct, dict) else {"m": struct}),
     })
     if control_delta is not None:
         content[P.CONTROL_DELTA] = to_record(control_delta)
@@ -170,6 +170,17 @@ def test_pruning_stops_sending_an_adapter_after_patience_rounds():
     assert strategy.round_log["array_bytes_down"] < full
     arrays_meta = strategy.saved()[1]
     assert arrays_meta["pruned"] == ["m"] and arrays_meta["streaks"] == {"m": 2}
+
+
+def test_prune_max_share_caps_how_many_insertion_points_are_ever_pruned():
+    c = cfg(**{"prune-threshold": 0.5, "prune-patience": 1, "prune-max-share": 0.5})
+    strategy, msgs = start(c)
+    gates = {"m": 0.2, "n": 0.1, "o": 0.3, "p": 0.4}  # four insertion points report gates, all below 0.5
+    for rnd in (1, 2):  # only half of them may ever go, the lowest gates first, and none more later
+        strategy.aggregate_train(rnd, [reply(m, zeros_like(GLOBAL), 5, struct=gates) for m in msgs])
+        assert strategy.pruned == ["m", "n"]
+        msgs = list(strategy.configure_train(rnd + 1, None, ConfigRecord(), Nodes([1, 2])))
+    assert "newly_pruned" not in strategy.round_log
 
 
 def test_personal_gates_stay_off_the_wire():
