@@ -25,6 +25,8 @@ data and test rows and differences between rows are paired):
   structural gate falls under ``PRUNE_THRESHOLD`` (patience 1): uplink saved against AUC;
   ``fed-pruning-half`` the same with at most half of the insertion points pruned
   (``federation.prune-max-share=0.5``, the lowest gates first).
+- ``fed-4bit``: the default federation on a 4-bit NF4 backbone (``model.quantize=4bit``,
+  QLoRA's layout): what quantizing the frozen weights costs in AUC.
 
 Each run writes its own folder ``OUT/<row>/seed-<s>``; a finished run is never run again,
 so an interrupted benchmark resumes. The table (``OUT/learning.md`` / ``.csv``) gives the
@@ -75,6 +77,7 @@ ROWS: dict[str, tuple[str, dict]] = {
                             "server.baselines": False}),
     "fed-pruning-half": ("fed", {"federation.prune-threshold": PRUNE_THRESHOLD, "federation.prune-patience": 1,
                                  "federation.prune-max-share": 0.5, "server.baselines": False}),
+    "fed-4bit": ("fed", {"model.quantize": "4bit", "server.baselines": False}),
 }
 BASELINES = ("length", "tfidf_logreg", "frozen_probe", "frozen_boosted_trees")
 
