@@ -17,8 +17,8 @@ def check_combinations(cfg: "FedgateConfig") -> None:
     """Every cross-section rule (called when a FedgateConfig is built)."""
     fed = cfg.federation
     if fed.strategy == "scaffold" and cfg.engine.name != "torch":
-        raise ValueError("federation.strategy=scaffold corrects gradients between backward and the optimizer "
-                         "step, which DeepSpeed performs itself: use engine.name=torch")
+        raise ValueError("federation.strategy=scaffold moves the weights after each optimizer step, and "
+                         "DeepSpeed owns (and may partition) the weights it steps: use engine.name=torch")
     if (fed.personal_gates or fed.prune_threshold > 0) and not cfg.adapter.structural_gate:
         what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
         raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
