@@ -3,11 +3,16 @@ one SuperNode process per client (per GPU), then ``flwr run`` against them.
 
     python -m simulations.deploy --nodes 2                      # TLS + SuperNode authentication
     python -m simulations.deploy --nodes 4 --gpus 0,1,2,3       # one GPU per SuperNode
+    python -m simulations.deploy --nodes 2 --gpus 0,1:2,3 --run-config 'engine.name="deepspeed"'
+                                                                # two GPUs per SuperNode, one rank each
     python -m simulations.deploy --nodes 2 --insecure           # plain HTTP on loopback
 
 Each SuperNode gets its own port, ``CUDA_VISIBLE_DEVICES`` (``--gpus``) and node config
 ``partition-id=i num-partitions=n train.cache-dir=RUN_DIR/node-states/node-i`` (a ClientApp
-process per message reads its lower layers' states from there after the first round). With
+process per message reads its lower layers' states from there after the first round).
+``--gpus`` gives one device per node (``0,1,2,3``) or, with ``:`` between nodes, several
+(``0,1:2,3``): a node with k devices also gets ``engine.world-size=k``, so its client trains
+as k DeepSpeed ranks, one per device (``fedgate/federated/ranks.py``). With
 TLS (the default) test certificates and node keys are generated into the run directory
 (``simulations/certs.py``); with authentication (the default with TLS) every node's public
 key is registered with the SuperLink before the node starts, and a node whose key is not
@@ -30,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tree
-from simulations.run import REPO, exit_code, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
+from simulations.run import (REPO, exit_code, prepare_run, resolve_config, run_config_arg, run_succeeded,
+                             stream_flwr_run)
 
 log = logging.getLogger("fedgate.deploy")
 CONNECTION = "fedgate-deploy"
@@ -168,6 +174,20 @@ class Deployment:
         log.info("stopped the SuperLink and %d SuperNodes", len(self.nodes))
 
 
+def gpu_groups(text: str, nodes: int) -> list[str]:
+    """``--gpus`` as each node's ``CUDA_VISIBLE_DEVICES``: ``0,1,2,3`` is one device per node,
+    ``0,1:2,3`` (``:`` between nodes) gives each node the devices listed for it."""
+    groups = text.split(":") if ":" in text else text.split(",")
+    for group in groups:
+        devices = group.split(",")
+        if not all(d.strip().isdigit() for d in devices) or len(set(devices)) != len(devices):
+            raise ValueError(f"--gpus {text!r}: {group!r} is not a list of distinct device numbers")
+    if len(groups) != nodes:
+        raise ValueError(f"--gpus {text!r} gives devices for {len(groups)} nodes, --nodes is {nodes}: "
+                         "one entry per node (several devices of one node joined by ',' and nodes by ':')")
+    return [",".join(d.strip() for d in group.split(",")) for group in groups]
+
+
 def deploy(run_config: list[str], *, nodes: int = 2, tls: bool = True, auth: bool = True,
            gpus: list[str] | None = None, out: str | Path | None = None, app: str | Path = REPO,
            host: str = "127.0.0.1", port: int = 0, timeout: float | None = None) -> tuple[int, Path]:
@@ -175,15 +195,20 @@ def deploy(run_config: list[str], *, nodes: int = 2, tls: bool = True, auth: boo
     if auth and not tls:
         raise ValueError("SuperNode authentication needs TLS (Flower refuses it on an insecure SuperLink)")
     if gpus and len(gpus) != nodes:
-        raise ValueError(f"--gpus lists {len(gpus)} devices for {nodes} nodes; give one per node")
+        raise ValueError(f"--gpus lists devices for {len(gpus)} nodes, --nodes is {nodes}; give one entry per node")
     app = Path(app).resolve()
+    ranks = [len(g.split(",")) for g in gpus] if gpus else [1] * nodes
+    if max(ranks) > 1 and resolve_config(app, run_config)[0].engine.name != "deepspeed":
+        raise ValueError(f"--gpus gives a node {max(ranks)} devices, which its client trains as that many "
+                         "DeepSpeed ranks: add --run-config 'engine.name=\"deepspeed\"'")
     overrides, run_dir = prepare_run(app, run_config, out)
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), host=host, port=port, tls=tls, auth=auth)
     started_at = time.time()
     try:
         d.start_superlink()
         for i in range(nodes):
-            d.start_node(i, nodes, gpu=gpus[i] if gpus else None)
+            d.start_node(i, nodes, gpu=gpus[i] if gpus else None,
+                         node_config=f"engine.world-size={ranks[i]}" if ranks[i] > 1 else "")
         d.wait_online(nodes)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
         code = stream_flwr_run(cmd, d.env, timeout, log_file=run_dir / "run.log", verbose=False)
@@ -196,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m simulations.deploy", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--gpus", help="comma-separated CUDA device per node, e.g. 0,1")
+    p.add_argument("--gpus", help="CUDA devices: one per node (0,1,2,3), or several per node with ':' "
+                                  "between nodes (0,1:2,3: two ranks per node)")
     p.add_argument("--insecure", action="store_true", help="plain HTTP, no TLS, no authentication")
     p.add_argument("--no-auth", action="store_true", help="TLS without SuperNode authentication")
     p.add_argument("--host", default="127.0.0.1", help="SuperLink address (loopback by default)")
@@ -205,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run directory (default runs/fed-<time>)")
     p.add_argument("--timeout", type=float)
     args = p.parse_args(argv)
-    gpus = args.gpus.split(",") if args.gpus else None
+    try:
+        gpus = gpu_groups(args.gpus, args.nodes) if args.gpus else None
+    except ValueError as e:
+        p.error(str(e))
     return exit_code(deploy, args.run_config, nodes=args.nodes, tls=not args.insecure,
                      auth=not (args.insecure or args.no_auth), gpus=gpus, out=args.out, host=args.host,
                      port=args.port, timeout=args.timeout)

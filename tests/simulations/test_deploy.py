@@ -5,6 +5,8 @@ insecure variant. Everything binds to loopback and is stopped by PID."""
 import json
 import time
 
+import pytest
+
 from fedgate.federated.rundir import RunDir
 from simulations.deploy import CONNECTION, Deployment, deploy
 from simulations.processes import alive, flower_env, processes_with_flwr_home
@@ -49,3 +51,21 @@ def test_insecure_loopback_deployment(tmp_path):
     assert rounds[-1]["round"] == 1 and len(rounds[-1]["clients"]) == 2
     assert not (run_dir / "pki").exists()  # no TLS material in the insecure variant
     assert processes_with_flwr_home(run_dir / "flwr-home") == []
+
+
+def test_gpu_groups_give_each_node_its_devices():
+    from simulations.deploy import gpu_groups
+
+    assert gpu_groups("0,1,2,3", 4) == ["0", "1", "2", "3"]
+    assert gpu_groups("0,1:2,3", 2) == ["0,1", "2,3"]
+    assert gpu_groups("0:1,2,3", 2) == ["0", "1,2,3"]
+    for text, nodes, message in (("0,1", 3, "for 2 nodes, --nodes is 3"), ("0,1:2", 3, "for 2 nodes"),
+                                 ("0,a", 2, "'a' is not"), ("0,0:1", 2, "distinct"), ("0,1:", 2, "'' is not")):
+        with pytest.raises(ValueError, match=message):
+            gpu_groups(text, nodes)
+
+
+def test_several_gpus_per_node_without_deepspeed_are_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match=r"2 devices.*engine.name"):
+        deploy([], nodes=2, gpus=["0,1", "2,3"], tls=False, auth=False, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
