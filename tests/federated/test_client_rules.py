@@ -117,6 +117,7 @@ def test_scaffold_and_personal_gates_in_a_local_round(tiny_cfg):
     first = task.train(glob, server_round=2, control=(c, {}))
     assert set(first.delta) == set(glob) and not any(k.endswith("struct_logit") for k in first.delta)
     assert set(first.personal) == {k for k in full if k.endswith("struct_logit")}
+    assert any((np.abs(first.delta[k]) > 1e-6).any() for k in first.control)  # the round moved something
     for k, v in first.control.items():  # c_i starts at 0, so the first delta is c_i+ itself
         np.testing.assert_array_equal(first.control_delta[k], v)
         # c = c_i = 0: c_i+ = (x - y) / sum of the step sizes, i.e. -delta over one positive number per tensor
