@@ -11,8 +11,8 @@ node ranks) and measures what each round costs on the wire.
 
 from __future__ import annotations
 
-import math
 import logging
+import math
 import random
 import re
 import time
@@ -314,11 +314,12 @@ class FedgateStrategy(Strategy):
                     self.global_state[key] = np.full_like(self.global_state[key], np.log(s / (1 - s)))
         if self.fed.prune_threshold > 0:
             self.streaks = below_threshold_streaks(self.streaks, self.profile, self.fed.prune_threshold)
-            points = len(set(self.profile) | set(self.pruned))  # insertion points with a structural gate
-            room = math.floor(self.fed.prune_max_share * points + 1e-9) - len(self.pruned)
-            gates = {m: v[P.STRUCTURAL_GATE] for m, v in self.profile.items() if P.STRUCTURAL_GATE in v}
-            new = newly_pruned(self.streaks, self.fed.prune_patience, self.pruned,
-                               limit=room if self.fed.prune_max_share < 1.0 else None, gates=gates)
+            limit, gates = None, None
+            if self.fed.prune_max_share < 1.0:  # room left under the cap, lowest gates first
+                points = len(set(self.profile) | set(self.pruned))  # insertion points with a structural gate
+                limit = math.floor(self.fed.prune_max_share * points + 1e-9) - len(self.pruned)
+                gates = {m: v[P.STRUCTURAL_GATE] for m, v in self.profile.items() if P.STRUCTURAL_GATE in v}
+            new = newly_pruned(self.streaks, self.fed.prune_patience, self.pruned, limit=limit, gates=gates)
             if new:
                 self.pruned = sorted(self.pruned + new)
                 log.info("round %d: pruned %d adapter(s) whose structural gate stayed below %g for %d rounds: %s",
