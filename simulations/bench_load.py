@@ -56,7 +56,8 @@ class MemorySampler(threading.Thread):
 
 def per_round(run_dir: Path, samples: list[tuple[float, float, int]]) -> list[dict]:
     """One row per trained round: wall time, clients, ServerApp RSS, the peak of the summed
-    RSS between the end of the previous round and the end of this one."""
+    RSS between the end of the previous round and the end of this one (for a round so short
+    that no sample fell inside it, the sample nearest its end)."""
     rows, start = [], None
     for r in RunDir(run_dir).rounds():
         end = r.get("finished_at")
@@ -64,6 +65,8 @@ def per_round(run_dir: Path, samples: list[tuple[float, float, int]]) -> list[di
             start = end if end is not None else start
             continue
         window = [mib for t, mib, _ in samples if (start is None or t > start) and t <= end]
+        if not window and samples:  # a round shorter than the sampling interval: the sample nearest its end
+            window = [min(samples, key=lambda s: abs(s[0] - end))[1]]
         rows.append({"round": r["round"], "wall_s": round(r["wall_s"]["round"], 1), "clients": len(r["clients"]),
                      "partitions": ",".join(str(int(c["partition-id"])) for c in r["clients"]),
                      "server_rss_mib": round(r.get("server_rss_mib", float("nan")), 1),

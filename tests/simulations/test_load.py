@@ -58,3 +58,18 @@ def test_a_client_sweep_samples_the_same_number_per_round_and_tabulates_peaks(tm
     table = (tmp_path / "load_by_clients.md").read_text()
     assert "| 50 | 5 | 4080.0 | 4080.0 | 900.0 | 10.0 |" in table
     assert (tmp_path / "10-clients" / "load.md").is_file()
+
+
+def test_a_round_shorter_than_the_sampling_interval_takes_the_sample_nearest_its_end(tmp_path):
+    from fedgate.federated.rundir import RunDir
+    from simulations.bench_load import per_round
+
+    run = RunDir(tmp_path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    for rnd, end in ((0, 100.0), (1, 110.0), (2, 110.3)):
+        run.append_round({"round": rnd, "finished_at": end, "wall_s": {"round": 1.0}, "clients": [],
+                          "server_rss_mib": 900.0 + rnd})
+    samples = [(105.0, 3000.0, 5), (109.0, 3100.0, 5), (110.6, 3050.0, 5), (115.0, 2000.0, 5)]
+    rows = per_round(tmp_path, samples)
+    assert [r["peak_total_rss_mib"] for r in rows] == [3100.0, 3050.0]  # round 2 had no sample inside
+    assert [r["server_rss_mib"] for r in rows] == [901.0, 902.0]
