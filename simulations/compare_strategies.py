@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
+from simulations.bench_learning import PRUNE_THRESHOLD
 from simulations.study import (config_string, contrast_cells, paired_difference, rows_from_dir, study_main,
                                summarize_run, write_table)
 
@@ -31,7 +32,9 @@ VARIANTS: dict[str, dict] = {
     "ffa": {"federation.strategy": "ffa"},
     "fedadam": {"federation.strategy": "fedadam"},
     "median": {"federation.strategy": "median"},
-    "pruning": {"federation.strategy": "fedavg", "federation.prune-threshold": 0.878, "federation.prune-patience": 1},
+    # the learning benchmark's pruning setting: at most half the insertion points, lowest gates first
+    "pruning": {"federation.strategy": "fedavg", "federation.prune-threshold": PRUNE_THRESHOLD,
+                "federation.prune-patience": 1, "federation.prune-max-share": 0.5},
 }
 BASELINE = "fedavg-ab-plain"
 __all__ = ["BASELINE", "VARIANTS", "run_config", "summarize_run", "write_results"]
