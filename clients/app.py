@@ -101,7 +101,7 @@ def query(msg: Message, context: Context) -> Message:
     ask = str(msg.content[P.CONFIG].get(P.ASK, P.ASK_RANK)) if P.CONFIG in msg.content else P.ASK_RANK
     if ask == P.ASK_HEAD_STATS:
         task = _task(context)
-        stats = task.head_statistics(_arrays(msg.content[P.ARRAYS]))
+        stats = task.head_statistics(_arrays(msg.content[P.ARRAYS]), pruned=_pruned(msg))
         content = RecordDict({
             P.HEAD_STATS: ArrayRecord(from_numpy({P.GRAM: stats.gram.astype("float32"),
                                                   P.MOMENT: stats.moment.astype("float32")})),

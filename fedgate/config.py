@@ -167,6 +167,7 @@ class FederationConfig:
     absent_clients: float = 0.0  # the reference for flipped-clients: the same seeded share of clients holds no rows
     labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
+    head_refit: str = "off"  # refit the head from the clients' ridge statistics: off | final (after the last round) | every-round
     # client-level differential privacy (fedgate/aggregation/privacy.py): off | central | local
     dp: str = "off"
     dp_noise: float = 0.0  # noise multiplier sigma (noise std = sigma * clip-norm); or give dp-epsilon
@@ -231,6 +232,7 @@ class FederationConfig:
         if not 0.0 < self.local_holdout < 1.0:
             raise ValueError(f"federation.local-holdout must be in (0, 1), got {self.local_holdout}")
         _choice("federation.gate-prior", self.gate_prior, ("global", "fixed"))
+        _choice("federation.head-refit", self.head_refit, HEAD_REFIT)
         _choice("federation.weighting", self.weighting, ("examples", "uniform", "gates"))
         _choice("federation.dp", self.dp, ("off", "central", "local"))
         if self.dp != "off":
@@ -394,6 +396,7 @@ def _parse_int_list(raw: Any) -> tuple[int, ...]:
 
 
 QUANTIZE = ("none", "8bit", "4bit")
+HEAD_REFIT = ("off", "final", "every-round")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -29,6 +29,9 @@ def check_combinations(cfg: "FedgateConfig") -> None:
     if fed.dp != "off" and cfg.train.head_init == "ridge":
         raise ValueError(f"federation.dp={fed.dp} does not cover round 0's federated ridge head, fitted from "
                          f"every client's exact feature statistics: use train.head-init=zero")
+    if fed.head_refit != "off" and cfg.train.head_init != "ridge":
+        raise ValueError(f"federation.head-refit={fed.head_refit} refits the federated ridge head and needs "
+                         f"train.head-init=ridge (its round-0 fit)")
     if cfg.adapter.method != "gated-lora":
         lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
                      "federation.weighting": "gates" if fed.weighting == "gates" else None,

@@ -62,6 +62,12 @@ def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
     return server_round == last or (every > 0 and server_round % every == 0)
 
 
+def _refit_due(cfg: FedgateConfig, server_round: int) -> bool:
+    """Whether the federated ridge head is refitted after this round (federation.head-refit)."""
+    mode = cfg.federation.head_refit
+    return mode == "every-round" or (mode == "final" and server_round == cfg.federation.rounds)
+
+
 def _noise_due(cfg: FedgateConfig, server_round: int) -> bool:
     """Semantic-noise AUCs: before training, after the last round, every ``server.noise-every``."""
     every = cfg.server.noise_every
@@ -165,6 +171,9 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     replies = grid.send_and_receive(strategy.configure_train(rnd, ArrayRecord(),
                                                              ConfigRecord(), grid), timeout=timeout)
     _, train_metrics = strategy.aggregate_train(rnd, replies)
+    refit = None
+    if train_metrics is not None and _refit_due(cfg, rnd):  # the averaged head out, the pooled-rows ridge fit in
+        refit = federated_head(grid, strategy, evaluator, rnd)
     t1 = time.perf_counter()
     replies = grid.send_and_receive(strategy.configure_evaluate(rnd, ArrayRecord(),
                                                                 ConfigRecord(), grid), timeout=timeout)
@@ -177,7 +186,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
     t3 = time.perf_counter()
     rl = strategy.round_log
     n_train = max(1, len(rl.get("clients", [])))
-    up_per_client = rl.get("array_bytes_up", 0) / n_train
+    refit_down, refit_up = (refit["bytes_down"], refit["bytes_up"]) if refit else (0, 0)
+    up_per_client = (rl.get("array_bytes_up", 0) + refit_up) / n_train
     record = {
         "round": rnd,
         "train": dict(train_metrics) if train_metrics is not None else None,
@@ -190,8 +200,10 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
         "federated_eval": dict(fed_eval) if fed_eval is not None else None,
         "eval_clients": rl.get("eval_clients", []),
         "server_eval": server_eval,
-        "bytes": {"down": rl.get("bytes_down", 0), "up": rl.get("bytes_up", 0),
-                  "array_down": rl.get("array_bytes_down", 0), "array_up": rl.get("array_bytes_up", 0),
+        # a head refit's queries and statistics count as this round's traffic
+        "bytes": {"down": rl.get("bytes_down", 0) + refit_down, "up": rl.get("bytes_up", 0) + refit_up,
+                  "array_down": rl.get("array_bytes_down", 0) + refit_down,
+                  "array_up": rl.get("array_bytes_up", 0) + refit_up,
                   "array_up_per_client": up_per_client,
                   "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
         "gates": strategy.profile,
@@ -201,6 +213,8 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
         "finished_at": time.time(),
         "server_rss_mib": resident_mib(),
     }
+    if refit is not None:
+        record["head_refit"] = refit
     if "skipped" in rl:
         record["skipped"] = rl["skipped"]
     if "privacy" in rl:

@@ -1,7 +1,8 @@
 """Non-IID degree: Dirichlet label skew from mild to extreme, topic skew (whole module
 families per client), quantity skew and degradation-kind skew (each client sees only some
-kinds of bad answer), FedProx, SCAFFOLD, FedAvgM, FedAdam and a head frozen at its federated
-ridge fit on the strongest skew, against centralized training on the pooled rows with the
+kinds of bad answer), FedProx, SCAFFOLD, FedAvgM, FedAdam, a head frozen at its federated
+ridge fit and a head refitted from the clients' statistics (every round, or after the last)
+on the strongest skew, against centralized training on the pooled rows with the
 same total number of optimizer steps (the upper bound).
 
     python -m simulations.study_noniid [--variants ...] [--set KEY=VALUE] [--out DIR]
@@ -49,11 +50,17 @@ VARIANTS = {
     # client's statistics) stays fixed and the clients train only adapters and gates
     "dirichlet-0.1-frozen-head": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
                                   "train.lr-head": 0.0},
+    # or replacing the averaged head with the pooled-rows ridge fit from the clients' summed
+    # statistics under the new adapters: after every round, or once after the last
+    "dirichlet-0.1-head-refit": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                                 "federation.head-refit": "every-round"},
+    "dirichlet-0.1-head-refit-final": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                                       "federation.head-refit": "final"},
 }
 CENTRALIZED = "centralized"
 # variant -> the FedAvg run on the same split it tries to improve on
 RECOVERY = {f"dirichlet-0.1-{rule}": "dirichlet-0.1"
-            for rule in ("fedprox", "scaffold", "fedavgm", "fedadam", "frozen-head")}
+            for rule in ("fedprox", "scaffold", "fedavgm", "fedadam", "frozen-head", "head-refit", "head-refit-final")}
 
 
 def total_client_steps(run_dir: Path) -> int:

@@ -272,11 +272,12 @@ class ClientTask:
                           time.perf_counter() - t0, self.setup_s, peak_mib(), self.shard.flipped_rows,
                           result.rows_trained)
 
-    def head_statistics(self, global_state: Mapping[str, np.ndarray]) -> RidgeStats:
+    def head_statistics(self, global_state: Mapping[str, np.ndarray], *,
+                        pruned: Collection[str] = ()) -> RidgeStats:
         """Ridge sufficient statistics of this client's training rows under the global
-        state (before round 1: the frozen backbone's features), for the federated head; on
-        preference pairs, those of the least-squares Bradley-Terry head."""
-        self._load_global(global_state)
+        state (before round 1: the frozen backbone's features; ``pruned`` adapters off), for
+        the federated head; on preference pairs, those of the least-squares Bradley-Terry head."""
+        self._load_global(global_state, pruned)
         x = frozen_features(self.model, self.shard.train, self.cfg, self.pad_id, self.device)
         if is_pairs(self.shard.train):
             return pair_ridge_stats(x)

@@ -99,10 +99,11 @@ class ServerEvaluator:
         return float(metrics_from_predictions(predict(self.model, val, self.cfg, self.pad_id, self.device), val,
                                               self.cfg)[selection_metric(val)])
 
-    def validation_features(self, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Head inputs of the validation rows under ``state`` and their 0-4 labels: what the
-        federated ridge head chooses its regularisation on."""
-        configure_adapters(self.model, self.cfg)
+    def validation_features(self, state: Mapping[str, np.ndarray],
+                            pruned: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Head inputs of the validation rows under ``state`` (with the ``pruned`` adapters
+        off) and their 0-4 labels: what the federated ridge head chooses its regularisation on."""
+        configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
         val = self.splits["validation"]
         return frozen_features(self.model, val, self.cfg, self.pad_id, self.device), val.labels.numpy()

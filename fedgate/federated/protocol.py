@@ -15,8 +15,9 @@ Up (client -> server), train replies:
     CONTROL_DELTA ArrayRecord, SCAFFOLD's c_i+ - c_i (scaffold only)
 Evaluate replies carry METRICS only. Query messages carry CONFIG with ASK:
     ASK_RANK        (heterogeneous ranks) the client's ADAPTER_RANK, answered in METRICS
-    ASK_HEAD_STATS  (before round 1, ``train.head-init = ridge``) the ridge sufficient
-                    statistics of the client's training rows under ARRAYS, answered as
+    ASK_HEAD_STATS  (before round 1, ``train.head-init = ridge``; after every round too with
+                    ``federation.head-refit``) the ridge sufficient statistics of the
+                    client's training rows under ARRAYS (PRUNED adapters off), answered as
                     HEAD_STATS (ArrayRecord {GRAM, MOMENT}) plus NUM_EXAMPLES in METRICS
 A client's own state across rounds (Flower's ``context.state``): STATE_CONTROL (its SCAFFOLD
 c_i), STATE_PERSONAL (its personal structural gate logits), STATE_COUNTS (rounds trained, which
