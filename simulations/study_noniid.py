@@ -39,6 +39,8 @@ VARIANTS = {
     # can a rule built for client drift win back what FedAvg loses to the strongest skew?
     "dirichlet-0.1-fedprox": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
                               "federation.strategy": "fedprox"},
+    "dirichlet-0.1-fedprox-mu1": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+                                  "federation.strategy": "fedprox", "train.proximal-mu": 1.0},  # 100x the default
     "dirichlet-0.1-scaffold": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
                                "federation.strategy": "scaffold"},
     # or a server optimizer (its defaults: FedAvgM momentum 0.9 at step 1; FedAdam step 0.01)
@@ -60,7 +62,7 @@ VARIANTS = {
 CENTRALIZED = "centralized"
 # variant -> the FedAvg run on the same split it tries to improve on
 RECOVERY = {f"dirichlet-0.1-{rule}": "dirichlet-0.1"
-            for rule in ("fedprox", "scaffold", "fedavgm", "fedadam", "frozen-head", "head-refit", "head-refit-final")}
+            for rule in ("fedprox", "fedprox-mu1", "scaffold", "fedavgm", "fedadam", "frozen-head", "head-refit", "head-refit-final")}
 
 
 def total_client_steps(run_dir: Path) -> int:
