@@ -130,6 +130,7 @@ def summarize_run(run_dir: Path) -> dict:
         "wall_s": summary["wall_s"],
         "pruned": len(trained[-1].get("strategy", {}).get("pruned", [])) if trained else 0,
         "auc_per_round": [r["server_eval"]["auc"] for r in evaluated],
+        "evaluated_rounds": [r["round"] for r in evaluated],
         "trainable_percent": rounds[0]["params"]["percent"],
         # client updates that never arrived: the ClientApp raised, the node went offline, or it was too slow
         "lost_updates": sum(len(r.get("failures", [])) + len(r.get("dropped", [])) for r in trained),
@@ -338,13 +339,28 @@ STANDARD_COLUMNS = {"variant": "variant", "seeds": "seeds", "auc": "final ROC-AU
                     "uplink_mib": "uplink MiB", "wall_s": "wall s", "lost_updates": "lost client updates"}
 
 
+def per_round_table(out: Path, rows: dict[str, dict]) -> str:
+    """``per_round.csv`` / ``per_round.md``: the server's test ROC-AUC after every round
+    (round 0: before training) of every variant and seed."""
+    table, rounds = [], set()
+    for name, r in rows.items():
+        for seed, one in r.get("per_seed", {}).items():
+            aucs = one.get("auc_per_round", [])
+            numbers = one.get("evaluated_rounds", range(len(aucs)))
+            table.append({"variant": name, "seed": seed, **{f"round_{n}": auc for n, auc in zip(numbers, aucs)}})
+            rounds.update(numbers)
+    columns = {"variant": "variant", "seed": "seed",
+               **{f"round_{n}": "round 0" if n == 0 else str(n) for n in sorted(rounds)}}
+    return write_table(out, table, columns, name="per_round")
+
+
 def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None = None, title: str = "",
                      reference: tuple[str, float] | None = None, extra: dict[str, str] | None = None) -> str:
     """The table most studies need (``results.csv`` / ``results.md``: final ROC-AUC (mean
     over seeds and its SE), its difference to ``baseline`` in points with the SE of that
     difference (:func:`paired_difference`) and whether it is resolved, F1, noisy-input AUCs,
-    trainable share, uplink, wall time, plus ``extra`` columns already in the rows) and two
-    plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
+    trainable share, uplink, wall time, plus ``extra`` columns already in the rows), the AUC
+    after every round of every seed (:func:`per_round_table`) and two plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
     centralized upper bound as a dashed line) and AUC per round (``auc_per_round.png``)."""
     from fedgate.federated.report import bar_plot, line_plot
 
@@ -376,6 +392,7 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
         columns[k] = f"AUC, {float(k.removeprefix('auc_noise_')):.0%} noise"
     columns.update(extra or {})
     md = write_table(out, table, columns)
+    per_round_table(out, rows)
     bar_plot(out / "final_auc.png", {n: r["auc"] for n, r in rows.items()}, ylabel="final server test ROC-AUC",
              title=title, reference=reference)
     line_plot(out / "auc_per_round.png",

@@ -71,6 +71,9 @@ def test_seeds_are_averaged_and_differences_paired_per_seed(tmp_path):
     assert se == pytest.approx(np.std([1, 2, 2], ddof=1) / np.sqrt(3))  # 0.33: resolved at 2 SE
     md = standard_results(tmp_path, rows, baseline="base")
     assert f"| other | 3 | {(0.61 + 0.64 + 0.66) / 3:.4f} | {rows['other']['auc_se']:.4f} | +1.67 | 0.33 | yes |" in md
+    per_round = (tmp_path / "per_round.md").read_text().splitlines()
+    assert per_round[0] == "| variant | seed | round 0 | 1 | 2 |"
+    assert "| other | 1 | 0.5000 | 0.5000 | 0.6400 |" in per_round and len(per_round) == 2 + 6
 
 
 def test_a_difference_inside_two_standard_errors_is_not_resolved(tmp_path):
