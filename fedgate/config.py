@@ -167,7 +167,7 @@ class FederationConfig:
     absent_clients: float = 0.0  # the reference for flipped-clients: the same seeded share of clients holds no rows
     labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
-    head_refit: str = "off"  # refit the head from the clients' ridge statistics: off | final (after the last round) | every-round
+    head_refit: str = "off"  # refit the head from the clients' ridge statistics: off | final | every-round
     # client-level differential privacy (fedgate/aggregation/privacy.py): off | central | local
     dp: str = "off"
     dp_noise: float = 0.0  # noise multiplier sigma (noise std = sigma * clip-norm); or give dp-epsilon

@@ -12,12 +12,12 @@ logged: one (d+1)^2 gram matrix per client, once.
 With ``federation.head-refit=every-round`` the server asks again after every round's
 aggregation, under the new global adapters, and replaces the averaged head with the fit: the
 head stays the pooled-rows ridge solution for the features the adapters now produce
-(``final``: only after the last round). Each refit costs what round 0's fit costs: one
-forward pass over every sampled client's training rows and a (d+1)^2 gram matrix per client
-on the uplink, which for MiniLM's pooled features is several times the adapters' own bytes. This matters
-when clients' labels are skewed: a client that holds almost only aligned (or only
-misaligned) rows trains its copy of the head toward its own label mix, and averaging such
-heads is not the head of the pooled rows, while summed statistics are.
+(``final``: only after the last round). This matters when clients' labels are skewed: a
+client that holds almost only aligned (or only misaligned) rows trains its copy of the head
+toward its own label mix, and the average of such heads is not the pooled rows' head, while
+the sum of their statistics gives exactly that. Each refit costs what round 0's fit costs:
+a forward pass over every sampled client's training rows, and a (d+1)^2 gram matrix per
+client on the uplink, several times the adapters' own bytes for MiniLM's pooled features.
 
 Under ``federation.strategy=validated`` the head is screened the way that rule screens
 updates: each client's statistics alone give a head, scored on the server's validation rows,
@@ -69,7 +69,8 @@ def screened(scores: list[float], budget: int) -> list[int]:
     return sorted(i for _, i in below[:max(0, budget)])
 
 
-def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvaluator, server_round: int = 0) -> dict:
+def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvaluator,
+                   server_round: int = 0) -> dict:
     """Fit the global head from the sampled clients' statistics under the current global
     adapters; updates ``strategy.global_state`` in place and returns what happened (for the
     round's record: round 0's ``head_init``, a later round's ``head_refit``)."""
@@ -77,8 +78,9 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
     t0 = time.perf_counter()
     nodes = strategy.sample_nodes(grid, server_round, cfg.federation.fraction_train or 1.0,
                                   cfg.federation.min_train_nodes)
-    nodes = strategy.known_ranks(grid, nodes, server_round)  # heterogeneous ranks: each node gets the state at its rank
-    config = ConfigRecord({P.ASK: P.ASK_HEAD_STATS, P.SERVER_ROUND: server_round, P.PRUNED: ",".join(strategy.pruned)})
+    nodes = strategy.known_ranks(grid, nodes, server_round)  # heterogeneous ranks: each node gets its rank's state
+    config = ConfigRecord({P.ASK: P.ASK_HEAD_STATS, P.SERVER_ROUND: server_round,
+                           P.PRUNED: ",".join(strategy.pruned)})
     queries = [Message(RecordDict({P.CONFIG: config, P.ARRAYS: to_record(strategy.state_for(n))}),
                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     down = sum(wire_bytes(q.content) for q in queries)
@@ -98,7 +100,8 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
     info = {"clients": len(parts), "rows": sum(p.count for p in parts), "failures": failures,
             "bytes_down": down, "bytes_up": up}
     if not parts:
-        log.warning("no client sent head statistics: the head starts at zero")
+        log.warning("no client sent head statistics: %s", "the head starts at zero" if server_round == 0
+                    else "the head stays the clients' average this round")
         return {**info, "fitted": False}
     x_val, y_val = evaluator.validation_features(strategy.global_state, strategy.pruned)
     if evaluator.pairs:  # the least-squares Bradley-Terry head, chosen by validation pairwise accuracy
