@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from simulations.bench_learning import PRUNE_THRESHOLD
-from simulations.study import (config_string, contrast_cells, paired_difference, rows_from_dir, study_main,
-                               summarize_run, write_table)
+from simulations.study import (config_string, contrast_cells, paired_difference, per_round_table, rows_from_dir,
+                               study_main, summarize_run, write_table)
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
           "server.report": False, "server.baselines": False}
@@ -49,7 +49,7 @@ def run_config(variant: str, overrides: dict) -> str:
 
 
 def write_results(out: Path, rows: dict[str, dict]) -> str:
-    """results.csv, results.md and auc_per_round.png; returns the markdown table. The
+    """results.csv, results.md, per_round.md and auc_per_round.png; returns the markdown table. The
     difference to the baseline is paired per seed (:func:`paired_difference`)."""
     ref_up = rows.get("fedavg", {}).get("uplink_mib")
     table = []
@@ -58,7 +58,7 @@ def write_results(out: Path, rows: dict[str, dict]) -> str:
              "auc_se": f"{r['auc_se']:.4f}" if r.get("seeds", 1) > 1 else "", "f1": r["f1"],
              "uplink_mib": f"{r['uplink_mib']:.2f}",
              "uplink_vs_fedavg": f"{r['uplink_mib'] / ref_up:.2f}" if ref_up else "",
-             "pruned": r["pruned"], "wall_s": f"{r['wall_s']:.0f}"}
+             "pruned": f"{r['pruned']:g}", "wall_s": f"{r['wall_s']:.0f}"}
         if BASELINE in rows and name != BASELINE:
             diff, se, _ = paired_difference(out, rows, name, BASELINE)
             t.update(zip(("auc_vs_baseline_points", "se", "resolved"), contrast_cells(diff, se)))
@@ -68,6 +68,7 @@ def write_results(out: Path, rows: dict[str, dict]) -> str:
                                   "se": "SE of the difference", "resolved": "resolved (>= 2 SE)", "f1": "F1",
                                   "uplink_mib": "uplink MiB", "uplink_vs_fedavg": "uplink vs fedavg",
                                   "pruned": "adapters pruned", "wall_s": "wall s"})
+    per_round_table(out, rows)
     line_plot(out / "auc_per_round.png",
               {name: (list(range(len(r["auc_per_round"]))), r["auc_per_round"]) for name, r in rows.items()},
               ylabel="server test ROC-AUC", title="ROC-AUC per round per strategy", dashed=[BASELINE], size=(7, 4.5))
