@@ -58,6 +58,8 @@ VARIANTS = {
                                  "federation.head-refit": "every-round"},
     "dirichlet-0.1-head-refit-final": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
                                        "federation.head-refit": "final"},
+    # what the same refit does without skew: a rule that lifts every split wins back no cost
+    "iid-head-refit-final": {"federation.partitioner": "iid", "federation.head-refit": "final"},
 }
 CENTRALIZED = "centralized"
 # variant -> the FedAvg run on the same split it tries to improve on
