@@ -49,8 +49,8 @@ def run_config(variant: str, overrides: dict) -> str:
 
 
 def write_results(out: Path, rows: dict[str, dict]) -> str:
-    """results.csv, results.md, per_round.md and auc_per_round.png; returns the markdown table. The
-    difference to the baseline is paired per seed (:func:`paired_difference`)."""
+    """results.csv, results.md, per_round.md and auc_per_round.png; returns the markdown
+    table. The difference to the baseline is paired per seed (:func:`paired_difference`)."""
     ref_up = rows.get("fedavg", {}).get("uplink_mib")
     table = []
     for name, r in rows.items():

@@ -360,8 +360,9 @@ def standard_results(out: Path, rows: dict[str, dict], *, baseline: str | None =
     over seeds and its SE), its difference to ``baseline`` in points with the SE of that
     difference (:func:`paired_difference`) and whether it is resolved, F1, noisy-input AUCs,
     trainable share, uplink, wall time, plus ``extra`` columns already in the rows), the AUC
-    after every round of every seed (:func:`per_round_table`) and two plots: final AUC per variant (``final_auc.png``, with ``reference`` such as the
-    centralized upper bound as a dashed line) and AUC per round (``auc_per_round.png``)."""
+    after every round of every seed (:func:`per_round_table`) and two plots: final AUC per
+    variant (``final_auc.png``, with ``reference`` such as the centralized upper bound as a
+    dashed line) and AUC per round (``auc_per_round.png``)."""
     from fedgate.federated.report import bar_plot, line_plot
 
     base = rows.get(baseline) if baseline else None
