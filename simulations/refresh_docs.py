@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- table: (?P<source>[^\s>]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+OPENING = re.compile(r"<!-- table: [^\s>]+ -->$")
 
 
 def refresh(text: str, root: Path) -> tuple[str, list[str], list[str]]:
@@ -57,7 +58,7 @@ def _check_markers(text: str) -> None:
         if line.startswith("<!-- table: "):
             if opened is not None:
                 raise ValueError(f"line {opened}: table marker not closed by '<!-- /table -->' before line {number}")
-            if not BLOCK.match(line + "\n<!-- /table -->"):
+            if not OPENING.match(line):
                 raise ValueError(f"line {number}: expected '<!-- table: PATH -->', got {line!r}")
             opened = number
         elif line.startswith("<!-- /table -->"):

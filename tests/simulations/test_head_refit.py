@@ -47,9 +47,8 @@ def test_the_saved_head_is_the_pooled_ridge_fit_under_the_final_adapters(run_dir
     flat["train.cache-dir"] = ""  # the run's shared cache was removed with it
     cfg = FedgateConfig.from_flat(flat)
     _, _, state, _ = load_checkpoint(run_dir)
-    adapters = {k: v for k, v in state.items()}
-    stats = [ClientTask(cfg, pid, CLIENTS).head_statistics(adapters) for pid in range(CLIENTS)]
-    x_val, y_val = ServerEvaluator(cfg, progress=False).validation_features(adapters)
+    stats = [ClientTask(cfg, pid, CLIENTS).head_statistics(state) for pid in range(CLIENTS)]
+    x_val, y_val = ServerEvaluator(cfg, progress=False).validation_features(state)
     w, lam, _ = ridge.fit(ridge.sum_stats(stats), x_val, y_val, cfg.data.misaligned_threshold)
     assert lam == pytest.approx(RunDir(run_dir).rounds()[-1]["head_refit"]["ridge_lambda"])
     np.testing.assert_allclose(state["head.weight"], w[:-1].T, rtol=1e-3, atol=1e-4)
