@@ -134,7 +134,7 @@ class EngineConfig:
 class FederationConfig:
     """How rounds run: sampling, client shards, aggregation, the gate prior."""
 
-    rounds: int = 3
+    rounds: int = 4
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_train_nodes: int = 2
