@@ -2,7 +2,8 @@
 pack the reply. The client's shard comes from ``partition-id`` / ``num-partitions`` in its
 node config; any ``section.key`` in the node config overrides the run config for that node
 (e.g. ``adapter.r`` with ``federation.heterogeneous-ranks``). What a client keeps between
-rounds (SCAFFOLD's c_i, personal structural gates) lives in Flower's ``context.state``."""
+rounds (its strategy's records, e.g. SCAFFOLD's c_i; personal structural gates) lives in
+Flower's ``context.state``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import datasets
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedgate import strategies
 from fedgate.federated import protocol as P
 from fedgate.federated.client import ClientTask, client_config
 from fedgate.federated.ranks import run_ranks
@@ -56,16 +58,16 @@ def train(msg: Message, context: Context) -> Message:
     prior = dict(msg.content[P.GATE_PRIOR]) if P.GATE_PRIOR in msg.content else {}
     server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
     personal = _kept(context, P.STATE_PERSONAL) if fed.personal_gates else None
-    if cfg.engine.world_size > 1:  # SCAFFOLD is refused with it (config checks)
+    rule = strategies.get(fed.strategy)
+    if cfg.engine.world_size > 1:  # a strategy with extra records (SCAFFOLD) is refused with it
         update = run_ranks(context.run_config, context.node_config, partition_id, num_partitions,
                            _arrays(msg.content[P.ARRAYS]), server_round, prior or None, pruned=_pruned(msg),
                            personal=personal)
     else:
-        control = None
-        if fed.strategy == "scaffold":
-            control = (_arrays(msg.content[P.CONTROL]), _kept(context, P.STATE_CONTROL) or {})
+        received = {r: _arrays(msg.content[r]) for r in rule.downlink_records if r in msg.content}
+        kept = {r: _kept(context, r) or {} for r in rule.client_records}
         update = _task(context).train(_arrays(msg.content[P.ARRAYS]), server_round, prior or None,
-                                      pruned=_pruned(msg), control=control, personal=personal)
+                                      pruned=_pruned(msg), received=received, kept=kept, personal=personal)
     token, structural = P.split_gate_stats(update.gate_stats)
     rounds_kept = int(context.state[P.STATE_COUNTS]["rounds-trained"]) if P.STATE_COUNTS in context.state else 0
     context.state[P.STATE_COUNTS] = MetricRecord({"rounds-trained": rounds_kept + 1})
@@ -76,9 +78,10 @@ def train(msg: Message, context: Context) -> Message:
         P.GATE_TOKEN: MetricRecord(token),
         P.GATE_STRUCT: MetricRecord(structural),
     })
-    if update.control is not None:
-        context.state[P.STATE_CONTROL] = ArrayRecord(from_numpy(update.control))
-        content[P.CONTROL_DELTA] = ArrayRecord(from_numpy(update.control_delta))
+    for record, arrays in update.kept.items():
+        context.state[record] = ArrayRecord(from_numpy(arrays))
+    for record, arrays in update.uplink.items():
+        content[record] = ArrayRecord(from_numpy(arrays))
     if update.personal is not None:
         context.state[P.STATE_PERSONAL] = ArrayRecord(from_numpy(update.personal))
     return Message(content=content, reply_to=msg)

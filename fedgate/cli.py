@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from fedgate import strategies
 from fedgate.config import FedgateConfig
 from fedgate.errors import InputError
 
@@ -45,7 +46,7 @@ def config_from_args(args: argparse.Namespace) -> FedgateConfig:
                  "train.seed": getattr(args, "seed", None)}
     flat.update({k: v for k, v in shortcuts.items() if v is not None})
     try:
-        return FedgateConfig.from_flat(flat, ignore_unknown_sections=False)
+        return strategies.check(FedgateConfig.from_flat(flat, ignore_unknown_sections=False))
     except (KeyError, ValueError) as e:
         raise UserError(str(e.args[0] if e.args else e)) from None
 
@@ -160,6 +161,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate_main(args=args)
 
 
+def cmd_strategies(args: argparse.Namespace) -> int:
+    print(strategies.table())
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -228,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="run a federation in Flower's simulation runtime (see README)")
     simulate_parser(s)
     s.set_defaults(func=cmd_simulate)
+
+    st = sub.add_parser("strategies", help="list the aggregation strategies (federation.strategy), one line each")
+    st.set_defaults(func=cmd_strategies)
 
     r = sub.add_parser("report", parents=[debug], help="rebuild report.md and plots of a federated run directory, or the "
                                       "tables and plots of a study's results folder (no runs)")

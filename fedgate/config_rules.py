@@ -1,9 +1,9 @@
 """Rules that span config sections: which settings cannot be combined, and why.
 
 Each section's own values are checked in its dataclass (fedgate/config.py); what depends on
-two sections at once (a strategy and the engine, a quantized backbone and ZeRO-3, client-level
-DP and the rules it cannot cover) is here, each refusal one line that names the keys and the
-reason."""
+two sections at once (a quantized backbone and ZeRO-3, client-level DP and the settings it
+cannot cover) is here, each refusal one line that names the keys and the reason. What a
+strategy cannot be combined with is checked by the strategy (fedgate/strategies/)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ if TYPE_CHECKING:
 def check_combinations(cfg: "FedgateConfig") -> None:
     """Every cross-section rule (called when a FedgateConfig is built)."""
     fed = cfg.federation
-    if fed.strategy == "scaffold" and cfg.engine.name != "torch":
-        raise ValueError("federation.strategy=scaffold moves the weights after each optimizer step, and "
-                         "DeepSpeed owns (and may partition) the weights it steps: use engine.name=torch")
     if (fed.personal_gates or fed.prune_threshold > 0) and not cfg.adapter.structural_gate:
         what = "federation.personal-gates" if fed.personal_gates else "federation.prune-threshold"
         raise ValueError(f"{what} needs structural gates (adapter.structural-gate=true)")
@@ -33,18 +30,13 @@ def check_combinations(cfg: "FedgateConfig") -> None:
         raise ValueError(f"federation.head-refit={fed.head_refit} refits the federated ridge head and needs "
                          f"train.head-init=ridge (its round-0 fit)")
     if cfg.adapter.method != "gated-lora":
-        lora_only = {"federation.strategy": fed.strategy if fed.strategy in ("exact", "ffa", "fedavg-ab") else None,
-                     "federation.weighting": "gates" if fed.weighting == "gates" else None,
+        lora_only = {"federation.weighting": "gates" if fed.weighting == "gates" else None,
                      "federation.personal-gates": fed.personal_gates or None,
                      "federation.prune-threshold": fed.prune_threshold or None,
                      "federation.heterogeneous-ranks": fed.heterogeneous_ranks or None}
         if used := [f"{k}={v}" for k, v in lora_only.items() if v is not None]:
             raise ValueError(f"adapter.method={cfg.adapter.method} has no LoRA factors or gates; "
                              f"{', '.join(used)} needs adapter.method=gated-lora")
-
-
-# rules that combine more than a sum of clipped updates: each looks at the updates one by one
-_NOT_A_SUM = ("exact", "median", "trimmed-mean", "krum", "validated")
 
 
 def check_private(fed: "FederationConfig") -> None:
@@ -56,12 +48,6 @@ def check_private(fed: "FederationConfig") -> None:
         raise ValueError(f"{dp} needs exactly one of federation.dp-noise (sigma) or federation.dp-epsilon (a target)")
     if fed.dp_noise < 0 or fed.dp_epsilon < 0 or not 0 < fed.dp_delta < 1:
         raise ValueError(f"{dp}: dp-noise and dp-epsilon must be >= 0 and dp-delta in (0, 1)")
-    if fed.dp == "central" and fed.strategy in _NOT_A_SUM:
-        raise ValueError(f"{dp} adds noise to a sum of clipped updates; federation.strategy={fed.strategy} combines "
-                         f"the updates one by one (its sensitivity to one client is not bounded by the clip)")
-    if fed.strategy == "scaffold":
-        raise ValueError(f"{dp} covers the adapter updates; scaffold also uploads each client's control variate, "
-                         f"which would be released without noise")
     if fed.weighting == "gates" or (fed.dp == "central" and fed.weighting != "uniform"):
         raise ValueError(f"{dp} needs federation.weighting=uniform: weights by examples or gates change one "
                          f"client's share of the sum and are themselves statistics of its data")

@@ -7,6 +7,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedgate import strategies
 from fedgate.config import FedgateConfig
 from server.federation import run_federation
 
@@ -17,5 +18,5 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-    cfg = FedgateConfig.from_flat(context.run_config)
+    cfg = strategies.check(FedgateConfig.from_flat(context.run_config))
     run_federation(grid, cfg, run_id=context.run_id)

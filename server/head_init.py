@@ -37,7 +37,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedgate.aggregation.recipes import RECIPES
+from fedgate import strategies
 from fedgate.federated import protocol as P
 from fedgate.federated.evaluator import ServerEvaluator
 from fedgate.model import ALIGNMENT, NUM_OUTPUTS
@@ -112,7 +112,7 @@ def federated_head(grid: Grid, strategy: FedgateStrategy, evaluator: ServerEvalu
         def fitted(stats: RidgeStats) -> tuple[np.ndarray, float, float]:
             return fit(stats, x_val, y_val, cfg.data.misaligned_threshold)
         metric, what = "validation_auc", "rows"
-    if RECIPES[cfg.federation.strategy].combine == "validated" and len(parts) > 1:
+    if strategies.get(cfg.federation.strategy).scores_updates and len(parts) > 1:
         scores = [fitted(part)[2] for part in parts]
         out = screened(scores, min(cfg.federation.byzantine_clients, len(parts) - 1))
         info["client_" + metric] = dict(zip(map(str, senders), map(float, scores)))

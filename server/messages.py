@@ -40,9 +40,11 @@ def layout(state: Mapping[str, np.ndarray]) -> Layout:
 
 
 def parse_train_reply(msg: Message, expected: Layout, max_norm: float,
-                      control: Layout | None = None) -> tuple[ClientUpdate, dict[str, np.ndarray] | None, float]:
-    """(update, SCAFFOLD control delta or None, update norm); raises KeyError/ValueError/
-    TypeError with the reason when the reply must not be aggregated."""
+                      extra: Mapping[str, Layout] | None = None
+                      ) -> tuple[ClientUpdate, dict[str, dict[str, np.ndarray]], float]:
+    """(update, the strategy's extra records by name, update norm); raises KeyError/
+    ValueError/TypeError with the reason when the reply must not be aggregated. ``extra``:
+    the records the strategy expects back with their layouts (SCAFFOLD's c_i+ - c_i)."""
     content = msg.content
     for key in (P.ARRAYS, P.METRICS):
         if key not in content:
@@ -57,10 +59,10 @@ def parse_train_reply(msg: Message, expected: Layout, max_norm: float,
     if P.GATE_TOKEN in content and P.GATE_STRUCT in content:
         gates = P.join_gate_stats(dict(content[P.GATE_TOKEN]), dict(content[P.GATE_STRUCT]),
                                   sender=f"node {msg.metadata.src_node_id}")
-    control_delta = None
-    if control is not None:
-        if P.CONTROL_DELTA not in content:
-            raise KeyError(f"SCAFFOLD reply has no {P.CONTROL_DELTA!r} record")
-        control_delta = from_record(content[P.CONTROL_DELTA])
-        validate_update(control_delta, control)
-    return ClientUpdate(msg.metadata.src_node_id, delta, n, metrics, gates), control_delta, norm
+    extras = {}
+    for record, shape in (extra or {}).items():
+        if record not in content:
+            raise KeyError(f"reply has no {record!r} record, which the strategy needs")
+        extras[record] = from_record(content[record])
+        validate_update(extras[record], shape)
+    return ClientUpdate(msg.metadata.src_node_id, delta, n, metrics, gates), extras, norm

@@ -1,12 +1,12 @@
-"""The Flower Strategy: a thin adapter between Flower messages and fedgate.aggregation.
+"""The Flower Strategy: the adapter between Flower messages and the aggregation strategy
+that ``federation.strategy`` names (fedgate/strategies/).
 
 It samples nodes, builds each node's train/evaluate message (the shared global tensors at
-the node's rank, the round config with the pruned adapters, the gate prior, SCAFFOLD's c),
-validates every reply into a :class:`ClientUpdate` (a bad one is rejected with the node id
-and reason, never averaged), and hands the updates to the recipe that
-``federation.strategy`` names (fedgate/aggregation/recipes.py). It keeps the server-side
-state a strategy needs across rounds (optimizer state, control variate, pruning streaks,
-node ranks) and measures what each round costs on the wire.
+the node's rank, the round config with the pruned adapters, the gate prior, the strategy's
+own records), validates every reply into a :class:`ClientUpdate` (a bad one is rejected
+with the node id and reason, never averaged), and hands the updates to the strategy. It
+keeps what every strategy shares across rounds (server optimizer state, pruning streaks,
+node ranks, the privacy accountant's rates) and measures what each round costs on the wire.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedgate import strategies
 from fedgate.aggregation import ClientUpdate, gate_profile, prior_from_profile
 from fedgate.aggregation.gates import below_threshold_streaks, newly_pruned
-from fedgate.aggregation.lora import lora_modules, lora_rank, pad_to_rank, refactor_to_rank, truncate_to_rank
+from fedgate.aggregation.lora import lora_modules, lora_rank
 from fedgate.aggregation.privacy import noise_rng, privacy_record
-from fedgate.aggregation.recipes import RECIPES, aggregate, make_server_optimizer, scaffold_control
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
 from fedgate.federated.client_rules import shared_keys
@@ -40,25 +40,25 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in the tracebacks Ray puts
 
 
 class FedgateStrategy(Strategy):
-    """Every ``federation.strategy``, composed from the pure rules (see module docstring)."""
+    """Every ``federation.strategy`` through Flower (see module docstring)."""
 
     def __init__(self, cfg: FedgateConfig, global_state: dict[str, np.ndarray],
                  profile: dict[str, dict[str, float]] | None = None, saved: tuple[dict, dict] | None = None,
                  scorer: Callable[[dict[str, np.ndarray], list[str]], float] | None = None) -> None:
         """``scorer(state, pruned)``: the server's validation ROC-AUC of a global state, which
         ``federation.strategy=validated`` needs (the ServerApp passes its evaluator's)."""
-        self.cfg, self.fed = cfg, cfg.federation
-        if self.fed.strategy == "validated" and scorer is None:
-            raise ValueError("federation.strategy=validated scores updates on the server's validation rows; "
-                             "give the strategy a scorer")
+        self.cfg, self.fed = strategies.check(cfg), cfg.federation
+        self.rule = strategies.create(self.fed)
+        if self.rule.scores_updates and scorer is None:
+            raise ValueError(f"federation.strategy={self.fed.strategy} scores updates on the server's validation "
+                             f"rows; give the strategy a scorer")
         self.scorer = scorer
         self.global_state = global_state
         self.profile = profile or {}
-        self.optimizer = make_server_optimizer(self.fed)
+        self.optimizer = self.rule.optimizer()
         modules = lora_modules(global_state)
         self.rank = lora_rank(global_state, modules[0]) if modules else 0
         self.opt_state: dict[str, np.ndarray] = {}
-        self.control: dict[str, np.ndarray] = {}  # SCAFFOLD's c over the shared tensors
         self.pruned: list[str] = []
         self.streaks: dict[str, int] = {}
         self.node_ranks: dict[int, int] = {}
@@ -81,7 +81,7 @@ class FedgateStrategy(Strategy):
     def saved(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, JSON metadata) to checkpoint so that a resumed run continues exactly."""
         arrays = {f"opt/{k}": v for k, v in self.opt_state.items()}
-        arrays.update({f"control/{k}": v for k, v in self.control.items()})
+        arrays.update(self.rule.saved())
         meta = {"pruned": self.pruned, "streaks": self.streaks,
                 "node_ranks": {str(k): v for k, v in self.node_ranks.items()},
                 "dp_rates": self.dp_rates, "dp_sigma": self.dp_sigma}  # a resumed run keeps its privacy loss
@@ -89,7 +89,7 @@ class FedgateStrategy(Strategy):
 
     def load_saved(self, arrays: dict, meta: dict) -> None:
         self.opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
-        self.control = {k[8:]: v for k, v in arrays.items() if k.startswith("control/")}
+        self.rule.load(arrays)
         self.pruned = list(meta.get("pruned", []))
         self.streaks = {k: int(v) for k, v in meta.get("streaks", {}).items()}
         self.node_ranks = {int(k): int(v) for k, v in meta.get("node_ranks", {}).items()}
@@ -101,7 +101,7 @@ class FedgateStrategy(Strategy):
         f = self.fed
         log.info("fedgate strategy %s (%s, server optimizer %s): fraction train %.2f / evaluate %.2f, min nodes "
                  "train %d / evaluate %d / available %d, weighting %s, clip %g, gate prior %s, prune %g x %d, "
-                 "personal gates %s, heterogeneous ranks %s", f.strategy, RECIPES[f.strategy].combine,
+                 "personal gates %s, heterogeneous ranks %s", f.strategy, self.rule.summary,
                  self.optimizer, f.fraction_train, f.fraction_evaluate, f.min_train_nodes, f.min_evaluate_nodes,
                  f.min_available_nodes, f.weighting, f.clip_norm, f.gate_prior, f.prune_threshold, f.prune_patience,
                  f.personal_gates, f.heterogeneous_ranks)
@@ -125,10 +125,8 @@ class FedgateStrategy(Strategy):
             self.sent[node] = self.state_for(node)
             record = to_record(self.sent[node])
             content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
-            if self.fed.strategy == "scaffold":
-                if not self.control:
-                    self.control = {k: np.zeros_like(v) for k, v in self.shared_state().items()}
-                content[P.CONTROL] = to_record({k: self.control[k] for k in self.sent[node]})
+            for name, extra in self.rule.downlink(self.sent[node]).items():
+                content[name] = to_record(extra)
             down += wire_bytes(content)
             down_arrays += array_bytes(record)
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
@@ -138,8 +136,7 @@ class FedgateStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates, sent, controls, up, up_arrays, answered = [], [], [], 0, 0, set()
-        scaffold = self.fed.strategy == "scaffold"
+        updates, sent, extras, up, up_arrays, answered = [], [], [], 0, 0, set()
         for msg in replies:
             node = self._origin(msg)
             answered.add(node)
@@ -154,8 +151,8 @@ class FedgateStrategy(Strategy):
                 expected = layout(self.sent[node])
                 # a local-DP release is noised to a large norm by design: no norm bound for it
                 bound = 0.0 if self.fed.dp == "local" else self.fed.max_update_norm
-                update, control_delta, norm = parse_train_reply(msg, expected, bound,
-                                                                expected if scaffold else None)
+                update, extra, norm = parse_train_reply(msg, expected, bound,
+                                                        dict.fromkeys(self.rule.uplink_records, expected))
             except (KeyError, ValueError, TypeError) as e:
                 self.round_log["rejected"].append({"node_id": node, "reason": str(e)})
                 log.warning("round %d: rejected the update of node %d: %s", server_round, node, e)
@@ -163,7 +160,7 @@ class FedgateStrategy(Strategy):
             update.metrics["update-norm"] = norm
             updates.append(update)
             sent.append(self.sent[node])
-            controls.append(control_delta)
+            extras.append(extra)
         self._dropped(server_round, [n for n in self.sent if n not in answered], "train")
         self.round_log.update(bytes_up=up, array_bytes_up=up_arrays, clients=[
             {"node_id": u.node_id, "num_examples": u.num_examples, **u.metrics} for u in updates])
@@ -174,8 +171,7 @@ class FedgateStrategy(Strategy):
             log.warning("round %d: %s", server_round, reason)
             return None, None
         self._aggregate(updates, sent, server_round)
-        if scaffold:
-            self.control = scaffold_control(self.control, controls, self.round_log.get("num_nodes", len(updates)))
+        self.rule.after_round(extras, self.round_log.get("num_nodes", len(updates)))
         self._update_gates(updates, server_round)
         return to_record(self.global_state), MetricRecord(_weighted_metrics(updates))
 
@@ -261,23 +257,11 @@ class FedgateStrategy(Strategy):
     def state_for(self, node: int) -> dict[str, np.ndarray]:
         """The shared global tensors at ``node``'s adapter rank."""
         state = self.shared_state()
-        rank = self.node_ranks.get(node, self.rank)
-        if rank == self.rank:
-            return state
-        if self.fed.strategy == "exact":
-            return refactor_to_rank(state, rank)[0]
-        return truncate_to_rank(state, rank) if rank < self.rank else pad_to_rank(state, rank)
+        return self.rule.state_at_rank(state, self.node_ranks.get(node, self.rank), self.rank)
 
     def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]], server_round: int) -> None:
-        if self.fed.heterogeneous_ranks and self.fed.strategy != "exact":
-            # zero-padding: bring every delta to the global rank (pad smaller, cut larger)
-            for u in updates:
-                modules = lora_modules(u.delta)
-                r = lora_rank(u.delta, modules[0]) if modules else self.rank
-                if r != self.rank:
-                    u.delta = pad_to_rank(u.delta, self.rank) if r < self.rank else truncate_to_rank(u.delta, self.rank)
         scores = None
-        if RECIPES[self.fed.strategy].combine == "validated":  # each update applied alone, scored by the server
+        if self.rule.scores_updates:  # each update applied alone, scored by the server
             scores = [self.scorer({k: v + u.delta[k] if k in u.delta else v for k, v in self.global_state.items()},
                                   self.pruned) for u in updates]
         sigma, noise, sampled = 0.0, None, None
@@ -291,8 +275,8 @@ class FedgateStrategy(Strategy):
         if self.fed.dp == "central":
             noise = noise_rng(self.cfg.train.seed if self.fed.dp_seeded else None, server_round)
             sampled = len(self.sent)
-        result = aggregate(self.fed, self.global_state, updates, self.optimizer, self.opt_state, sent=sent,
-                           rank=self.rank, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled)
+        result = self.rule.aggregate(self.global_state, updates, self.optimizer, self.opt_state, strategies.RoundInputs(
+            sent=sent, rank=self.rank, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
         if self.fed.dp != "off":
             self.round_log["privacy"] = privacy_record(self.fed, sigma, self.dp_rates)
         self.global_state, self.opt_state = result.params, result.opt_state

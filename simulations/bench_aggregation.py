@@ -5,7 +5,7 @@
 
 The global state is the real trainable state of the configured model (default: MiniLM,
 gated LoRA r 8 on the top 2 blocks); each client's update is a seeded random delta of that
-layout. Times one ``fedgate.aggregation.recipes.aggregate`` call, the whole of what the
+layout. Times one ``Strategy.aggregate`` call (fedgate/strategies/), the whole of what the
 server computes per round besides (de)serialization: median of ``--repeats`` calls after one
 warm-up. Prints a table (ms) and writes ``aggregation.csv`` / ``aggregation.md`` to ``--out``.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedgate.aggregation import ClientUpdate
-from fedgate.aggregation.recipes import aggregate, make_server_optimizer
+from fedgate import strategies
 from fedgate.config import FedgateConfig
 from simulations.study import parse_sets, write_table
 
@@ -45,14 +45,15 @@ def updates_for(state: dict[str, np.ndarray], clients: int, seed: int = 0) -> li
 
 def time_strategy(flat: dict, state: dict[str, np.ndarray], updates: list[ClientUpdate], repeats: int) -> float:
     """Median milliseconds of one aggregate call."""
-    cfg = FedgateConfig.from_flat(flat)
-    optimizer = make_server_optimizer(cfg.federation)
+    cfg = strategies.check(FedgateConfig.from_flat(flat))
+    rule = strategies.create(cfg.federation)
+    optimizer = rule.optimizer()
     opt_state = optimizer.init(state)
     sent = [state] * len(updates)
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        aggregate(cfg.federation, state, updates, optimizer, opt_state, sent=sent, rank=cfg.adapter.r)
+        rule.aggregate(state, updates, optimizer, opt_state, strategies.RoundInputs(sent=sent, rank=cfg.adapter.r))
         if i:  # the first call warms caches and allocators
             times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)

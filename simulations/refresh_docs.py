@@ -12,7 +12,8 @@ the repository root:
     <!-- /table -->
 
 Rerunning the study (or ``fedgate report DIR``) rewrites the source; this command copies it
-into every document that shows it. A source that is missing here (``runs/`` is not in the
+into every document that shows it. A source named ``fedgate.strategies`` is not a file: it is
+the table of the registered strategies (``fedgate strategies``). A source that is missing here (``runs/`` is not in the
 repository; another machine made it) leaves its table as it is and is listed. ``--check``
 exits 1 when a table differs from its source.
 """
@@ -24,7 +25,10 @@ import re
 import sys
 from pathlib import Path
 
+from fedgate import strategies
+
 REPO = Path(__file__).resolve().parents[1]
+GENERATED = {"fedgate.strategies": lambda: strategies.table() + "\n"}  # tables built from code, not files
 BLOCK = re.compile(r"(<!-- table: (?P<source>[^\s>]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 OPENING = re.compile(r"<!-- table: [^\s>]+ -->$")
 
@@ -38,11 +42,14 @@ def refresh(text: str, root: Path) -> tuple[str, list[str], list[str]]:
     def replace(m: re.Match) -> str:
         source = m.group("source")
         path = root / source
-        if not path.is_file():
+        if source in GENERATED:
+            body = GENERATED[source]()
+        elif path.is_file():
+            body = path.read_text()
+            body = body if body.endswith("\n") else body + "\n"
+        else:
             missing.append(source)
             return m.group(0)
-        body = path.read_text()
-        body = body if body.endswith("\n") else body + "\n"
         if body != m.group("body"):
             changed.append(source)
         return m.group(1) + body + m.group(4)

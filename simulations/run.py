@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from fedgate import strategies
 from fedgate.config import FedgateConfig
 from fedgate.federated.rundir import default_run_dir
 from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tree, wait_http_ok
@@ -66,7 +67,8 @@ def resolve_config(app: Path, run_config: list[str]) -> tuple[FedgateConfig, dic
     unknown = sorted(k for k in overrides if k not in defaults)
     if unknown:
         raise KeyError(f"--run-config keys not in {app / 'pyproject.toml'} [tool.flwr.app.config]: {unknown}")
-    return FedgateConfig.from_flat({**defaults, **overrides}, ignore_unknown_sections=False), overrides
+    cfg = FedgateConfig.from_flat({**defaults, **overrides}, ignore_unknown_sections=False)
+    return strategies.check(cfg), overrides
 
 
 def prepare_run(app: Path, run_config: list[str], out: str | Path | None) -> tuple[dict, Path]:

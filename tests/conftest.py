@@ -57,3 +57,22 @@ def text_batch(tiny_tokenizer):
     enc = tiny_tokenizer(list(SAMPLE_TEXTS), padding=True, truncation=True, max_length=32, return_tensors="pt")
     assert (enc["attention_mask"] == 0).any(), "the sample batch should contain padding"
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+TINY_FEDERATION = {
+    "model.backbone": "tiny-bert",
+    "data.limit": 160,
+    "train.epochs": 1.0,
+    "train.batch-size": 8,
+    "server.eval-limit": 40,
+}
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A tiny federation config; call with overrides: make(**{"server.eval-limit": 20})."""
+    from fedgate.config import FedgateConfig
+
+    def make(**over) -> FedgateConfig:
+        return FedgateConfig.from_flat({**TINY_FEDERATION, **over})
+    return make

@@ -68,3 +68,13 @@ def test_simulate_refuses_an_unknown_key_the_same_way(tmp_path, capsys):
     line = _fails(["simulate", "--run-config", "adapter.rank=4", "--out", str(tmp_path / "out")], capsys, tmp_path,
                   "adapter.rank")
     assert "[tool.flwr.app.config]" in line
+
+
+def test_strategies_lists_every_registered_rule_and_a_bad_one_is_one_line(tmp_path, capsys):
+    from fedgate import strategies
+
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| `{name}` |" in out for name in strategies.names())
+    _fails(["train", *TINY, "--set", 'federation.strategy="fedsgd"'], capsys, tmp_path,
+           "federation.strategy must be one of")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedgate import strategies
 from fedgate.config import FedgateConfig
 from fedgate.inject import adapter_modules, count_parameters
 from fedgate.model import build_reward_model
@@ -119,10 +120,10 @@ def test_the_other_methods_refuse_lora_and_gate_rules():
     with pytest.raises(ValueError, match="adapter.method must be one of gated-lora, ia3, bottleneck, bitfit"):
         FedgateConfig.from_flat({"adapter.method": "prefix"})
     with pytest.raises(ValueError, match=r"adapter.method=ia3 .*federation.strategy=exact"):
-        FedgateConfig.from_flat({"adapter.method": "ia3", "federation.strategy": "exact"})
+        strategies.check(FedgateConfig.from_flat({"adapter.method": "ia3", "federation.strategy": "exact"}))
     with pytest.raises(ValueError, match=r"federation.weighting=gates.*needs adapter.method=gated-lora"):
         FedgateConfig.from_flat({"adapter.method": "bitfit", "federation.weighting": "gates"})
-    FedgateConfig.from_flat({"adapter.method": "bitfit", "federation.strategy": "median"})
+    strategies.check(FedgateConfig.from_flat({"adapter.method": "bitfit", "federation.strategy": "median"}))
 
 
 def test_a_family_without_defaults_or_without_biases_is_refused_by_name():

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
 import numpy as np
@@ -24,8 +24,8 @@ from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data.pairs import is_pair_dataset
 from fedgate.engine import close_stepper, make_stepper
-from fedgate.federated.client_rules import (ControlVariate, configure_adapters,
-                                            proximal_term, shared_keys)
+from fedgate import strategies
+from fedgate.federated.client_rules import configure_adapters, shared_keys
 from fedgate.federated.shards import client_shard
 from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model, head_targets
@@ -42,7 +42,7 @@ def client_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any])
     ``train.batch-size``, ``train.device`` or ``adapter.r``); Flower's ``partition-id`` etc. are
     not ours. Without a node ``adapter.r``, ``federation.client-ranks`` gives the rank by partition."""
     own = {k: v for k, v in node_config.items() if "." in k}
-    cfg = FedgateConfig.from_flat({**run_config, **own})
+    cfg = strategies.check(FedgateConfig.from_flat({**run_config, **own}))
     ranks = cfg.federation.client_ranks
     if ranks and "adapter.r" not in own and "partition-id" in node_config:
         rank = ranks[int(node_config["partition-id"]) % len(ranks)]
@@ -61,8 +61,8 @@ class LocalUpdate:
     num_examples: int
     metrics: dict[str, float]
     gate_stats: dict[str, dict[str, float]]
-    control: dict[str, np.ndarray] | None = None  # SCAFFOLD: this client's new c_i ...
-    control_delta: dict[str, np.ndarray] | None = None  # ... and c_i+ - c_i, sent to the server
+    uplink: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # the strategy's extra records
+    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # what the strategy keeps (e.g. SCAFFOLD's c_i)
     personal: dict[str, np.ndarray] | None = None  # personal structural gate logits, kept locally
 
 
@@ -86,12 +86,11 @@ class LocalRound:
 
 def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: FedgateConfig, server_round: int,
                  partition_id: int, prior: Mapping[str, float] | float | None = None, *,
-                 control: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
-                 new_control: Mapping[str, torch.Tensor] | None = None,
-                 control_norm: float = float("nan")) -> LocalUpdate:
+                 extras: tuple[dict, dict, dict] = ({}, {}, {})) -> LocalUpdate:
     """The reply to the server from a finished local round: ``after - start`` (clipped and
-    noised under local DP), gate statistics, metrics, and what the client keeps (SCAFFOLD's
-    new c_i, personal structural gates)."""
+    noised under local DP), gate statistics, metrics, and what the client keeps (personal
+    structural gates). ``extras``: what the strategy's local rule finished with (arrays sent
+    back, arrays kept, metrics: :class:`fedgate.strategies.LocalRule`)."""
     fed = cfg.federation
     delta = to_numpy(state_delta({k: done.after[k] for k in start}, dict(start)))
     own = ({k: v.numpy() for k, v in done.after.items() if k.endswith(".struct_logit")}
@@ -105,10 +104,7 @@ def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: Fedga
         delta, scale = privatize_update(delta, fed.clip_norm, fed.noise_multiplier(),
                                         noise_rng(seed, server_round, partition_id))
         dp_metrics["dp-clip-scale"] = scale
-    c_new = c_delta = None
-    if new_control is not None and control is not None:
-        c_new = {k: v.numpy() for k, v in new_control.items()}
-        c_delta = {k: v - control[1][k] if k in control[1] else v for k, v in c_new.items()}
+    uplink, kept, rule_metrics = extras
     metrics = {
         "train-loss": done.train_loss,
         **{f"local-{k.replace('_', '-')}": done.local[k] for k in ("auc", "pairwise_accuracy") if k in done.local},
@@ -119,12 +115,12 @@ def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: Fedga
         # what prior this round trained against (0 adapters = the fixed loss.gate-prior)
         "prior-adapters": float(len(prior)) if isinstance(prior, Mapping) else 0.0,
         "prior-mean": float(np.mean(list(prior.values()))) if isinstance(prior, Mapping) and prior else float("nan"),
-        "scaffold-ci-norm": control_norm,
         "flipped-rows": float(done.flipped_rows),
         "rank-rows-trained": float(done.rows_trained),  # the busiest rank's share of the rows seen
         **dp_metrics,
+        **rule_metrics,
     }
-    return LocalUpdate(delta, done.num_examples, metrics, gate_stats, control=c_new, control_delta=c_delta,
+    return LocalUpdate(delta, done.num_examples, metrics, gate_stats, uplink=dict(uplink), kept=dict(kept),
                        personal=own)
 
 
@@ -218,48 +214,42 @@ class ClientTask:
 
     def train(self, global_state: Mapping[str, np.ndarray], server_round: int,
               prior: Mapping[str, float] | float | None = None, *, pruned: Collection[str] = (),
-              control: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+              received: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+              kept: Mapping[str, Mapping[str, np.ndarray]] | None = None,
               personal: Mapping[str, np.ndarray] | None = None) -> LocalUpdate:
         """Local epochs from the global state; the reply is ``local - global``.
 
         ``pruned``: adapters the federation has pruned (off, not trained, not sent).
-        ``control``: SCAFFOLD's (server c, this client's c_i), c_i empty on its first round.
+        ``received`` / ``kept``: the strategy's extra arrays by record name, from the train
+        message and from what this client kept since its last round (SCAFFOLD's c and c_i).
         ``personal``: this client's own structural gate logits (``federation.personal-gates``)."""
         start = self._load_global(global_state, pruned, personal)
-        cfg = self._round_config(server_round)
-        t0 = time.perf_counter()
-        hooks: dict = {}
-        new_control, control_norm = None, float("nan")
-        if control is not None:
-            c_global, c_local = from_numpy(control[0]), from_numpy(control[1])
-            # the c_i this client kept from its last round (0 on its first): shows context.state survives
-            control_norm = float(np.sqrt(sum(float((v.double() ** 2).sum()) for v in c_local.values())))
-            variate = ControlVariate(self.model, c_global, c_local)
-            hooks["after_step"] = variate.after_step
-        done = self._fit_round(cfg, start, prior, hooks, t0)
-        if control is not None:
-            new_control = variate.new_control(start)
-        return local_update(done, start, self.cfg, server_round, self.partition_id, prior, control=control,
-                            new_control=new_control, control_norm=control_norm)
+        done, extras = self._fit_round(self._round_config(server_round), start, prior, received or {}, kept or {})
+        return local_update(done, start, self.cfg, server_round, self.partition_id, prior, extras=extras)
 
     def local_round(self, global_state: Mapping[str, np.ndarray], server_round: int,
                     prior: Mapping[str, float] | float | None = None, *, pruned: Collection[str] = (),
                     personal: Mapping[str, np.ndarray] | None = None) -> LocalRound:
         """The training part of :meth:`train`, for one rank of a multi-process client: every
         rank calls it in lockstep (ZeRO-3's gathers are collectives), the launcher turns rank
-        0's result into the reply (:func:`local_update`). SCAFFOLD is not supported there."""
+        0's result into the reply (:func:`local_update`). A strategy that exchanges extra
+        arrays (SCAFFOLD) is not supported there."""
         start = self._load_global(global_state, pruned, personal)
-        return self._fit_round(self._round_config(server_round), start, prior, {}, time.perf_counter())
+        done, _ = self._fit_round(self._round_config(server_round), start, prior, {}, {})
+        return done
 
     def _fit_round(self, cfg: FedgateConfig, start: Mapping[str, torch.Tensor],
-                   prior: Mapping[str, float] | float | None, hooks: dict, t0: float) -> LocalRound:
-        """fit() from the loaded global state, then the held-out metrics and the state after."""
-        if self.cfg.federation.strategy == "fedprox":
-            hooks["extra_loss"] = proximal_term(self.model, start, cfg.train.proximal_mu)
+                   prior: Mapping[str, float] | float | None, received: Mapping, kept: Mapping
+                   ) -> tuple[LocalRound, tuple[dict, dict, dict]]:
+        """fit() from the loaded global state with the strategy's local rule, then the
+        held-out metrics, the state after, and what the rule finished with."""
+        t0 = time.perf_counter()
+        rule = strategies.create(cfg.federation).local_round(self.model, start, cfg, received, kept)
         stepper = make_stepper(self.model, cfg)
         try:
             result = fit(self.model, self.shard.train, cfg, self.pad_id, self.device, prior=prior,
-                         progress=self.progress, stepper=stepper, **hooks)
+                         progress=self.progress, stepper=stepper, **rule.hooks)
+            extras = rule.finish(start)
             local, _ = evaluate(self.model, self.shard.holdout, cfg, self.pad_id, self.device)
             after = adapter_state(self.model)
         finally:
@@ -268,9 +258,10 @@ class ClientTask:
                 # ZeRO-3 converted the weights for the engine just destroyed; the next round
                 # builds the model afresh rather than reuse half-managed parameters.
                 _CACHE.models.pop((self.cfg.model, self.cfg.adapter), None)
-        return LocalRound(after, len(self.shard.train), result.train_loss, result.steps, local, result.gate_stats,
+        done = LocalRound(after, len(self.shard.train), result.train_loss, result.steps, local, result.gate_stats,
                           time.perf_counter() - t0, self.setup_s, peak_mib(), self.shard.flipped_rows,
                           result.rows_trained)
+        return done, extras
 
     def head_statistics(self, global_state: Mapping[str, np.ndarray], *,
                         pruned: Collection[str] = ()) -> RidgeStats:

@@ -6,22 +6,23 @@ Down (server -> client), train and evaluate messages:
                  at the client's own adapter rank with heterogeneous ranks
     CONFIG       ConfigRecord, ``server-round``, PRUNED (comma-separated adapter names)
     GATE_PRIOR   ConfigRecord {adapter module name: prior mean token gate} (train only)
-    CONTROL      ArrayRecord, SCAFFOLD's server control variate c (train, scaffold only)
+    the strategy's own ArrayRecords, named by it (``Strategy.downlink_records``: SCAFFOLD's c)
 Up (client -> server), train replies:
     ARRAYS       ArrayRecord, ``local - global`` for every tensor of ARRAYS
     METRICS      MetricRecord, NUM_EXAMPLES plus training metrics
     GATE_TOKEN   MetricRecord {adapter module name: mean token gate over local training}
     GATE_STRUCT  MetricRecord {adapter module name: structural gate sigmoid(alpha_l)}
-    CONTROL_DELTA ArrayRecord, SCAFFOLD's c_i+ - c_i (scaffold only)
+    the strategy's own ArrayRecords (``Strategy.uplink_records``: SCAFFOLD's c_i+ - c_i)
 Evaluate replies carry METRICS only. Query messages carry CONFIG with ASK:
     ASK_RANK        (heterogeneous ranks) the client's ADAPTER_RANK, answered in METRICS
     ASK_HEAD_STATS  (before round 1, ``train.head-init = ridge``; after every round too with
                     ``federation.head-refit``) the ridge sufficient statistics of the
                     client's training rows under ARRAYS (PRUNED adapters off), answered as
                     HEAD_STATS (ArrayRecord {GRAM, MOMENT}) plus NUM_EXAMPLES in METRICS
-A client's own state across rounds (Flower's ``context.state``): STATE_CONTROL (its SCAFFOLD
-c_i), STATE_PERSONAL (its personal structural gate logits), STATE_COUNTS (rounds trained, which
-the reply's ``rounds-trained`` metric reports: proof that the state survives between rounds).
+A client's own state across rounds (Flower's ``context.state``): its strategy's records
+(``Strategy.client_records``: SCAFFOLD's c_i), STATE_PERSONAL (its personal structural gate
+logits), STATE_COUNTS (rounds trained, which the reply's ``rounds-trained`` metric reports:
+proof that the state survives between rounds).
 """
 
 from __future__ import annotations
@@ -35,9 +36,6 @@ METRICS = "metrics"
 GATE_TOKEN = "gate-token"
 GATE_STRUCT = "gate-structural"
 
-CONTROL = "scaffold-c"
-CONTROL_DELTA = "scaffold-dc"
-STATE_CONTROL = "scaffold-ci"
 STATE_PERSONAL = "personal-gates"
 STATE_COUNTS = "counts"
 

@@ -13,7 +13,7 @@ from dp_accounting import rdp  # noqa: E402
 
 from fedgate.aggregation.privacy import (epsilon, noise_for_epsilon, noise_rng, privacy_record,  # noqa: E402
                                          privatize_update)
-from fedgate.aggregation.recipes import aggregate, make_server_optimizer  # noqa: E402
+from fedgate import strategies  # noqa: E402
 from fedgate.aggregation.update import ClientUpdate  # noqa: E402
 from fedgate.config import FedgateConfig  # noqa: E402
 
@@ -22,15 +22,16 @@ PRIVATE = {"federation.dp": "central", "federation.dp-noise": 2.0, "federation.c
 
 
 def _fed(**over):
-    return FedgateConfig.from_flat({**PRIVATE, **over}).federation
+    return strategies.check(FedgateConfig.from_flat({**PRIVATE, **over})).federation
 
 
 def _aggregate(fed, deltas, seed=0, sampled=None):
     params = {k: np.zeros_like(v) for k, v in deltas[0].items()}
     updates = [ClientUpdate(node_id=i, delta=d, num_examples=10 * (i + 1)) for i, d in enumerate(deltas)]
-    opt = make_server_optimizer(fed)
-    return aggregate(fed, params, updates, opt, opt.init(params), noise=noise_rng(seed, 1),
-                     noise_multiplier=fed.noise_multiplier(), sampled=sampled)
+    rule = strategies.create(fed)
+    opt = rule.optimizer()
+    return rule.aggregate(params, updates, opt, opt.init(params), strategies.RoundInputs(
+        noise=noise_rng(seed, 1), noise_multiplier=fed.noise_multiplier(), sampled=sampled))
 
 
 def test_central_noise_on_the_mean_has_standard_deviation_sigma_clip_over_n():
@@ -142,7 +143,7 @@ def test_epsilon_composes_the_rate_each_round_really_sampled_at():
 ])
 def test_what_the_mechanism_does_not_cover_is_refused_at_config_time(over, reason):
     with pytest.raises(ValueError, match=reason):
-        FedgateConfig.from_flat({**PRIVATE, **over})
+        strategies.check(FedgateConfig.from_flat({**PRIVATE, **over}))
 
 
 def test_rules_that_only_need_the_sum_are_accepted_and_local_dp_allows_any_server_rule():

@@ -7,6 +7,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
+from fedgate.strategies.scaffold import CONTROL_DELTA, SERVER_CONTROL
 from server.strategy import FedgateStrategy, from_record, to_record, wire_bytes
 from tests.server.test_strategy import Nodes, serverapp_identity  # noqa: F401  (fixture)
 
@@ -33,7 +34,7 @@ def reply(msg, delta, n, struct=0.9, token=0.5, control_delta=None):
         P.GATE_STRUCT: MetricRecord(struct if isinstance(struct, dict) else {"m": struct}),
     })
     if control_delta is not None:
-        content[P.CONTROL_DELTA] = to_record(control_delta)
+        content[CONTROL_DELTA] = to_record(control_delta)
     return Message(content=content, reply_to=msg)
 
 
@@ -195,12 +196,12 @@ def test_personal_gates_stay_off_the_wire():
 
 def test_scaffold_sends_c_and_updates_it_from_control_deltas():
     strategy, msgs = start(cfg(strategy="scaffold"), nodes=(1, 2, 3, 4))
-    c = from_record(msgs[0].content[P.CONTROL])
+    c = from_record(msgs[0].content[SERVER_CONTROL])
     assert all(np.all(v == 0) for v in c.values()) and set(c) == set(GLOBAL)
     dcs = [zeros_like(GLOBAL, **{"head.bias": [0.4]}), zeros_like(GLOBAL, **{"head.bias": [0.8]})]
     strategy.aggregate_train(1, [reply(m, zeros_like(GLOBAL), 5, control_delta=dc)
                                  for m, dc in zip(msgs[:2], dcs)])
-    assert strategy.control["head.bias"][0] == pytest.approx(0.5 * 0.6)
+    assert strategy.rule.control["head.bias"][0] == pytest.approx(0.5 * 0.6)
     missing = list(strategy.configure_train(2, None, ConfigRecord(), Nodes([1, 2, 3, 4])))
     strategy.aggregate_train(2, [reply(missing[0], zeros_like(GLOBAL), 5)])  # no control delta
     assert "scaffold-dc" in strategy.round_log["rejected"][0]["reason"]

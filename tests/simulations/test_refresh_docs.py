@@ -57,3 +57,12 @@ def test_check_lists_stale_tables_exits_1_and_writes_nothing(root, capsys):
     assert main([str(doc), "--root", str(root)]) == 0
     assert "| x | 0.7000 |" in doc.read_text()
     assert main([str(doc), "--root", str(root), "--check"]) == 0
+
+
+def test_the_strategy_table_comes_from_the_registry(tmp_path):
+    from fedgate import strategies
+
+    doc = "<!-- table: fedgate.strategies -->\n| stale |\n<!-- /table -->\n"
+    new, changed, missing = refresh(doc, tmp_path)
+    assert changed == ["fedgate.strategies"] and not missing
+    assert new == f"<!-- table: fedgate.strategies -->\n{strategies.table()}\n<!-- /table -->\n"
