@@ -17,40 +17,12 @@ The original layer is kept as ``base_layer`` (wrap, don't fork). Hugging Face's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """Hyper-parameters of one adapter; shared by every insertion point of a model."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    token_gate: bool = True
-    structural_gate: bool = True
-    gate_init: float = 2.0  # initial token-gate bias: sigmoid(2) = 0.88, mostly open
-    struct_init: float = 2.0  # initial structural logit: sigmoid(2) = 0.88
-    # gated-lora | ia3 | bottleneck | bitfit: the other methods are baselines (fedgate.peft_methods);
-    # bottleneck uses r as its inner width, and the gate settings apply to gated-lora only
-    method: str = "gated-lora"
-
-    def __post_init__(self) -> None:
-        from fedgate.peft_methods import check_method
-
-        check_method(self.method)
-        if self.r < 1:
-            raise ValueError(f"adapter.r (adapter rank) must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
+from fedgate.config.model import AdapterSpec
 
 
 def _base_shape(base_layer: nn.Module) -> tuple[int, int]:

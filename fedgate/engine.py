@@ -84,7 +84,7 @@ def plan_engine(model: RewardModel, cfg: FedgateConfig) -> EnginePlan:
     layouts = [("zero0", EnginePlan(0, False, False, est["zero0"], "")),
                ("zero2_offload", EnginePlan(2, True, False, est["zero2_offload"], "")),
                ("zero3_offload", EnginePlan(3, True, True, est["zero3_offload"], ""))]
-    if cfg.model.quantize != "none":  # ZeRO-3 cannot partition packed weights (see config_rules._check_quantized)
+    if cfg.model.quantize != "none":  # ZeRO-3 cannot partition packed weights (see fedgate/config/rules.py)
         layouts = layouts[:2]
     for name, plan in layouts:
         if plan.estimate_gb <= budget:

@@ -10,31 +10,15 @@ prior (a constant, or in the federation the server's global gate profile from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from fedgate.config.training import LossWeights
 from fedgate.inject import adapter_modules
 
 _EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    lambda_f: float = 1e-4  # Frobenius norm of each low-rank update
-    beta: float = 1e-3  # KL of the token gate to its prior
-    lambda_s: float = 1e-3  # structural sparsity (sum of structural gates)
-    gate_prior: float = 0.5  # default prior where no per-layer prior is given
-    alignment: float = 1.0  # weight of the alignment logit's BCE next to the attributes' MSE
-
-    def __post_init__(self) -> None:
-        for key in ("lambda_f", "beta", "lambda_s", "alignment"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"loss.{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
-        if not 0.0 < self.gate_prior < 1.0:
-            raise ValueError(f"loss.gate-prior must be in (0, 1), got {self.gate_prior}")
 
 
 def task_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,

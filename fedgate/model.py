@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedgate.config.model import GATED_LORA
 from fedgate.inject import adapter_modules, reset_gate_records
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def build_reward_model(mcfg, spec):
     Takes a ``fedgate.config.ModelConfig`` and an ``AdapterSpec``; returns (model, tokenizer).
     """
     from fedgate.inject import default_targets, freeze_except, inject_adapters
-    from fedgate.peft_methods import GATED_LORA, inject_method
+    from fedgate.peft_methods import inject_method
 
     backbone, tokenizer = load_backbone(mcfg.backbone, gguf_file=mcfg.gguf_file or None, quantize=mcfg.quantize)
     model = RewardModel(backbone, pairing=mcfg.pairing, pooling=mcfg.pooling or None,

@@ -26,10 +26,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from fedgate.config.model import ADAPTER_METHODS
 from fedgate.inject import layer_index, match_targets, replace_module
 
-GATED_LORA = "gated-lora"
-METHODS = (GATED_LORA, "ia3", "bottleneck", "bitfit")
+METHODS = ADAPTER_METHODS
 
 # The sublayer outputs a Houlsby adapter follows, per model family (suffixes of linear layers).
 BOTTLENECK_TARGETS: dict[str, tuple[str, ...]] = {
@@ -40,12 +40,6 @@ BOTTLENECK_TARGETS: dict[str, tuple[str, ...]] = {
     "mistral": ("o_proj", "down_proj"),
     "gpt2": ("c_proj",),  # attn.c_proj and mlp.c_proj
 }
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"adapter.method must be one of {', '.join(METHODS)}; got {method!r}")
-    return method
 
 
 def _family_targets(table: dict[str, tuple[str, ...]] | dict[str, list[str]], model_type: str, what: str) -> list[str]:

@@ -134,9 +134,11 @@ def test_pyproject_app_config_holds_every_key():
     root = Path(__file__).resolve().parents[1]
     app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     flat = flatten_dict(app["config"])
-    assert set(flat) == set(FedgateConfig().to_flat())
+    assert set(flat) == set(FedgateConfig().to_flat()) | {"preset"}
     cfg = FedgateConfig.from_flat(flat, ignore_unknown_sections=False)
     assert cfg.federation.rounds >= 1 and cfg.train.epochs == 0.75  # the federation sizing (docs/learning.md)
+    # one source of defaults: every value there is the dataclasses' default with the named preset
+    assert cfg == FedgateConfig.from_flat({"preset": flat["preset"]})
     assert app["components"] == {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
 
 
@@ -205,3 +207,15 @@ def test_a_multi_process_client_config_builds():
                                    "engine.timeout-s": 60})
     assert (cfg.engine.world_size, cfg.engine.timeout_s) == (2, 60.0)
     assert FedgateConfig().engine.world_size == 1  # one process unless asked
+
+
+def test_a_preset_fills_the_keys_a_run_does_not_give():
+    from fedgate.config import PRESETS
+
+    sizing = PRESETS["federation-cpu"]
+    cfg = FedgateConfig.from_flat({"preset": "federation-cpu", "train.epochs": 2.0})
+    assert cfg.train.epochs == 2.0  # the run's own key wins
+    assert cfg.data.limit == sizing["data.limit"] and cfg.train.schedule == sizing["train.schedule"]
+    assert FedgateConfig.from_flat({"preset": ""}) == FedgateConfig()
+    with pytest.raises(ValueError, match="preset must be one of .*'federation-cpu'.*got 'gpu'"):
+        FedgateConfig.from_flat({"preset": "gpu"}, ignore_unknown_sections=False)

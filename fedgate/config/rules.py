@@ -1,6 +1,6 @@
 """Rules that span config sections: which settings cannot be combined, and why.
 
-Each section's own values are checked in its dataclass (fedgate/config.py); what depends on
+Each section's own values are checked in its dataclass (fedgate/config/); what depends on
 two sections at once (a quantized backbone and ZeRO-3, client-level DP and the settings it
 cannot cover) is here, each refusal one line that names the keys and the reason. What a
 strategy cannot be combined with is checked by the strategy (fedgate/strategies/)."""
@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fedgate.config import FederationConfig, FedgateConfig
+    from fedgate.config import FedgateConfig
+    from fedgate.config.federation import FederationConfig
 
 
 def check_combinations(cfg: "FedgateConfig") -> None:
