@@ -109,7 +109,7 @@ def _summary(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fedgate.pipeline import train_centralized
+    from fedgate.centralized import train_centralized
 
     cfg = config_from_args(args)
     metrics = train_centralized(cfg, args.out, baselines=not args.no_baselines, progress=not args.quiet)
@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fedgate.pipeline import evaluate_saved
+    from fedgate.centralized import evaluate_saved
 
     metrics = evaluate_saved(args.adapters, source=args.data, split=args.split, noise_rate=args.noise_rate,
                              seed=args.seed, progress=not args.quiet)
@@ -156,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.run import main as simulate_main  # the launcher lives with the other scripts
+    from fedgate.launch.simulation import main as simulate_main
 
     return simulate_main(args=args)
 
@@ -167,15 +167,11 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    if (Path(args.run_dir) / "variants.json").is_file():  # a study's results folder (simulations/)
-        from simulations.study import report_study
-
-        print(report_study(Path(args.run_dir)))
-        return 0
     from fedgate.federated.report import write_report
 
+    if (Path(args.run_dir) / "variants.json").is_file():  # a study's results folder, made by simulations/
+        raise UserError(f"{args.run_dir} is the results folder of a study: "
+                        f"python -m simulations.report {args.run_dir} rebuilds its tables")
     print(f"wrote {write_report(args.run_dir)}")
     return 0
 
@@ -229,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--round", type=int, help="a federated run's checkpoint of this round (default: the last)")
     ex.set_defaults(func=cmd_export)
 
-    from simulations.run import build_parser as simulate_parser
+    from fedgate.launch.simulation import build_parser as simulate_parser
 
     s = sub.add_parser("simulate", help="run a federation in Flower's simulation runtime (see README)")
     simulate_parser(s)
@@ -238,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("strategies", help="list the aggregation strategies (federation.strategy), one line each")
     st.set_defaults(func=cmd_strategies)
 
-    r = sub.add_parser("report", parents=[debug], help="rebuild report.md and plots of a federated run directory, or the "
-                                      "tables and plots of a study's results folder (no runs)")
-    r.add_argument("run_dir", help="a run directory, or the --out folder of a simulations/ study script")
+    r = sub.add_parser("report", parents=[debug], help="rebuild report.md and plots of a federated run directory "
+                                                         "(no runs; a study's folder: python -m simulations.report)")
+    r.add_argument("run_dir", help="a federated run directory")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -32,7 +32,7 @@ def adapter_file(location: str | Path, round_: int | None = None) -> Path:
         raise FileNotFoundError(2, "no such file or directory", str(path))
     checkpoints_dir = path / "checkpoints"
     if path.is_dir() and not (path / ADAPTER_FILE).is_file() and checkpoints_dir.is_dir():
-        from fedgate.federated.rundir import RunDir
+        from fedgate.rundir import RunDir
 
         found = RunDir(path).checkpoints()
         if not found:

@@ -19,12 +19,12 @@ from flwr.serverapp import Grid
 
 from fedgate.config import FedgateConfig
 from fedgate.federated.evaluator import ServerEvaluator
-from fedgate.federated.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
+from fedgate.rundir import (CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir, default_run_dir,
                                       load_checkpoint)
 from fedgate.federated.tracking import Tracker
 from fedgate.memory import resident_mib
 from fedgate.metrics import misaligned, misalignment_score
-from fedgate.pipeline import package_versions, write_predictions
+from fedgate.run_outputs import package_versions, write_predictions
 from server.head_init import federated_head
 from server.strategy import FedgateStrategy
 

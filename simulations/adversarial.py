@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import line_plot
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, contrast_cells, out_dir, paired_difference,
                                parse_sets, rows_from_dir, run_study, seed_dirs, study_parser, summarize_run,
                                write_table)

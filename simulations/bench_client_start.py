@@ -35,7 +35,7 @@ def one_process(cache_dir: str, partition: int, partitions: int, extra: dict, tr
     from fedgate.federated import client as client_module
     from fedgate.model import build_reward_model
     from fedgate.state import adapter_state, to_numpy
-    from simulations.run import REPO, app_config
+    from fedgate.launch.simulation import REPO, app_config
 
     cfg = FedgateConfig.from_flat({**app_config(REPO), **extra, "train.cache-dir": cache_dir})
     imported = time.perf_counter()

@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 log = logging.getLogger("fedgate.bench")
 

@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from fedgate.config import FedgateConfig
-from fedgate.federated.rundir import SUMMARY_FILE, RunDir
-from simulations.run import LOG_FILE, simulate
+from fedgate.rundir import SUMMARY_FILE, RunDir
+from fedgate.launch.simulation import LOG_FILE, simulate
 from simulations.study import config_string
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _done(path: Path, name: str) -> bool:
 
 def run_central(out: Path, overrides: dict) -> dict:
     """``fedgate train`` in this process (the same code path as the command)."""
-    from fedgate.pipeline import train_centralized
+    from fedgate.centralized import train_centralized
 
     if not _done(out, "metrics.json"):
         cfg = FedgateConfig.from_flat(overrides)

@@ -22,10 +22,10 @@ import threading
 import time
 from pathlib import Path
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from fedgate.memory import total_resident_mib
-from simulations.processes import processes_with_flwr_home
-from simulations.run import simulate
+from fedgate.launch.processes import processes_with_flwr_home
+from fedgate.launch.simulation import simulate
 from simulations.study import config_string, parse_sets, write_table
 
 DEFAULTS = {"federation.partitioner": "iid", "data.limit": 2000, "federation.rounds": 5,

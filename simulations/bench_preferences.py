@@ -31,7 +31,7 @@ BASELINES = ("length", "tfidf_logreg", "frozen_probe")
 
 def run_seed(data: Path, out: Path, seed: int, overrides: dict | None = None) -> dict:
     from fedgate.config import FedgateConfig
-    from fedgate.pipeline import train_centralized
+    from fedgate.centralized import train_centralized
 
     metrics_file = out / "metrics.json"
     if not metrics_file.is_file():

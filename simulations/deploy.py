@@ -34,8 +34,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulations.processes import flower_env, free_port, stop_flwr_home, stop_tree
-from simulations.run import (REPO, exit_code, prepare_run, resolve_config, run_config_arg, run_succeeded,
+from fedgate.launch.processes import flower_env, free_port, stop_flwr_home, stop_tree
+from fedgate.launch.simulation import (REPO, exit_code, prepare_run, resolve_config, run_config_arg, run_succeeded,
                              stream_flwr_run)
 
 log = logging.getLogger("fedgate.deploy")

@@ -74,8 +74,8 @@ def run_row(slug: str, backbone: str, steps: int, timeout: float) -> dict:
 
 def run_federation(backbone: str, gpus_per_client: float, timeout: float) -> dict:
     """A 2-client, 1-round decoder federation; wall time and final server ROC-AUC."""
-    from fedgate.federated.rundir import RunDir
-    from simulations.run import simulate
+    from fedgate.rundir import RunDir
+    from fedgate.launch.simulation import simulate
 
     with tempfile.TemporaryDirectory(prefix="fedgate-gpu-check-") as tmp:
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from fedgate.config import FedgateConfig
 from fedgate.inject import reset_gate_records
 from fedgate.losses import total_loss
 from fedgate.model import build_reward_model, head_targets
-from fedgate.pipeline import load_splits
+from fedgate.data.splits import load_splits
 from fedgate.train import TorchStepper, autocast, prepare_cache
 from simulations.study import parse_sets
 

@@ -11,7 +11,7 @@ the repository root:
     | variant | ... |
     <!-- /table -->
 
-Rerunning the study (or ``fedgate report DIR``) rewrites the source; this command copies it
+Rerunning the study (or ``python -m simulations.report DIR``) rewrites the source; this command copies it
 into every document that shows it. A source named ``fedgate.strategies`` is not a file: it is
 the table of the registered strategies (``fedgate strategies``). A source that is missing here (``runs/`` is not in the
 repository; another machine made it) leaves its table as it is and is listed. ``--check``

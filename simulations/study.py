@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fedgate.federated.rundir import PREDICTIONS_FILE, SUMMARY_FILE, RunDir
-from simulations.run import simulate
+from fedgate.rundir import PREDICTIONS_FILE, SUMMARY_FILE, RunDir
+from fedgate.launch.simulation import simulate
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
               seeds: tuple[int, ...] = (0,)) -> dict[str, dict]:
     """Run every variant once per seed (one simulation each) into ``out/<name>/seed-<s>``;
     returns the rows (:func:`combine_seeds`) of the variants with at least one completed run.
-    ``study`` is the script's module: ``fedgate report OUT`` calls its ``report(out)``. Prints
+    ``study`` is the script's module: ``python -m simulations.report OUT`` calls its ``report(out)``. Prints
     one line before and one summary line after each run."""
     out.mkdir(parents=True, exist_ok=True)
     nodes = {name: int(flat.get(NUM_SUPERNODES, num_supernodes)) for name, flat in variants.items()}

@@ -2,7 +2,7 @@
 training engine (plain torch vs DeepSpeed ZeRO-2 / ZeRO-3), on one split and seed.
 
     python -m simulations.study_budget [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 Each variant changes one thing from the defaults (batch 32, 0.75 local epochs per round,
 plain torch), over 2 rounds to keep the study short.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.study import rows_from_dir, standard_results, study_main, summarize_run
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,

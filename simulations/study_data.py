@@ -3,7 +3,7 @@ a federation where only a share of each client's rows carry labels (the rest are
 fedgate has no unsupervised objective).
 
     python -m simulations.study_data [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 Writes ``results.csv`` / ``results.md`` (baseline: the default 3,200 rows, all labelled), ``final_auc.png``,
 ``auc_per_round.png``, ``variants.json`` and one run directory per variant.

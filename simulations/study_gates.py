@@ -4,7 +4,7 @@ profile, on the default non-IID split; plain LoRA and both gates again with one 
 four training on flipped labels (conflicting feedback).
 
     python -m simulations.study_gates [--variants ...] [--seeds 0,1,2] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR                                   # tables and plots again, no runs
+    python -m simulations.report DIR                                   # tables and plots again, no runs
 
 Writes ``results.csv`` / ``results.md`` (final ROC-AUC and its difference to plain LoRA,
 F1, AUC under 20% input noise, trainable share, uplink), ``gates_vs_plain.csv`` / ``.md``

@@ -3,7 +3,7 @@ noisy evaluation inputs (5-20% of words perturbed), and flipped training labels 
 every client's rows, or whole clients), with plain averaging and with a robust rule.
 
     python -m simulations.study_noise [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 Every run reports its AUC on clean and on noisy test inputs. Writes ``results.csv`` /
 ``results.md`` (baseline: fedavg on clean labels), ``final_auc.png``, ``auc_per_round.png``,

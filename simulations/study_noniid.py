@@ -6,7 +6,7 @@ on the strongest skew, against centralized training on the pooled rows with the
 same total number of optimizer steps (the upper bound).
 
     python -m simulations.study_noniid [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 The centralized run trains on all the federation's training rows for as many steps as the
 IID federation's clients took together, and is scored by the same server evaluator on the
@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.study import (SEED_KEY, config_string, contrast_cells, mean_and_se, paired_difference, resolved,
                                rows_from_dir, seed_dir, standard_results, study_main, write_table)
 
@@ -76,7 +76,7 @@ def federation_settings(flat: dict) -> dict:
     """What a federation run with the overrides ``flat`` used, as a centralized config: the
     app's defaults (``[tool.flwr.app.config]``: its rows, learning rates, schedule, server
     evaluation rows) under ``flat``, without the keys only a federation has."""
-    from simulations.run import REPO, app_config
+    from fedgate.launch.simulation import REPO, app_config
 
     return {k: v for k, v in {**app_config(REPO), **flat}.items()
             if not k.startswith(("federation.", "simulation."))}
@@ -87,7 +87,7 @@ def centralized_bound(flat: dict, steps: int, out: Path) -> dict:
     the federation's own server evaluator (same test rows, same validation cut)."""
     from fedgate.config import FedgateConfig
     from fedgate.federated.evaluator import ServerEvaluator
-    from fedgate.pipeline import train_centralized
+    from fedgate.centralized import train_centralized
     from fedgate.state import load_state
 
     cfg = FedgateConfig.from_flat({**flat, "train.max-steps": steps})

@@ -2,7 +2,7 @@
 that get adapters) against ROC-AUC, F1, trainable share of the backbone and uplink bytes.
 
     python -m simulations.study_params [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 Writes ``results.csv`` / ``results.md``, ``final_auc.png``, ``auc_per_round.png``,
 ``variants.json`` and one run directory per variant (baseline: r 8 on the top 2 blocks, the

@@ -4,7 +4,7 @@ on one non-IID split and seed. Accuracy against trainable-parameter percent, as 
 papers' comparison tables have it.
 
     python -m simulations.study_peft [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR                                   # tables and plots again, no runs
+    python -m simulations.report DIR                                   # tables and plots again, no runs
 
 Same federation as the gate study (``simulations.study_gates``), so its ``plain-lora`` and
 ``both-gates`` runs are this study's two LoRA rows. Writes ``results.csv`` / ``results.md``

@@ -43,7 +43,7 @@ CENTRALIZED = "centralized"
 def summarize_pairs(run_dir: Path) -> dict:
     """One finished federation on pairs as a row: final pairwise accuracy and its interval,
     per round, under noise, the pair baselines of round 0, uplink and wall time."""
-    from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+    from fedgate.rundir import SUMMARY_FILE, RunDir
 
     run = RunDir(run_dir)
     summary = run.read_json(SUMMARY_FILE)

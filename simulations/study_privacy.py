@@ -3,7 +3,7 @@
 noised coordinates), 20 clients of which a quarter train each round.
 
     python -m simulations.study_privacy [--seeds 0,1,2] [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR                                   # tables and plots again, no runs
+    python -m simulations.report DIR                                   # tables and plots again, no runs
 
 Every variant clips each update to ``CLIP`` and averages without weights, the epsilon-inf
 rows included, so that a row differs from its method's epsilon-inf row by the noise alone.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.study import (contrast_cells, mean_and_se, paired_difference, rows_from_dir, standard_results,
                                study_main, summarize_run, write_table)
 

@@ -3,7 +3,7 @@ clients, all of them or a sampled share training each round (100 clients with 10
 per round included).
 
     python -m simulations.study_scale [--variants ...] [--set KEY=VALUE] [--out DIR]
-    fedgate report DIR
+    python -m simulations.report DIR
 
 Shards are IID here so that every client of 100 gets rows; the other studies cover skew.
 Writes ``results.csv`` / ``results.md`` (baseline: 4 clients, all training), with the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.study import NUM_SUPERNODES, rows_from_dir, standard_results, study_main, summarize_run
 
 COMMON = {"federation.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600,

@@ -109,8 +109,8 @@ def test_a_federation_trains_on_a_pair_file_and_reports_pairwise_accuracy(tmp_pa
     """Real Flower simulation on pairs: the federated Bradley-Terry head before round 1,
     pairwise accuracy (clean and noisy) on the server's held-out pairs, the clients' own
     pairwise accuracy, the pair baselines, and a flipped client's pairs really swapped."""
-    from fedgate.federated.rundir import RunDir
-    from simulations.run import simulate
+    from fedgate.rundir import RunDir
+    from fedgate.launch.simulation import simulate
 
     data = _hh_file(tmp_path / "pairs.jsonl", 160)
     code, run_dir = simulate([f'model.backbone="tiny-bert" data.source="{data}" federation.rounds=2 '

@@ -10,7 +10,7 @@ import pytest
 from fedgate.config import FedgateConfig
 from fedgate.data import DataError, split_by_prompt
 from fedgate.data.schema import rows_to_dataset
-from fedgate.pipeline import load_eval_split, load_splits
+from fedgate.data.splits import load_eval_split, load_splits
 from fedgate.train import auc_per_kind
 
 

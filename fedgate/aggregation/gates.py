@@ -1,7 +1,7 @@
 """The global gate profile: clients' per-adapter gate statistics, averaged.
 
 The profile's mean token gate per adapter is the prior ``p_l`` of the gate KL term that the
-clients are pulled towards in the next round (DESIGN.md section 2)."""
+clients are pulled towards in the next round (fedgate/losses.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fedgate.federated.protocol import STRUCTURAL_GATE, TOKEN_GATE
+TOKEN_GATE = "token_gate"  # keys of one adapter's gate statistics (fedgate.train.GateTracker)
+STRUCTURAL_GATE = "structural_gate"
+
 
 Profile = dict[str, dict[str, float]]
 PRIOR_EPS = 1e-3  # keep the prior strictly inside (0, 1) so the KL stays finite

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from fedgate.aggregation.fedavg import Params, _check_same_layout
-from fedgate.federated.protocol import STRUCTURAL_GATE, TOKEN_GATE
+from fedgate.aggregation.gates import STRUCTURAL_GATE, TOKEN_GATE
 
 LORA_A, LORA_B = ".lora_A", ".lora_B"
 ALL = "*"  # per-module weight mappings: the weight of keys whose module is not in the mapping

@@ -23,7 +23,7 @@ from fedgate.federated.client_rules import configure_adapters
 from fedgate.federated.shards import server_splits
 from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
-from fedgate.pipeline import load_splits
+from fedgate.data.splits import load_splits
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
 from fedgate.train import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
                            pick_device, predict, prepare_cache, selection_metric)

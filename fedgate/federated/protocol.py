@@ -29,6 +29,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
+# the keys of one adapter's gate statistics, defined with the math on them
+from fedgate.aggregation.gates import STRUCTURAL_GATE, TOKEN_GATE
+
 ARRAYS = "arrays"
 CONFIG = "config"
 GATE_PRIOR = "gate-prior"
@@ -53,8 +56,6 @@ SERVER_ROUND = "server-round"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
-TOKEN_GATE = "token_gate"  # keys of one adapter's gate statistics (fedgate.train.GateTracker)
-STRUCTURAL_GATE = "structural_gate"
 
 
 def split_gate_stats(stats: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], dict[str, float]]:

@@ -15,7 +15,7 @@ from typing import Collection
 
 import numpy as np
 
-from fedgate.federated.rundir import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir
+from fedgate.rundir import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir
 from fedgate.metrics import misaligned, roc_auc, roc_curve
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from fedgate.config import DataConfig, FedgateConfig, FederationConfig
 from fedgate.data import DataError, conflicting_feedback, partition_dataset, split_by_prompt
 from fedgate.data.pairs import flip_pairs, is_pair_dataset
 from fedgate.data.partition import partition_pairs
-from fedgate.pipeline import load_splits
+from fedgate.data.splits import load_splits
 
 log = logging.getLogger(__name__)
 

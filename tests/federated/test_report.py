@@ -7,7 +7,7 @@ import pytest
 
 from fedgate.data import ATTRIBUTES
 from fedgate.federated.report import round_table, write_report
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 
 
 def _fake_run(path):

@@ -2,7 +2,7 @@
 only those (plus warnings and errors) on the console, without colour codes."""
 
 from server.federation import round_line
-from simulations.run import ANSI, console_line
+from fedgate.launch.simulation import ANSI, console_line
 
 
 def test_round_line_names_round_auc_loss_bytes_time_and_clients():

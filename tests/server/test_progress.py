@@ -3,7 +3,7 @@
 import pytest
 
 from fedgate.config import FedgateConfig
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from server.federation import NoProgressError, _check_progress
 
 

@@ -7,8 +7,8 @@ import signal
 from pathlib import Path
 
 from simulations.deploy import CONNECTION, Deployment
-from simulations.processes import children, is_loopback, listening_addresses
-from simulations.run import REPO, run_config_arg
+from fedgate.launch.processes import children, is_loopback, listening_addresses
+from fedgate.launch.simulation import REPO, run_config_arg
 
 BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 federation.rounds=2 '

@@ -4,8 +4,8 @@ report, summary.json says failed)."""
 
 import json
 
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 TINY = 'model.backbone="tiny-bert" server.eval-limit=30 train.batch-size=8 server.noise-rates="" train.threads=1 server.baselines=false'
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from fedgate.federated.rundir import SUMMARY_FILE, RunDir
+from fedgate.rundir import SUMMARY_FILE, RunDir
 from simulations.compare_strategies import BASELINE, VARIANTS, run_config, summarize_run, write_results
 
 
@@ -42,7 +42,7 @@ def test_failed_runs_are_not_summarized(tmp_path):
 def test_every_variant_is_a_valid_config():
     from pathlib import Path
 
-    from simulations.run import resolve_config
+    from fedgate.launch.simulation import resolve_config
 
     repo = Path(__file__).resolve().parents[2]
     for name in VARIANTS:

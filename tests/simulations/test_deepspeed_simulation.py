@@ -1,7 +1,7 @@
 """A 3-round Flower simulation whose clients train with DeepSpeed ZeRO-3 (CPU, gloo)."""
 
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 DS = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=3 train.batch-size=8 '
       'engine.name="deepspeed" engine.zero-stage=3 server.noise-rates="" federation.fraction-evaluate=0.0 '

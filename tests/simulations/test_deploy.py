@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.deploy import CONNECTION, Deployment, deploy
-from simulations.processes import alive, flower_env, processes_with_flwr_home
-from simulations.run import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
+from fedgate.launch.processes import alive, flower_env, processes_with_flwr_home
+from fedgate.launch.simulation import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
 
 TINY = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=1 train.batch-size=8 '
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 train.threads=1']

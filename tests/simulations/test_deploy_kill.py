@@ -4,10 +4,10 @@ rounds.jsonl says who contributed and who failed. Everything is stopped by PID."
 
 import time
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from simulations.deploy import Deployment
-from simulations.processes import flower_env, processes_with_flwr_home
-from simulations.run import REPO, prepare_run, run_succeeded
+from fedgate.launch.processes import flower_env, processes_with_flwr_home
+from fedgate.launch.simulation import REPO, prepare_run, run_succeeded
 
 from deploy_helpers import BASE, assert_loopback_only, clientapps, contributors, kill_tree, start_run
 

@@ -13,9 +13,9 @@ from fedgate import ridge
 from fedgate.config import FedgateConfig
 from fedgate.federated.client import ClientTask
 from fedgate.federated.evaluator import ServerEvaluator
-from fedgate.federated.rundir import RunDir, load_checkpoint
-from simulations.processes import processes_with_flwr_home
-from simulations.run import simulate
+from fedgate.rundir import RunDir, load_checkpoint
+from fedgate.launch.processes import processes_with_flwr_home
+from fedgate.launch.simulation import simulate
 
 CLIENTS = 3
 TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8 '

@@ -5,7 +5,7 @@ run listens beyond 127.0.0.1."""
 import threading
 
 from simulations.bench_load import run_load
-from simulations.processes import is_loopback, listening_addresses, processes_with_flwr_home
+from fedgate.launch.processes import is_loopback, listening_addresses, processes_with_flwr_home
 
 TINY = {"model.backbone": "tiny-bert", "server.baselines": False, "data.limit": 400, "server.eval-limit": 30, "train.batch-size": 8,
         "train.threads": 1, "federation.rounds": 4}
@@ -61,7 +61,7 @@ def test_a_client_sweep_samples_the_same_number_per_round_and_tabulates_peaks(tm
 
 
 def test_a_round_shorter_than_the_sampling_interval_takes_the_sample_nearest_its_end(tmp_path):
-    from fedgate.federated.rundir import RunDir
+    from fedgate.rundir import RunDir
     from simulations.bench_load import per_round
 
     run = RunDir(tmp_path)

@@ -5,8 +5,8 @@ nothing behind."""
 import pytest
 
 from fedgate.federated.ranks import processes_with_token
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 RANKS = ['model.backbone="tiny-llama" data.limit=120 server.eval-limit=30 federation.rounds=2 train.batch-size=8 '
          'engine.name="deepspeed" engine.zero-stage=2 engine.world-size=2 engine.timeout-s=900 server.noise-rates="" '

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fedgate.aggregation.gates import PRIOR_EPS
-from fedgate.federated.rundir import RunDir, load_checkpoint
-from simulations.processes import processes_with_flwr_home
-from simulations.run import STATES_DIR, resolve_config, simulate
+from fedgate.rundir import RunDir, load_checkpoint
+from fedgate.launch.processes import processes_with_flwr_home
+from fedgate.launch.simulation import STATES_DIR, resolve_config, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8 '
@@ -89,7 +89,7 @@ def test_the_gate_prior_reaches_the_clients_in_round_two(run_dir):
 
 
 def test_fedgate_evaluate_scores_the_latest_checkpoint(run_dir):
-    from fedgate.pipeline import evaluate_saved
+    from fedgate.centralized import evaluate_saved
 
     metrics = evaluate_saved(run_dir, split="validation", progress=False)
     assert metrics["adapters"].endswith("checkpoints/round-002.safetensors")

@@ -3,8 +3,8 @@ run completes with every update accepted, and each family leaves its trace in ro
 
 import pytest
 
-from fedgate.federated.rundir import RunDir
-from simulations.run import simulate
+from fedgate.rundir import RunDir
+from fedgate.launch.simulation import simulate
 
 BASE = ('model.backbone="tiny-bert" data.limit=100 server.eval-limit=20 federation.rounds=2 train.batch-size=8 '
         'server.noise-rates="" federation.fraction-evaluate=0.0 server.report=false server.baselines=false ')

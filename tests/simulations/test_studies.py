@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedgate.federated.rundir import SUMMARY_FILE, RunDir
-from simulations.run import resolve_config
+from fedgate.rundir import SUMMARY_FILE, RunDir
+from fedgate.launch.simulation import resolve_config
 from simulations.study import (NUM_SUPERNODES, SCALES, combine_seeds, config_string, paired_difference, rows_from_dir,
                                run_study, seed_dir, standard_results, summarize_run)
 

@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from fedgate.federated.rundir import RunDir
+from fedgate.rundir import RunDir
 from fedgate.state import load_state
 from simulations import study_peft
 

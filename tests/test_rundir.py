@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedgate.federated.rundir import RunDir, json_safe, load_checkpoint
+from fedgate.rundir import RunDir, json_safe, load_checkpoint
 
 
 def test_json_safe_turns_nan_into_null():

@@ -17,27 +17,24 @@ scored by pairwise accuracy instead of ROC-AUC, with its own cheap baselines
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fedgate.batching import EncodedSplit, encode_pairs, encode_split, is_pairs
+from fedgate.batching import encode_pairs, encode_split
 from fedgate.config import FedgateConfig
-from fedgate.data import (ATTRIBUTES, DataError, build_embedded_dataset, load_helpsteer, noisy_dataset,
-                          split_by_prompt)
-from fedgate.data.pairs import is_pair_dataset, is_pair_file, noisy_columns, read_pairs
+from fedgate.data import noisy_dataset
+from fedgate.data.pairs import is_pair_dataset, noisy_columns
 from fedgate.engine import close_stepper, make_stepper
 from fedgate.inject import count_parameters
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model
 from fedgate.state import adapter_state, save_state, state_nbytes
+from fedgate.data.splits import load_eval_split, load_splits
+from fedgate.run_outputs import package_versions, write_predictions
 from fedgate.trained import ADAPTER_FILE, load_trained
 from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridge, frozen_features,
                            metrics_from_predictions, pair_metrics, pick_device, predict, prepare_cache, set_head)
@@ -45,94 +42,8 @@ from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridg
 log = logging.getLogger(__name__)
 
 
-def _embedded(d):
-    """The embedded dataset as configured by a DataConfig (cached per arguments)."""
-    return build_embedded_dataset(d.seed, label_noise=d.label_noise, max_response_chars=d.max_response_chars)
-
-
-def load_splits(cfg: FedgateConfig) -> dict:
-    """train / validation / test datasets for the configured source.
-
-    Validation rows choose the ridge lambda, the best checkpoint and the F1 cut, so they are
-    never the rows test metrics are reported on:
-    - one data file is split 80/10/10 by prompt (seeded);
-    - a folder (or hub dataset) without a test split: its validation split becomes the test
-      split and a new validation split is carved from train by prompt (10%).
-    """
-    d = cfg.data
-    if d.source == "embedded":
-        dd = _embedded(d)
-        splits = {"train": dd["train"], "validation": dd["validation"], "test": dd["test"]}
-    elif is_pair_file(d.source):
-        pairs, _ = read_pairs(d.source, bad_rows=d.bad_rows)  # logs what it kept and left out
-        splits = split_by_prompt(pairs, {"train": 0.8, "validation": 0.1, "test": 0.1}, d.seed)
-        log.info("one pair file: split 80/10/10 by prompt (seed %d)", d.seed)
-    elif Path(d.source).is_file():
-        splits = split_by_prompt(load_helpsteer(d.source, seed=d.seed),
-                                 {"train": 0.8, "validation": 0.1, "test": 0.1}, d.seed)
-        log.info("one data file: split 80/10/10 by prompt (seed %d)", d.seed)
-    else:
-        train = load_helpsteer(d.source, d.train_split, seed=d.seed)
-        validation = load_helpsteer(d.source, d.validation_split, seed=d.seed)
-        try:
-            splits = {"train": train, "validation": validation,
-                      "test": load_helpsteer(d.source, d.test_split, seed=d.seed)}
-        except DataError as e:
-            log.warning("no %r split (%s): testing on %r and carving validation from train (10%% of prompts)",
-                        d.test_split, e, d.validation_split)
-            carved = split_by_prompt(train, {"train": 0.9, "validation": 0.1}, d.seed)
-            splits = {"train": carved["train"], "validation": carved["validation"], "test": validation}
-    if d.limit and d.limit < len(splits["train"]):
-        splits["train"] = splits["train"].shuffle(seed=d.seed).select(range(d.limit))
-    return splits
-
-
-def load_eval_split(cfg: FedgateConfig, split: str):
-    """The rows ``fedgate evaluate`` scores: a named split, or every row of a single file."""
-    d = cfg.data
-    if d.source == "embedded":
-        dd = _embedded(d)
-        if split not in dd:
-            raise DataError(f"the embedded dataset has splits {list(dd)}, not {split!r}")
-        return dd[split]
-    if is_pair_file(d.source):
-        log.info("%s is one pair file: evaluating all its pairs", d.source)
-        return read_pairs(d.source, bad_rows=d.bad_rows)[0]
-    if Path(d.source).is_file():
-        log.info("%s is one file: evaluating all its rows", d.source)
-    return load_helpsteer(d.source, split, seed=d.seed)
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("fedgate", "torch", "transformers", "datasets", "flwr", "deepspeed", "peft", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
-
-
-def write_predictions(path: Path, split: EncodedSplit, pred: np.ndarray) -> None:
-    if is_pairs(split):
-        score = pred[:, -1]
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["pair", "chosen_score", "rejected_score"])
-            for i, (c, r) in enumerate(zip(score[0::2], score[1::2])):
-                w.writerow([i, f"{c:.4f}", f"{r:.4f}"])
-        return
-    labels = split.labels.numpy().astype(int)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        extra = ["alignment_logit"] if pred.shape[1] > len(ATTRIBUTES) else []
-        w.writerow(["kind", *[f"true_{a}" for a in ATTRIBUTES], *[f"pred_{a}" for a in ATTRIBUTES], *extra])
-        for kind, y, p in zip(split.kinds, labels, pred):
-            w.writerow([kind, *y.tolist(), *(f"{v:.4f}" for v in p)])
 
 
 def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: bool = True,
