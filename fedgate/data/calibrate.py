@@ -2,7 +2,7 @@
 
 Fits simple baselines on the train split and reports held-out ROC-AUC on the test split
 for detecting misaligned responses (helpfulness <= 2), plus the misaligned share per
-split and per kind. If a cheap baseline gets far above the DESIGN.md section 6 figures
+split and per kind. If a cheap baseline gets far above the dataset's design targets
 (length ~0.54, TF-IDF ~0.63, hand features ~0.76), a shortcut is too easy.
 
 Run: ``python -m fedgate.data.calibrate [--seed 0] [--label-noise 0.2]``

@@ -4,7 +4,7 @@ Each function takes the reference text (and a seeded ``random.Random``) and retu
 degraded text, or ``None`` when the text does not qualify (too few sentences, too few
 swappable words, ...). Labels are assigned in :mod:`fedgate.data.embedded`.
 
-The shortcut-blunting choices (see DESIGN.md section 6) live here: some truncated
+The shortcut-blunting choices live here: some truncated
 answers get a full stop, padding mixes varied boilerplate with exact and reworded
 repetition, shuffling always moves the summary sentence.
 """
@@ -19,8 +19,8 @@ from fedgate.data.docsource import split_sentences
 CONCISE_MIN_COVERAGE = 0.55
 TRUNCATE_RANGE = (0.35, 0.65)
 TRUNCATED_FULL_STOP = 0.5  # share of truncated answers that get a closing "."
-# Padded length / original length: ~2x on average. DESIGN.md says ~2.5x; 2x keeps the
-# length-only AUC near 0.54 here, since concise answers (aligned) are short too.
+# Padded length / original length: ~2x on average (the first design said ~2.5x); 2x keeps
+# the length-only AUC near 0.54 here, since concise answers (aligned) are short too.
 PAD_FACTOR_RANGE = (1.5, 2.5)
 CORRUPT_SWAPS = (3, 6)
 SHUFFLE_MIN_SENTENCES = 3
