@@ -52,11 +52,6 @@ def round_line(record: dict, total: int) -> str:
     return " | ".join(parts)
 
 
-# what the strategy's round log adds to rounds.jsonl's "strategy" section
-STRATEGY_LOG = ("newly_pruned", "truncation_error", "clip_scale", "excluded", "krum_fallback", "validation_auc",
-                "dp_noise_std")
-
-
 def _eval_due(cfg: FedgateConfig, server_round: int) -> bool:
     every, last = cfg.server.eval_every, cfg.federation.rounds
     return server_round == last or (every > 0 and server_round % every == 0)
@@ -185,40 +180,39 @@ def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evalua
                                                noise=_noise_due(cfg, rnd))
     t3 = time.perf_counter()
     rl = strategy.round_log
-    n_train = max(1, len(rl.get("clients", [])))
+    n_train = max(1, len(rl.clients))
     refit_down, refit_up = (refit["bytes_down"], refit["bytes_up"]) if refit else (0, 0)
-    up_per_client = (rl.get("array_bytes_up", 0) + refit_up) / n_train
+    up_per_client = (rl.array_bytes_up + refit_up) / n_train
     record = {
         "round": rnd,
         "train": dict(train_metrics) if train_metrics is not None else None,
-        "sampled": rl.get("train_nodes", []),
+        "sampled": rl.train_nodes,
         "aggregated": train_metrics is not None,
-        "clients": rl.get("clients", []),
-        "failures": rl.get("failures", []),
-        "dropped": rl.get("dropped", []),
-        "rejected": rl.get("rejected", []),
+        "clients": rl.clients,
+        "failures": rl.failures,
+        "dropped": rl.dropped,
+        "rejected": rl.rejected,
         "federated_eval": dict(fed_eval) if fed_eval is not None else None,
-        "eval_clients": rl.get("eval_clients", []),
+        "eval_clients": rl.eval_clients,
         "server_eval": server_eval,
         # a head refit's queries and statistics count as this round's traffic
-        "bytes": {"down": rl.get("bytes_down", 0) + refit_down, "up": rl.get("bytes_up", 0) + refit_up,
-                  "array_down": rl.get("array_bytes_down", 0) + refit_down,
-                  "array_up": rl.get("array_bytes_up", 0) + refit_up,
+        "bytes": {"down": rl.bytes_down + refit_down, "up": rl.bytes_up + refit_up,
+                  "array_down": rl.array_bytes_down + refit_down,
+                  "array_up": rl.array_bytes_up + refit_up,
                   "array_up_per_client": up_per_client,
                   "up_per_client_over_backbone": up_per_client / max(1, params["backbone_bytes"])},
         "gates": strategy.profile,
-        "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned,
-                     **{k: rl[k] for k in STRATEGY_LOG if k in rl}},
+        "strategy": {"name": cfg.federation.strategy, "pruned": strategy.pruned, **rl.rule},
         "wall_s": {"train": t1 - t0, "federated_eval": t2 - t1, "server_eval": t3 - t2, "round": t3 - t0},
         "finished_at": time.time(),
         "server_rss_mib": resident_mib(),
     }
     if refit is not None:
         record["head_refit"] = refit
-    if "skipped" in rl:
-        record["skipped"] = rl["skipped"]
-    if "privacy" in rl:
-        record["privacy"] = rl["privacy"]
+    if rl.skipped:
+        record["skipped"] = rl.skipped
+    if rl.privacy is not None:
+        record["privacy"] = rl.privacy
     progress.info(round_line(record, total))
     return record, server_eval, pred
 

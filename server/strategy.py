@@ -33,6 +33,7 @@ from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
 from fedgate.federated.client_rules import shared_keys
 from server.messages import array_bytes, from_record, layout, parse_train_reply, to_record, wire_bytes
+from server.round_log import RoundLog
 
 __all__ = ["FedgateStrategy", "from_record", "to_record", "wire_bytes"]
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class FedgateStrategy(Strategy):
             self.opt_state = self.optimizer.init(self.shared_state())
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # what each node of this round started from
         self.outbox: list[Message] = []  # the messages of the current stage (Flower sets their ids on sending)
-        self.round_log: dict = {}  # what the current round sent, received and rejected
+        self.round_log = RoundLog()  # what the current round sent, received and rejected
 
     # ------------------------------------------------------------------ state across rounds
     def shared_state(self) -> dict[str, np.ndarray]:
@@ -109,13 +110,12 @@ class FedgateStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """``arrays`` is ignored: each node gets the strategy's shared state at its own rank."""
-        self.round_log = {"round": server_round, "rejected": [], "failures": [], "dropped": [],
-                          "pruned": list(self.pruned)}
+        self.round_log = RoundLog(round=server_round)
         self.sent = {}
         if self.fed.fraction_train == 0.0:  # evaluation-only rounds, as in Flower's FedAvg
             return []
         nodes = self.sample_nodes(grid, server_round, self.fed.fraction_train, self.fed.min_train_nodes)
-        self.round_log["num_nodes"] = len(grid.get_node_ids())
+        self.round_log.num_nodes = len(grid.get_node_ids())
         nodes = self.known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
@@ -130,7 +130,7 @@ class FedgateStrategy(Strategy):
             down += wire_bytes(content)
             down_arrays += array_bytes(record)
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
-        self.round_log.update(train_nodes=nodes, bytes_down=down, array_bytes_down=down_arrays)
+        self.round_log.train_nodes, self.round_log.bytes_down, self.round_log.array_bytes_down = nodes, down, down_arrays
         self.outbox = messages
         return messages
 
@@ -154,7 +154,7 @@ class FedgateStrategy(Strategy):
                 update, extra, norm = parse_train_reply(msg, expected, bound,
                                                         dict.fromkeys(self.rule.uplink_records, expected))
             except (KeyError, ValueError, TypeError) as e:
-                self.round_log["rejected"].append({"node_id": node, "reason": str(e)})
+                self.round_log.rejected.append({"node_id": node, "reason": str(e)})
                 log.warning("round %d: rejected the update of node %d: %s", server_round, node, e)
                 continue
             update.metrics["update-norm"] = norm
@@ -162,16 +162,16 @@ class FedgateStrategy(Strategy):
             sent.append(self.sent[node])
             extras.append(extra)
         self._dropped(server_round, [n for n in self.sent if n not in answered], "train")
-        self.round_log.update(bytes_up=up, array_bytes_up=up_arrays, clients=[
-            {"node_id": u.node_id, "num_examples": u.num_examples, **u.metrics} for u in updates])
+        self.round_log.bytes_up, self.round_log.array_bytes_up = up, up_arrays
+        self.round_log.clients = [{"node_id": u.node_id, "num_examples": u.num_examples, **u.metrics} for u in updates]
         if len(updates) < max(1, self.fed.min_train_nodes):
             reason = (f"{len(updates)} usable update(s), federation.min-train-nodes is {self.fed.min_train_nodes}: "
                       "the global adapters stay as they were")
-            self.round_log["skipped"] = reason
+            self.round_log.skipped = reason
             log.warning("round %d: %s", server_round, reason)
             return None, None
         self._aggregate(updates, sent, server_round)
-        self.rule.after_round(extras, self.round_log.get("num_nodes", len(updates)))
+        self.rule.after_round(extras, self.round_log.num_nodes or len(updates))
         self._update_gates(updates, server_round)
         return to_record(self.global_state), MetricRecord(_weighted_metrics(updates))
 
@@ -183,11 +183,11 @@ class FedgateStrategy(Strategy):
         nodes = self.known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
-        self.round_log["eval_nodes"] = nodes
+        self.round_log.eval_nodes = nodes
         messages = self.outbox = []
         for node in nodes:
             content = RecordDict({P.ARRAYS: to_record(self.state_for(node)), P.CONFIG: config})
-            self.round_log["bytes_down"] = self.round_log.get("bytes_down", 0) + wire_bytes(content)
+            self.round_log.bytes_down += wire_bytes(content)
             messages.append(Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node))
         return messages
 
@@ -200,14 +200,14 @@ class FedgateStrategy(Strategy):
             if msg.has_error():
                 self._failed(server_round, node, msg, "evaluate")
                 continue
-            self.round_log["bytes_up"] = self.round_log.get("bytes_up", 0) + wire_bytes(msg.content)
+            self.round_log.bytes_up += wire_bytes(msg.content)
             m = msg.content[P.METRICS]
             rows += int(m[P.NUM_EXAMPLES])
-            self.round_log.setdefault("eval_clients", []).append({"node_id": node, **dict(m)})
+            self.round_log.eval_clients.append({"node_id": node, **dict(m)})
             for key, values in scores.items():
                 if np.isfinite(m.get(key, float("nan"))):
                     values.append(float(m[key]))
-        self._dropped(server_round, [n for n in self.round_log.get("eval_nodes", []) if n not in answered], "evaluate")
+        self._dropped(server_round, [n for n in self.round_log.eval_nodes if n not in answered], "evaluate")
         out = {}
         for key, values in scores.items():
             if values:  # "auc-mean", "auc-worst"; on pairs "pairwise_accuracy-mean", ...
@@ -231,8 +231,8 @@ class FedgateStrategy(Strategy):
         """A node answered with an error (its ClientApp raised, or the SuperLink reports it
         offline): recorded, never fatal to the run."""
         reason = _ANSI.sub("", msg.error.reason or "")
-        self.round_log["failures"].append({"node_id": node, "stage": stage, "code": int(msg.error.code),
-                                           "reason": reason})
+        self.round_log.failures.append({"node_id": node, "stage": stage, "code": int(msg.error.code),
+                                        "reason": reason})
         last = next((line.strip() for line in reversed(reason.splitlines()) if line.strip()), "no reason given")
         log.warning("round %d: node %d failed to %s: %s", server_round, node, stage, last[-400:])
 
@@ -240,7 +240,7 @@ class FedgateStrategy(Strategy):
         """Nodes that were sent a message and did not answer within ``federation.round-timeout``
         (stragglers): left out of this round; a late reply is never read."""
         for node in nodes:
-            self.round_log.setdefault("dropped", []).append(
+            self.round_log.dropped.append(
                 {"node_id": node, "stage": stage, "reason": f"no reply within {self.fed.round_timeout:g} s "
                                                             "(federation.round-timeout)"})
             log.warning("round %d: node %d did not %s within %g s; dropped from this round", server_round, node,
@@ -267,7 +267,7 @@ class FedgateStrategy(Strategy):
         sigma, noise, sampled = 0.0, None, None
         if self.fed.dp != "off":
             # the rate this round really sampled at (min-train-nodes can raise it above fraction-train)
-            rate = len(self.sent) / max(1, self.round_log.get("num_nodes", len(self.sent)))
+            rate = len(self.sent) / max(1, self.round_log.num_nodes or len(self.sent))
             self.dp_rates.append(rate if self.fed.dp == "central" else 1.0)
             if self.dp_sigma is None:  # a target epsilon is solved once, at the first round's rate
                 self.dp_sigma = self.fed.noise_multiplier(rate)
@@ -278,12 +278,11 @@ class FedgateStrategy(Strategy):
         result = self.rule.aggregate(self.global_state, updates, self.optimizer, self.opt_state, strategies.RoundInputs(
             sent=sent, rank=self.rank, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
         if self.fed.dp != "off":
-            self.round_log["privacy"] = privacy_record(self.fed, sigma, self.dp_rates)
+            self.round_log.privacy = privacy_record(self.fed, sigma, self.dp_rates)
         self.global_state, self.opt_state = result.params, result.opt_state
-        for key, value in result.info.items():
-            self.round_log[key] = value
+        self.round_log.rule.update(result.info)
         if "excluded" in result.info:  # krum, validated: indices into this round's updates -> node ids
-            self.round_log["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
+            self.round_log.rule["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
 
     def _update_gates(self, updates: list[ClientUpdate], server_round: int) -> None:
         stats = [{m: s for m, s in u.gate_stats.items() if m not in self.pruned} for u in updates]
@@ -308,7 +307,7 @@ class FedgateStrategy(Strategy):
                 self.pruned = sorted(self.pruned + new)
                 log.info("round %d: pruned %d adapter(s) whose structural gate stayed below %g for %d rounds: %s",
                          server_round, len(new), self.fed.prune_threshold, self.fed.prune_patience, new)
-                self.round_log["newly_pruned"] = new
+                self.round_log.rule["newly_pruned"] = new
 
     def known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
         """With heterogeneous ranks, ask nodes not seen before for their ``adapter.r`` (one
@@ -322,7 +321,7 @@ class FedgateStrategy(Strategy):
             node = reply.metadata.src_node_id
             if reply.has_error() or P.METRICS not in reply.content:
                 reason = reply.error.reason if reply.has_error() else "no metrics"
-                self.round_log["failures"].append({"node_id": node, "reason": reason, "stage": "query"})
+                self.round_log.failures.append({"node_id": node, "reason": reason, "stage": "query"})
                 continue
             self.node_ranks[node] = int(reply.content[P.METRICS][P.ADAPTER_RANK])
             log.info("node %d trains adapter rank %d (global %d)", node, self.node_ranks[node], self.rank)

@@ -64,7 +64,7 @@ def test_exact_averages_products_where_fedavg_ab_averages_factors():
         g = strategy.global_state
         results[name] = g["m.lora_B"] @ g["m.lora_A"]
         if name == "exact":
-            assert strategy.round_log["truncation_error"]["m"] == pytest.approx(0.0, abs=1e-6)
+            assert strategy.round_log.rule["truncation_error"]["m"] == pytest.approx(0.0, abs=1e-6)
     np.testing.assert_allclose(results["exact"], mean_product, atol=1e-6)
     # naive: mean(B) mean(A) = [[1,0],[0,1]] @ [[0.5,0],[0,1]] = [[0.5,0],[0,1]]
     np.testing.assert_allclose(results["fedavg-ab"], [[0.5, 0.0], [0.0, 1.0]], atol=1e-6)
@@ -78,8 +78,8 @@ def test_ffa_sends_and_receives_b_only():
     strategy.aggregate_train(1, [reply(m, delta, 5) for m in msgs])
     np.testing.assert_array_equal(strategy.global_state["m.lora_A"], GLOBAL["m.lora_A"])  # A never moves
     np.testing.assert_allclose(strategy.global_state["m.lora_B"], GLOBAL["m.lora_B"] + 1)
-    full_bytes = start(cfg())[0].round_log["array_bytes_down"]
-    assert strategy.round_log["array_bytes_down"] < full_bytes
+    full_bytes = start(cfg())[0].round_log.array_bytes_down
+    assert strategy.round_log.array_bytes_down < full_bytes
 
 
 def test_fedadam_steps_the_mean_delta_like_a_hand_stepped_adam():
@@ -103,10 +103,10 @@ def test_median_ignores_one_outlier_and_bad_updates_are_rejected():
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert strategy.global_state["head.bias"][0] == pytest.approx(0.5 + 0.2)  # median of 0.1, 0.2, 5.0
-    reasons = {r["node_id"]: r["reason"] for r in strategy.round_log["rejected"]}
+    reasons = {r["node_id"]: r["reason"] for r in strategy.round_log.rejected}
     assert set(reasons) == {4, 5, 6}
     assert "non-finite" in reasons[4] and "shape" in reasons[5] and "exceeds bound 100" in reasons[6]
-    assert len(strategy.round_log["clients"]) == 3
+    assert len(strategy.round_log.clients) == 3
 
 
 def test_krum_leaves_out_the_sign_flipped_client_by_node_id():
@@ -114,7 +114,7 @@ def test_krum_leaves_out_the_sign_flipped_client_by_node_id():
     honest = [zeros_like(GLOBAL, **{"head.bias": [b], "m.gate_weight": [1.0, 1.0]}) for b in (0.1, 0.2, 0.3, 0.4)]
     flipped = zeros_like(GLOBAL, **{"head.bias": [-0.25], "m.gate_weight": [-1.0, -1.0]})
     strategy.aggregate_train(1, [reply(m, d, n) for m, d, n in zip(msgs, honest + [flipped], (10, 10, 10, 30, 10))])
-    assert strategy.round_log["excluded"] == [5]
+    assert strategy.round_log.rule["excluded"] == [5]
     # the four honest updates, weighted by examples: (0.1 + 0.2 + 0.3 + 3 * 0.4) / 6 = 0.3
     assert strategy.global_state["head.bias"][0] == pytest.approx(0.5 + 0.3)
     np.testing.assert_allclose(strategy.global_state["m.gate_weight"], [1.0, 1.0])
@@ -133,7 +133,7 @@ def test_validated_scores_each_update_alone_and_leaves_out_the_worst():
     deltas = [zeros_like(GLOBAL, **{"head.bias": [b]}) for b in (0.2, -0.3, 0.4)]
     strategy.aggregate_train(1, [reply(m, d, n) for m, d, n in zip(msgs, deltas, (10, 10, 30))])
     assert scored == pytest.approx([0.7, 0.2, 0.9])  # global 0.5 + each delta alone
-    assert strategy.round_log["excluded"] == [2]
+    assert strategy.round_log.rule["excluded"] == [2]
     assert strategy.global_state["head.bias"][0] == pytest.approx(0.5 + (10 * 0.2 + 30 * 0.4) / 40)
     with pytest.raises(ValueError, match="give the strategy a scorer"):
         FedgateStrategy(c, dict(GLOBAL))
@@ -144,7 +144,7 @@ def test_wrong_dtype_and_a_foreign_rank_are_rejected():
     f64 = {k: v.astype(np.float64) for k, v in zeros_like(GLOBAL).items()}
     rank1 = {**zeros_like(GLOBAL), "m.lora_A": np.zeros((1, 2), F), "m.lora_B": np.zeros((2, 1), F)}
     strategy.aggregate_train(1, [reply(msgs[0], f64, 5), reply(msgs[1], rank1, 5)])
-    reasons = [r["reason"] for r in strategy.round_log["rejected"]]
+    reasons = [r["reason"] for r in strategy.round_log.rejected]
     assert "dtype float64" in reasons[0] and "shape (1, 2)" in reasons[1]
 
 
@@ -161,14 +161,14 @@ def test_gate_weighting_weights_a_layer_by_its_gate():
 def test_pruning_stops_sending_an_adapter_after_patience_rounds():
     c = cfg(**{"prune-threshold": 0.5, "prune-patience": 2})
     strategy, msgs = start(c)
-    full = strategy.round_log["array_bytes_down"]
+    full = strategy.round_log.array_bytes_down
     for rnd in (1, 2):
         strategy.aggregate_train(rnd, [reply(m, zeros_like(GLOBAL), 5, struct=0.2) for m in msgs])
         assert strategy.pruned == ([] if rnd == 1 else ["m"])
         msgs = list(strategy.configure_train(rnd + 1, None, ConfigRecord(), Nodes([1, 2])))
     sent = from_record(msgs[0].content[P.ARRAYS])
     assert set(sent) == {"head.bias"} and msgs[0].content[P.CONFIG][P.PRUNED] == "m"
-    assert strategy.round_log["array_bytes_down"] < full
+    assert strategy.round_log.array_bytes_down < full
     arrays_meta = strategy.saved()[1]
     assert arrays_meta["pruned"] == ["m"] and arrays_meta["streaks"] == {"m": 2}
 
@@ -181,7 +181,7 @@ def test_prune_max_share_caps_how_many_insertion_points_are_ever_pruned():
         strategy.aggregate_train(rnd, [reply(m, zeros_like(GLOBAL), 5, struct=gates) for m in msgs])
         assert strategy.pruned == ["m", "n"]
         msgs = list(strategy.configure_train(rnd + 1, None, ConfigRecord(), Nodes([1, 2])))
-    assert "newly_pruned" not in strategy.round_log
+    assert "newly_pruned" not in strategy.round_log.rule
 
 
 def test_personal_gates_stay_off_the_wire():
@@ -204,7 +204,7 @@ def test_scaffold_sends_c_and_updates_it_from_control_deltas():
     assert strategy.rule.control["head.bias"][0] == pytest.approx(0.5 * 0.6)
     missing = list(strategy.configure_train(2, None, ConfigRecord(), Nodes([1, 2, 3, 4])))
     strategy.aggregate_train(2, [reply(missing[0], zeros_like(GLOBAL), 5)])  # no control delta
-    assert "scaffold-dc" in strategy.round_log["rejected"][0]["reason"]
+    assert "scaffold-dc" in strategy.round_log.rejected[0]["reason"]
 
 
 class RankGrid(Nodes):
@@ -231,7 +231,7 @@ def test_heterogeneous_ranks_are_asked_sent_at_their_rank_and_aggregated(strateg
         np.testing.assert_allclose(sent[1]["m.lora_B"] @ sent[1]["m.lora_A"], [[1.0, 0.0], [0.0, 0.0]], atol=1e-6)
     replies = [reply(m, zeros_like(sent[m.metadata.dst_node_id]), 5) for m in msgs]
     strategy.aggregate_train(1, replies)
-    assert not strategy.round_log["rejected"]
+    assert not strategy.round_log.rejected
     g = strategy.global_state
     assert g["m.lora_A"].shape == (2, 2)
     if strategy_name == "exact":  # mean of diag(1, 0) and diag(1, .5)

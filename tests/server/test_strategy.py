@@ -9,6 +9,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
+from server.round_log import RoundLog
 from server.strategy import FedgateStrategy, from_record, to_record, wire_bytes
 
 
@@ -50,8 +51,8 @@ def test_round_trip_fedavg_gate_prior_and_bytes():
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13]
     assert msgs[0].content[P.CONFIG][P.SERVER_ROUND] == 1
     assert dict(msgs[0].content[P.GATE_PRIOR]) == {}  # no profile before round 1
-    assert strategy.round_log["bytes_down"] == 3 * wire_bytes(msgs[0].content)
-    assert strategy.round_log["array_bytes_down"] == 3 * 12
+    assert strategy.round_log.bytes_down == 3 * wire_bytes(msgs[0].content)
+    assert strategy.round_log.array_bytes_down == 3 * 12
 
     deltas = [  # 30, 10 examples; the third reply is broken
         {"a.gate_weight": np.array([[4.0, 0.0]], dtype=np.float32), "head.bias": np.array([1.0], dtype=np.float32)},
@@ -66,7 +67,7 @@ def test_round_trip_fedavg_gate_prior_and_bytes():
     np.testing.assert_allclose(new["a.gate_weight"], [[3.0, 4.0]])
     np.testing.assert_allclose(new["head.bias"], [1.0])
     assert metrics[P.NUM_EXAMPLES] == 40
-    rejected = strategy.round_log["rejected"]
+    rejected = strategy.round_log.rejected
     assert [r["node_id"] for r in rejected] == [msgs[2].metadata.dst_node_id] and "NaN" in rejected[0]["reason"]
     assert strategy.profile["a"]["token_gate"] == pytest.approx(0.75 * 0.2 + 0.25 * 0.6)
 
@@ -84,11 +85,11 @@ def test_wrong_shapes_failures_and_stragglers_are_recorded_not_averaged():
     # node 8 never answers: Grid.send_and_receive returned at the round timeout without it
     arrays, _ = strategy.aggregate_train(1, [reply(msgs[0], good, 5), reply(msgs[1], wrong, 5), failed])
     np.testing.assert_allclose(from_record(arrays)["a.gate_weight"], GLOBAL["a.gate_weight"] + 1)
-    assert "shape (2, 2)" in strategy.round_log["rejected"][0]["reason"]
-    assert strategy.round_log["failures"] == [{"node_id": 7, "stage": "train", "code": 2, "reason": "client crashed"}]
-    assert strategy.round_log["dropped"] == [{"node_id": 8, "stage": "train",
+    assert "shape (2, 2)" in strategy.round_log.rejected[0]["reason"]
+    assert strategy.round_log.failures == [{"node_id": 7, "stage": "train", "code": 2, "reason": "client crashed"}]
+    assert strategy.round_log.dropped == [{"node_id": 8, "stage": "train",
                                              "reason": "no reply within 30 s (federation.round-timeout)"}]
-    assert [c["node_id"] for c in strategy.round_log["clients"]] == [5]
+    assert [c["node_id"] for c in strategy.round_log.clients] == [5]
 
 
 def test_a_node_the_superlink_reports_unavailable_is_named_by_its_own_id():
@@ -101,8 +102,8 @@ def test_a_node_the_superlink_reports_unavailable_is_named_by_its_own_id():
     unavailable.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
     good = {k: np.ones_like(v) for k, v in GLOBAL.items()}
     strategy.aggregate_train(1, [reply(msgs[0], good, 5), unavailable])
-    assert [(f["node_id"], f["code"]) for f in strategy.round_log["failures"]] == [(6, 5)]
-    assert strategy.round_log["dropped"] == []
+    assert [(f["node_id"], f["code"]) for f in strategy.round_log.failures] == [(6, 5)]
+    assert strategy.round_log.dropped == []
 
 
 def test_fewer_usable_updates_than_min_train_nodes_leave_the_global_state():
@@ -112,17 +113,17 @@ def test_fewer_usable_updates_than_min_train_nodes_leave_the_global_state():
     arrays, metrics = strategy.aggregate_train(1, [reply(msgs[0], good, 5)])  # node 6 straggles
     assert arrays is None and metrics is None
     np.testing.assert_array_equal(strategy.global_state["a.gate_weight"], GLOBAL["a.gate_weight"])
-    assert "1 usable update(s), federation.min-train-nodes is 2" in strategy.round_log["skipped"]
-    assert [d["node_id"] for d in strategy.round_log["dropped"]] == [6]
+    assert "1 usable update(s), federation.min-train-nodes is 2" in strategy.round_log.skipped
+    assert [d["node_id"] for d in strategy.round_log.dropped] == [6]
 
 
 def test_evaluation_stragglers_are_recorded():
     strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
-    strategy.round_log = {}
+    strategy.round_log = RoundLog()
     msgs = list(strategy.configure_evaluate(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6])))
     replies = [Message(RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: 10, "auc": 0.6})}), reply_to=msgs[0])]
     assert strategy.aggregate_evaluate(1, replies)["nodes"] == 1
-    assert [(d["node_id"], d["stage"]) for d in strategy.round_log["dropped"]] == [(6, "evaluate")]
+    assert [(d["node_id"], d["stage"]) for d in strategy.round_log.dropped] == [(6, "evaluate")]
 
 
 def test_no_usable_update_keeps_the_global_state():
@@ -142,7 +143,7 @@ def test_fixed_prior_sends_no_profile():
 
 def test_federated_evaluation_mean_and_worst_auc():
     strategy = FedgateStrategy(FedgateConfig(), dict(GLOBAL))
-    strategy.round_log = {}
+    strategy.round_log = RoundLog()
     msgs = list(strategy.configure_evaluate(1, to_record(GLOBAL), ConfigRecord(), Nodes([5, 6, 7])))
     replies = [Message(RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: 10, "auc": auc})}), reply_to=m)
                for m, auc in zip(msgs, (0.6, 0.8, float("nan")))]
