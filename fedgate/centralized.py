@@ -123,7 +123,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
 
         metrics["baselines"] = pair_baselines(splits["train"], splits["validation"], splits["test"], frozen)
     elif baselines:
-        from fedgate.baselines import all_baselines
+        from fedgate.cheap_baselines import all_baselines
 
         metrics["baselines"] = all_baselines(splits["train"], splits["validation"], splits["test"], frozen,
                                              cfg.data.misaligned_threshold, cfg.train.seed)

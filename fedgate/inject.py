@@ -152,9 +152,3 @@ def reset_gate_records(model: nn.Module) -> None:
     code that calls a backbone directly must call it once per step."""
     for m in adapter_modules(model).values():
         m.reset_gate_record()
-
-
-def set_merged(model: nn.Module, merged: bool) -> None:
-    """Merge (or unmerge) every adapter of the model; raises if one has a token gate."""
-    for m in adapter_modules(model).values():
-        m.merge() if merged else m.unmerge()

@@ -27,7 +27,7 @@ import time
 import torch
 
 from fedgate import ridge
-from fedgate.baselines import probe_auc
+from fedgate.cheap_baselines import probe_auc
 from fedgate.batching import encode_split
 from fedgate.config import FedgateConfig
 from fedgate.metrics import misaligned, misalignment_score, roc_auc

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("fedgate.config",)),
     ("data", ("fedgate.data", "fedgate.metrics")),
     ("models", ("fedgate.adapters", "fedgate.inject", "fedgate.peft_methods", "fedgate.model", "fedgate.state",
-                "fedgate.losses", "fedgate.batching", "fedgate.hidden_store", "fedgate.ridge", "fedgate.baselines",
+                "fedgate.losses", "fedgate.batching", "fedgate.hidden_store", "fedgate.ridge", "fedgate.cheap_baselines",
                 "fedgate.rundir")),
     ("training", ("fedgate.train", "fedgate.engine", "fedgate.pairwise", "fedgate.trained", "fedgate.scoring",
                   "fedgate.export", "fedgate.centralized", "fedgate.run_outputs")),

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedgate.aggregation.fedavg import Params
 
-State = dict[str, np.ndarray]
+OptState = dict[str, np.ndarray]  # "<slot>/<param name>" -> float64 array
 
 
 def _check_hparam(name: str, value: float, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
@@ -40,15 +40,15 @@ class ServerOptimizer:
     def _initial(self, slot: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape, dtype=np.float64)
 
-    def _update(self, x: np.ndarray, d: np.ndarray, s: State) -> tuple[np.ndarray, State]:
+    def _update(self, x: np.ndarray, d: np.ndarray, s: OptState) -> tuple[np.ndarray, OptState]:
         raise NotImplementedError
 
-    def init(self, params: Mapping[str, np.ndarray]) -> State:
+    def init(self, params: Mapping[str, np.ndarray]) -> OptState:
         """Fresh state for every key of params (one float64 array per slot and key)."""
         return {f"{slot}/{k}": self._initial(slot, np.shape(v)) for k, v in params.items() for slot in self.slots}
 
     def step(self, state: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
-             delta: Mapping[str, np.ndarray]) -> tuple[Params, State]:
+             delta: Mapping[str, np.ndarray]) -> tuple[Params, OptState]:
         """New (params, state) after one server step; the inputs are not mutated."""
         for k, d in delta.items():
             if k not in params:
@@ -56,10 +56,10 @@ class ServerOptimizer:
             if np.shape(d) != np.shape(params[k]):
                 raise ValueError(f"{self.name}: key {k!r}: delta shape {np.shape(d)} != param shape {np.shape(params[k])}")
         new_params: Params = dict(params)
-        new_state: State = dict(state)
+        new_state: OptState = dict(state)
         for k, d in delta.items():
             x = np.asarray(params[k])
-            s: State = {}
+            s: OptState = {}
             for slot in self.slots:
                 sk = f"{slot}/{k}"
                 if sk not in state:
@@ -84,7 +84,7 @@ class ServerSGD(ServerOptimizer):
     def __post_init__(self) -> None:
         _check_hparam("lr", self.lr, 0.0, lo_open=True)
 
-    def _update(self, x: np.ndarray, d: np.ndarray, s: State) -> tuple[np.ndarray, State]:
+    def _update(self, x: np.ndarray, d: np.ndarray, s: OptState) -> tuple[np.ndarray, OptState]:
         return x + self.lr * d, {}
 
 
@@ -101,7 +101,7 @@ class ServerMomentum(ServerOptimizer):
         _check_hparam("lr", self.lr, 0.0, lo_open=True)
         _check_hparam("momentum", self.momentum, 0.0, 1.0)
 
-    def _update(self, x: np.ndarray, d: np.ndarray, s: State) -> tuple[np.ndarray, State]:
+    def _update(self, x: np.ndarray, d: np.ndarray, s: OptState) -> tuple[np.ndarray, OptState]:
         m = self.momentum * s["m"] + d
         return x + self.lr * m, {"m": m}
 
@@ -130,7 +130,7 @@ class ServerAdagrad(ServerOptimizer):
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         return v + d2
 
-    def _update(self, x: np.ndarray, d: np.ndarray, s: State) -> tuple[np.ndarray, State]:
+    def _update(self, x: np.ndarray, d: np.ndarray, s: OptState) -> tuple[np.ndarray, OptState]:
         m = self.beta1 * s["m"] + (1.0 - self.beta1) * d
         v = self._second_moment(s["v"], d * d)
         return x + self.lr * m / (np.sqrt(v) + self.tau), {"m": m, "v": v}

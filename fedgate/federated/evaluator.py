@@ -109,10 +109,10 @@ class ServerEvaluator:
         return frozen_features(self.model, val, self.cfg, self.pad_id, self.device), val.labels.numpy()
 
     def baselines(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """The cheap baselines (fedgate/baselines.py) fitted on the run's pooled training rows
+        """The cheap baselines (fedgate/cheap_baselines.py) fitted on the run's pooled training rows
         (every client's shard) and scored on the server's test rows, the rows the federation
         is scored on; feature baselines use the head inputs under ``state``."""
-        from fedgate.baselines import all_baselines
+        from fedgate.cheap_baselines import all_baselines
         from fedgate.pairwise import pair_baselines
 
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedgate.baselines import length_auc, probe_auc, tfidf_auc
+from fedgate.cheap_baselines import length_auc, probe_auc, tfidf_auc
 
 
 def test_length_sign_comes_from_training_rows():
@@ -42,7 +42,7 @@ def test_probe_separable_vs_noise():
 
 
 def test_boosted_trees_find_an_interaction_a_linear_probe_cannot():
-    from fedgate.baselines import boosted_trees_auc
+    from fedgate.cheap_baselines import boosted_trees_auc
 
     rng = np.random.default_rng(0)
     x = {k: rng.normal(size=(n, 4)) for k, n in (("tr", 600), ("va", 200), ("te", 200))}
