@@ -125,7 +125,7 @@ def deepspeed_config(cfg: FedgateConfig, plan: EnginePlan, world_size: int = 1) 
         "zero_optimization": zero,
         # train.bf16 is fit()'s autocast; DeepSpeed's own bf16 would cast the frozen backbone
         "bf16": {"enabled": False},
-        "zero_allow_untested_optimizer": True,  # fedgate's AdamW groups (adapters / gates / head)
+        "zero_allow_untested_optimizer": True,  # fedgate's AdamW groups (LoRA factors / other adapter tensors / head)
         "zero_force_ds_cpu_optimizer": False,  # offload with a client optimizer
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

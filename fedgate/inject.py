@@ -16,29 +16,19 @@ from typing import Callable, Iterable
 from torch import nn
 
 from fedgate.adapters import AdapterSpec, GatedLoRALinear
-
-# Default target names per model family, by the backbone's config.model_type.
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "llama": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-}
+from fedgate.families import family, known
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 ALL_LINEAR = "all-linear"  # every linear layer inside the numbered transformer blocks
 
 
 def default_targets(model_type: str) -> tuple[str, ...]:
-    try:
-        return DEFAULT_TARGETS[model_type]
-    except KeyError:
-        raise ValueError(
-            f"no default adapter targets for model_type {model_type!r}; pass target modules "
-            f"explicitly (known defaults: {sorted(DEFAULT_TARGETS)})"
-        ) from None
+    """The family's default adapter targets (fedgate/families.py)."""
+    targets = family(model_type).lora_targets
+    if not targets:
+        raise ValueError(f"no default adapter targets for model_type {model_type!r}; pass target modules "
+                         f"explicitly (known defaults: {known('lora_targets')})")
+    return targets
 
 
 def layer_index(name: str) -> int | None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedgate.config.model import GATED_LORA
+from fedgate.families import family
 from fedgate.inject import adapter_modules, reset_gate_records
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ NUM_OUTPUTS = NUM_ATTRIBUTES + 1
 OFFLINE_DEFAULT = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 POOLINGS = ("mean", "last", "mean-last")
-DECODER_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox", "phi3", "gemma", "gemma2"}
 
 
 # decoders that ship as a GGUF file inside a pip package: alias -> (package, module, attribute with the path)
@@ -177,7 +177,7 @@ def appended_special_tokens(tokenizer) -> int:
 
 def is_decoder(backbone: nn.Module) -> bool:
     cfg = backbone.config
-    return bool(getattr(cfg, "is_decoder", False)) or cfg.model_type in DECODER_TYPES
+    return bool(getattr(cfg, "is_decoder", False)) or family(cfg.model_type).decoder
 
 
 class RewardModel(nn.Module):

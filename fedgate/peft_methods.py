@@ -27,20 +27,10 @@ import torch
 from torch import nn
 
 from fedgate.config.model import ADAPTER_METHODS
+from fedgate.families import FAMILIES
 from fedgate.inject import layer_index, match_targets, replace_module
 
 METHODS = ADAPTER_METHODS
-
-# The sublayer outputs a Houlsby adapter follows, per model family (suffixes of linear layers).
-BOTTLENECK_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": ("output.dense",),  # attention.output.dense and the FFN's output.dense
-    "roberta": ("output.dense",),
-    "llama": ("o_proj", "down_proj"),
-    "qwen2": ("o_proj", "down_proj"),
-    "mistral": ("o_proj", "down_proj"),
-    "gpt2": ("c_proj",),  # attn.c_proj and mlp.c_proj
-}
-
 
 def _family_targets(table: dict[str, tuple[str, ...]] | dict[str, list[str]], model_type: str, what: str) -> list[str]:
     try:
@@ -72,7 +62,8 @@ class BottleneckAdapter(nn.Module):
 
 
 def _bottleneck(backbone: nn.Module, width: int, layers: Iterable[int] | None) -> list[str]:
-    names = match_targets(backbone, _family_targets(BOTTLENECK_TARGETS, backbone.config.model_type, "bottleneck"),
+    bottleneck = {name: list(f.bottleneck_after) for name, f in FAMILIES.items() if f.bottleneck_after}
+    names = match_targets(backbone, _family_targets(bottleneck, backbone.config.model_type, "bottleneck"),
                           layers=layers)
     for name in names:
         replace_module(backbone, name, lambda base: BottleneckAdapter(base, width))

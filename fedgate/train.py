@@ -269,8 +269,10 @@ class TrainResult:
 
 
 def make_optimizer(model: RewardModel, cfg: FedgateConfig) -> torch.optim.Optimizer:
-    """AdamW with separate groups: low-rank weights (decayed), gates, and the head."""
-    lora, gates, head = [], [], []
+    """AdamW with three groups: the LoRA factors (decayed towards 0), every other trainable
+    adapter tensor (gates; under the baseline methods IA3 scales, bottleneck weights, BitFit
+    biases: not decayed, IA3's scales start at 1), and the head (``train.lr-head``)."""
+    lora, other, head = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -279,11 +281,11 @@ def make_optimizer(model: RewardModel, cfg: FedgateConfig) -> torch.optim.Optimi
         elif name.endswith(("lora_A", "lora_B")):
             lora.append(p)
         else:
-            gates.append(p)
+            other.append(p)
     t = cfg.train
     groups = [
         {"params": lora, "lr": t.lr_adapter, "weight_decay": t.weight_decay},
-        {"params": gates, "lr": t.lr_adapter, "weight_decay": 0.0},
+        {"params": other, "lr": t.lr_adapter, "weight_decay": 0.0},
         {"params": head, "lr": t.lr_head, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]])

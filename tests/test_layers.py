@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("numeric rules and errors", ("fedgate.errors", "fedgate.aggregation", "fedgate.memory", "fedgate.tiny")),
     ("config", ("fedgate.config",)),
     ("data", ("fedgate.data", "fedgate.metrics")),
-    ("models", ("fedgate.adapters", "fedgate.inject", "fedgate.peft_methods", "fedgate.model", "fedgate.state",
+    ("models", ("fedgate.families", "fedgate.adapters", "fedgate.inject", "fedgate.peft_methods", "fedgate.model", "fedgate.state",
                 "fedgate.losses", "fedgate.batching", "fedgate.hidden_store", "fedgate.ridge", "fedgate.cheap_baselines",
                 "fedgate.rundir")),
     ("training", ("fedgate.train", "fedgate.engine", "fedgate.pairwise", "fedgate.trained", "fedgate.scoring",
