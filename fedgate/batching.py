@@ -181,3 +181,8 @@ def sorted_batches(split: EncodedSplit, batch_size: int) -> list[np.ndarray]:
     results back by the row indices."""
     order = np.argsort(row_lengths(split), kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pair_rows(pairs: np.ndarray) -> np.ndarray:
+    """Row indices of pairs ``pairs``: each pair's chosen row then its rejected row."""
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()

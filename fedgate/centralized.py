@@ -36,8 +36,10 @@ from fedgate.state import adapter_state, save_state, state_nbytes
 from fedgate.data.splits import load_eval_split, load_splits
 from fedgate.run_outputs import package_versions, write_predictions
 from fedgate.trained import ADAPTER_FILE, load_trained
-from fedgate.train import (decision_threshold_from, evaluate, fit, fit_head_ridge, frozen_features,
-                           metrics_from_predictions, pair_metrics, pick_device, predict, prepare_cache, set_head)
+from fedgate.devices import pick_device
+from fedgate.evaluation import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
+                                pair_metrics, predict)
+from fedgate.train import fit, fit_head_ridge, prepare_cache, set_head
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from fedgate.batching import encode_pairs, encode_texts
 from fedgate.data.pairs import PairReport, is_pair_file, is_pair_record, pairs_to_dataset, parse_pair, read_pairs
 from fedgate.data.schema import ATTRIBUTES, DataError
 from fedgate.model import ALIGNMENT
-from fedgate.train import pick_device, predict
+from fedgate.devices import pick_device
+from fedgate.evaluation import predict
 from fedgate.trained import Trained
 
 

@@ -55,7 +55,7 @@ def timed_steps(model, stepper, batch: dict, cfg, device, steps: int) -> tuple[l
 
     from fedgate.losses import total_loss
     from fedgate.model import head_targets
-    from fedgate.train import autocast
+    from fedgate.devices import autocast
 
     times = []
     for _ in range(steps + 1):
@@ -146,7 +146,7 @@ def rank_steps(job_dir, job: dict, rank: int) -> dict:
     from fedgate.data import build_embedded_dataset
     from fedgate.engine import close_stepper, make_stepper
     from fedgate.model import build_reward_model
-    from fedgate.train import pick_device
+    from fedgate.devices import pick_device
 
     world = dist.get_world_size()
     cfg = FedgateConfig.from_flat({"model.backbone": job["backbone"], "train.batch-size": 16, "model.top-layers": 0,

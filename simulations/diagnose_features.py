@@ -33,7 +33,8 @@ from fedgate.config import FedgateConfig
 from fedgate.metrics import misaligned, misalignment_score, roc_auc
 from fedgate.model import build_reward_model, head_targets
 from fedgate.data.splits import load_splits
-from fedgate.train import frozen_features, prepare_cache
+from fedgate.evaluation import frozen_features
+from fedgate.train import prepare_cache
 from simulations.study import parse_sets
 
 

@@ -23,7 +23,8 @@ from fedgate.inject import reset_gate_records
 from fedgate.losses import total_loss
 from fedgate.model import build_reward_model, head_targets
 from fedgate.data.splits import load_splits
-from fedgate.train import TorchStepper, autocast, prepare_cache
+from fedgate.devices import autocast
+from fedgate.train import TorchStepper, prepare_cache
 from simulations.study import parse_sets
 
 

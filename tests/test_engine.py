@@ -176,7 +176,7 @@ def test_deepspeed_batch_keys_split_the_batch_over_the_ranks(tmp_path):
 
 
 def test_a_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
-    from fedgate.train import pick_device
+    from fedgate.devices import pick_device
 
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device("cuda") == torch.device("cuda", 1)

@@ -18,7 +18,8 @@ from fedgate.data.schema import rows_to_dataset
 from fedgate.hidden_store import load_states, save_states, states_key
 from fedgate.inject import adapter_modules
 from fedgate.model import build_reward_model
-from fedgate.train import predict, prepare_cache
+from fedgate.evaluation import predict
+from fedgate.train import prepare_cache
 from tests.test_train import _rows
 
 CPU = torch.device("cpu")

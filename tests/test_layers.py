@@ -17,14 +17,15 @@ PACKAGES = ("fedgate", "server", "clients", "simulations")
 
 # low to high; a module belongs to the layer of its longest matching prefix
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("numeric rules and errors", ("fedgate.errors", "fedgate.aggregation", "fedgate.memory", "fedgate.tiny")),
+    ("numeric rules and errors", ("fedgate.errors", "fedgate.aggregation", "fedgate.memory", "fedgate.tiny",
+                                  "fedgate.devices")),
     ("config", ("fedgate.config",)),
     ("data", ("fedgate.data", "fedgate.metrics")),
-    ("models", ("fedgate.families", "fedgate.adapters", "fedgate.inject", "fedgate.peft_methods", "fedgate.model", "fedgate.state",
-                "fedgate.losses", "fedgate.batching", "fedgate.hidden_store", "fedgate.ridge", "fedgate.cheap_baselines",
-                "fedgate.rundir")),
-    ("training", ("fedgate.train", "fedgate.engine", "fedgate.pairwise", "fedgate.trained", "fedgate.scoring",
-                  "fedgate.export", "fedgate.centralized", "fedgate.run_outputs")),
+    ("models", ("fedgate.families", "fedgate.adapters", "fedgate.inject", "fedgate.peft_methods", "fedgate.model",
+                "fedgate.state", "fedgate.losses", "fedgate.batching", "fedgate.hidden_store", "fedgate.ridge",
+                "fedgate.cheap_baselines", "fedgate.rundir")),
+    ("training", ("fedgate.evaluation", "fedgate.train", "fedgate.engine", "fedgate.pairwise", "fedgate.trained",
+                  "fedgate.scoring", "fedgate.export", "fedgate.centralized", "fedgate.run_outputs")),
     ("strategies", ("fedgate.strategies",)),
     ("federated runtime", ("fedgate.federated",)),
     ("Flower glue", ("server", "clients")),

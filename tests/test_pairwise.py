@@ -168,7 +168,7 @@ def test_rated_rows_hide_pairs_within_each_prompt(tiny_tokenizer):
     import torch
 
     from fedgate.batching import encode_texts
-    from fedgate.train import rated_pairs, rated_pairwise_accuracy
+    from fedgate.evaluation import rated_pairs, rated_pairwise_accuracy
 
     prompts = ["q1", "q1", "q1", "q2", "q2", "q3"]
     helpfulness = [4, 1, 4, 2, 3, 0]

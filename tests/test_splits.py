@@ -11,7 +11,7 @@ from fedgate.config import FedgateConfig
 from fedgate.data import DataError, split_by_prompt
 from fedgate.data.schema import rows_to_dataset
 from fedgate.data.splits import load_eval_split, load_splits
-from fedgate.train import auc_per_kind
+from fedgate.evaluation import auc_per_kind
 
 
 def _rows(n_prompts: int, per_prompt: int = 2) -> list[dict]:

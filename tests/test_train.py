@@ -11,7 +11,8 @@ from fedgate.config import FedgateConfig
 from fedgate.data.schema import rows_to_dataset
 from fedgate.inject import adapter_modules
 from fedgate.model import build_reward_model
-from fedgate.train import evaluate, fit, predict, prepare_cache
+from fedgate.evaluation import evaluate, predict
+from fedgate.train import fit, prepare_cache
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:

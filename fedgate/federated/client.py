@@ -31,7 +31,9 @@ from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model, head_targets
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
 from fedgate.ridge import RidgeStats, pair_ridge_stats, ridge_stats
-from fedgate.train import evaluate, fit, frozen_features, pick_device, prepare_cache
+from fedgate.devices import pick_device
+from fedgate.evaluation import evaluate, frozen_features
+from fedgate.train import fit, prepare_cache
 
 log = logging.getLogger(__name__)
 MAX_CACHED_SHARDS = 16  # per process; a 100-client simulation must not keep 100 caches

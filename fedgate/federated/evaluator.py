@@ -25,8 +25,10 @@ from fedgate.inject import count_parameters
 from fedgate.model import build_reward_model
 from fedgate.data.splits import load_splits
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, to_numpy
-from fedgate.train import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
-                           pick_device, predict, prepare_cache, selection_metric)
+from fedgate.devices import pick_device
+from fedgate.evaluation import (decision_threshold_from, evaluate, frozen_features, metrics_from_predictions,
+                                predict, selection_metric)
+from fedgate.train import prepare_cache
 
 log = logging.getLogger(__name__)
 

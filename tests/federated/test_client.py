@@ -114,7 +114,7 @@ def test_tasks_share_the_cached_backbone_and_reset_from_the_global_state(tiny_cf
 def test_head_statistics_are_the_ridge_statistics_of_the_training_rows(tiny_cfg):
     from fedgate.model import head_targets
     from fedgate.ridge import ridge_stats
-    from fedgate.train import frozen_features
+    from fedgate.evaluation import frozen_features
 
     clear_cache()
     task = ClientTask(tiny_cfg(), 1, 2)
