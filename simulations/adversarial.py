@@ -23,9 +23,9 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from fedgate.rundir import RunDir
-from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, contrast_cells, out_dir, paired_difference,
-                               parse_sets, rows_from_dir, run_study, seed_dirs, study_parser, summarize_run,
-                               write_table)
+from simulations.results import (contrast_cells, paired_difference, rows_from_dir, seed_dirs, summarize_run,
+                                 write_table)
+from simulations.study import SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, parse_sets, run_study, study_parser
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,

@@ -23,7 +23,8 @@ import numpy as np
 from fedgate.aggregation import ClientUpdate
 from fedgate import strategies
 from fedgate.config import FedgateConfig
-from simulations.study import parse_sets, write_table
+from simulations.results import write_table
+from simulations.study import parse_sets
 
 STRATEGIES = ("fedavg", "fedadam", "exact", "median", "trimmed-mean", "krum")
 

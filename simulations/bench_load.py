@@ -26,7 +26,8 @@ from fedgate.rundir import RunDir
 from fedgate.memory import total_resident_mib
 from fedgate.launch.processes import processes_with_flwr_home
 from fedgate.launch.simulation import simulate
-from simulations.study import config_string, parse_sets, write_table
+from simulations.results import write_table
+from simulations.study import config_string, parse_sets
 
 DEFAULTS = {"federation.partitioner": "iid", "data.limit": 2000, "federation.rounds": 5,
             "federation.fraction-evaluate": 0.0, "server.eval-limit": 200, "server.noise-rates": "",

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from fedgate.federated.report import line_plot
 from simulations.bench_learning import PRUNE_THRESHOLD
-from simulations.study import (config_string, contrast_cells, paired_difference, per_round_table, rows_from_dir,
-                               study_main, summarize_run, write_table)
+from simulations.results import (contrast_cells, paired_difference, per_round_table, rows_from_dir, summarize_run,
+                                 write_table)
+from simulations.study import config_string, study_main
 
 COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
           "server.report": False, "server.baselines": False}

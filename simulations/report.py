@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedgate.federated.report import write_report
-from simulations.study import VARIANTS_FILE, report_study
+from simulations.results import VARIANTS_FILE, report_study
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from fedgate.rundir import RunDir
-from simulations.study import rows_from_dir, standard_results, study_main, summarize_run
+from simulations.results import rows_from_dir, standard_results, summarize_run
+from simulations.study import study_main
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,
           "server.noise-rates": "", "server.report": False,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.study import (contrast_cells, paired_difference, rows_from_dir, standard_results, study_main,
-                               write_table)
+from simulations.results import contrast_cells, paired_difference, rows_from_dir, standard_results, write_table
+from simulations.study import study_main
 
 NOISE = "0.2"
 FLIPPED = 0.25  # one client of the default four

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.study import rows_from_dir, standard_results, study_main
+from simulations.results import rows_from_dir, standard_results
+from simulations.study import study_main
 
 COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "0.05,0.1,0.2", "server.report": False,

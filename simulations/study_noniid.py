@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 from fedgate.rundir import RunDir
-from simulations.study import (SEED_KEY, config_string, contrast_cells, mean_and_se, paired_difference, resolved,
-                               rows_from_dir, seed_dir, standard_results, study_main, write_table)
+from simulations.results import (contrast_cells, mean_and_se, paired_difference, resolved, rows_from_dir, seed_dir,
+                                 standard_results, write_table)
+from simulations.study import SEED_KEY, config_string, study_main
 
 COMMON = {"server.noise-rates": "",  # rounds and sizing: the defaults
           "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}

@@ -17,7 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.study import rows_from_dir, standard_results, study_main
+from simulations.results import rows_from_dir, standard_results
+from simulations.study import study_main
 from simulations.study_gates import COMMON
 
 VARIANTS = {

@@ -23,8 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from simulations.study import (SCALES, SEED_KEY, chosen, chosen_seeds, mean_and_se, out_dir, parse_sets,
-                               resolved, run_study, seed_dir, study_parser, write_table)
+from simulations.results import mean_and_se, resolved, seed_dir, write_table
+from simulations.study import SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, parse_sets, run_study, study_parser
 from simulations.study_noniid import centralized_bound, federation_settings, total_client_steps
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from fedgate.rundir import RunDir
-from simulations.study import (contrast_cells, mean_and_se, paired_difference, rows_from_dir, standard_results,
-                               study_main, summarize_run, write_table)
+from simulations.results import (contrast_cells, mean_and_se, paired_difference, rows_from_dir, standard_results,
+                                 summarize_run, write_table)
+from simulations.study import study_main
 
 CLIENTS = 20
 CLIP = 2.0

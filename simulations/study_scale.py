@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from fedgate.rundir import RunDir
-from simulations.study import NUM_SUPERNODES, rows_from_dir, standard_results, study_main, summarize_run
+from simulations.results import rows_from_dir, standard_results, summarize_run
+from simulations.study import NUM_SUPERNODES, study_main
 
 COMMON = {"federation.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600,
           "server.noise-rates": "", "server.report": False, "federation.fraction-evaluate": 0.0,

@@ -12,8 +12,9 @@ import pytest
 
 from fedgate.rundir import SUMMARY_FILE, RunDir
 from fedgate.launch.simulation import resolve_config
-from simulations.study import (NUM_SUPERNODES, SCALES, combine_seeds, config_string, paired_difference, rows_from_dir,
-                               run_study, seed_dir, standard_results, summarize_run)
+from simulations.results import (combine_seeds, paired_difference, rows_from_dir, seed_dir, standard_results,
+                                 summarize_run)
+from simulations.study import NUM_SUPERNODES, SCALES, config_string, run_study
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["study_noniid", "study_params", "study_data", "study_noise", "study_budget", "study_gates",
@@ -81,7 +82,7 @@ def test_a_difference_inside_two_standard_errors_is_not_resolved(tmp_path):
             for n, aucs in (("base", [0.60, 0.62, 0.64]), ("other", [0.62, 0.61, 0.65]))}
     diff, se, _ = paired_difference(tmp_path, rows, "other", "base")  # differences 2, -1, 1 points
     assert diff == pytest.approx(2 / 3) and abs(diff) < 2 * se
-    from simulations.study import resolved
+    from simulations.results import resolved
     assert resolved(diff, se) == "no" and resolved(2.0, 0.5) == "yes" and resolved(1.0, float("nan")) == ""
 
 
@@ -211,7 +212,7 @@ def _predictions(path, helpfulness, scores):
 
 
 def test_auc_difference_se_is_zero_for_identical_runs_and_refuses_other_rows(tmp_path):
-    from simulations.study import auc_difference_se
+    from simulations.results import auc_difference_se
 
     rng = np.random.default_rng(0)
     h = rng.integers(0, 5, 200)
@@ -227,7 +228,7 @@ def test_auc_difference_se_is_zero_for_identical_runs_and_refuses_other_rows(tmp
 
 
 def test_one_seed_gets_a_paired_bootstrap_se_against_the_baseline(tmp_path):
-    from simulations.study import auc_difference_se
+    from simulations.results import auc_difference_se
 
     rng = np.random.default_rng(1)
     h = rng.integers(0, 5, 200)
