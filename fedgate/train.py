@@ -236,7 +236,7 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
     of the whole batch's mean gate, which each rank back-propagates through its own share
     (:func:`fedgate.losses.shared_gate_kl`)."""
     t = cfg.train
-    rank, world = data_parallel_rank()
+    _, world = data_parallel_rank()
     # with several ranks the gate-KL term is added from the ranks' summed gate records below
     rank_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, beta=0.0)) if world > 1 else cfg
     rng = np.random.default_rng(t.seed)
@@ -266,35 +266,10 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
             if not batches:
                 batches = iterate_batches(items, t.batch_size, rng, lengths)
             picked = batches.pop(0)
-            share, weight = picked, 1.0
-            if world > 1:
-                share = picked[rank::world]
-                weight = world * len(share) / len(picked)
-                if not len(share):
-                    share = picked[:1]  # a placeholder row, at weight 0
-            rows = pair_rows(share) if pairs else share
-            batch = make_batch(train, rows, pad_id, device)
-            with autocast(device, t.bf16):
-                pred = opt.forward(model, batch, train.split_at)
-            loss, parts = batch_loss(pred, batch, pairs, model, rank_cfg, prior)
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            if world > 1:
-                summed = sum_across_ranks([float(loss.detach()) * weight / world,
-                                           *tracker.local_records(counted=weight > 0)], device)
-                tracker.add_records(summed[1:])
-                kl_value, kl_term = 0.0, 0.0
-                if cfg.loss.beta:
-                    kl_value, kl_term = shared_gate_kl(model, summed[1:], prior if prior is not None else
-                                                       cfg.loss.gate_prior, cfg.loss.gate_prior, world, weight > 0)
-                opt.backward(loss * weight + cfg.loss.beta * kl_term)
-                loss_value = summed[0] + cfg.loss.beta * kl_value
-            else:
-                opt.backward(loss)
-                tracker.update()
-                loss_value = float(loss.detach())
+            loss_value, parts, rows_used = _micro_batch(model, opt, train, picked, cfg, rank_cfg, pad_id, device,
+                                                        tracker, prior, extra_loss)
             result.examples_seen += 2 * len(picked) if pairs else len(picked)
-            result.rows_trained += len(rows) if weight > 0 else 0
+            result.rows_trained += rows_used
             recent = (recent + [loss_value])[-50:]
         opt.step()
         if after_step is not None:
@@ -304,17 +279,9 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
         bar.set_postfix(loss=f"{np.mean(recent):.4f}")
         last = step + 1 == total
         if validation is not None and ((t.eval_every and (step + 1) % t.eval_every == 0) or last):
-            metrics, _ = evaluate(model, validation, cfg, pad_id, device)
-            value = metrics[key]
-            entry = {"step": step + 1, "train_loss": float(np.mean(recent)), f"val_{key}": value,
-                     "elapsed_s": time.perf_counter() - start, **{f"loss_{k}": v for k, v in parts.items()}}
-            result.history.append(entry)
-            log.info("step %d: loss %.4f, validation %s %.4f", step + 1, entry["train_loss"], key, value)
-            if np.isnan(value):
-                log.warning("validation %s is undefined: no best-state selection", key)
-            elif result.best_step == 0 or value > result.best_val_auc:
-                result.best_val_auc, result.best_step = value, step + 1
-                best_state = adapter_state(model)
+            better = _validate(model, validation, cfg, pad_id, device, result, key, float(np.mean(recent)), parts,
+                               time.perf_counter() - start)
+            best_state = better if better is not None else best_state
     bar.close()
     result.wall_s = time.perf_counter() - start
     result.train_loss = float(np.mean(recent)) if recent else float("nan")
@@ -323,3 +290,63 @@ def fit(model: RewardModel, train: EncodedSplit, cfg: FedgateConfig, pad_id: int
         log.info("restored the best validation state from step %d", result.best_step)
     result.gate_stats = tracker.stats()  # structural gates of the state that is kept
     return result
+
+
+def _micro_batch(model: RewardModel, opt, train: EncodedSplit, picked: np.ndarray, cfg: FedgateConfig,
+                 rank_cfg: FedgateConfig, pad_id: int, device: torch.device, tracker: "GateTracker",
+                 prior: Mapping[str, float] | None, extra_loss: Callable[[], torch.Tensor] | None
+                 ) -> tuple[float, dict[str, float], int]:
+    """Forward and backward of one micro-batch (``picked``: its rows, or pairs), this rank's
+    share of it in a process group: (the whole batch's loss, the loss parts, rows this rank
+    trained on). ``rank_cfg`` is ``cfg`` without the gate-KL term when the ranks add it from
+    their summed gate records."""
+    rank, world = data_parallel_rank()
+    pairs = is_pairs(train)
+    share, weight = picked, 1.0
+    if world > 1:
+        share = picked[rank::world]
+        weight = world * len(share) / len(picked)
+        if not len(share):
+            share = picked[:1]  # a placeholder row, at weight 0
+    rows = pair_rows(share) if pairs else share
+    batch = make_batch(train, rows, pad_id, device)
+    with autocast(device, cfg.train.bf16):
+        pred = opt.forward(model, batch, train.split_at)
+    loss, parts = batch_loss(pred, batch, pairs, model, rank_cfg, prior)
+    if extra_loss is not None:
+        loss = loss + extra_loss()
+    if world > 1:
+        summed = sum_across_ranks([float(loss.detach()) * weight / world,
+                                   *tracker.local_records(counted=weight > 0)], device)
+        tracker.add_records(summed[1:])
+        kl_value, kl_term = 0.0, 0.0
+        if cfg.loss.beta:
+            kl_value, kl_term = shared_gate_kl(model, summed[1:], prior if prior is not None else
+                                               cfg.loss.gate_prior, cfg.loss.gate_prior, world, weight > 0)
+        opt.backward(loss * weight + cfg.loss.beta * kl_term)
+        loss_value = summed[0] + cfg.loss.beta * kl_value
+    else:
+        opt.backward(loss)
+        tracker.update()
+        loss_value = float(loss.detach())
+    return loss_value, parts, len(rows) if weight > 0 else 0
+
+
+def _validate(model: RewardModel, validation: EncodedSplit, cfg: FedgateConfig, pad_id: int, device: torch.device,
+              result: TrainResult, key: str, train_loss: float, parts: dict[str, float],
+              elapsed_s: float) -> dict[str, torch.Tensor] | None:
+    """Score the validation split after ``result.steps`` steps into ``result.history``; the
+    adapter state when it is the best so far (None otherwise)."""
+    step = result.steps
+    metrics, _ = evaluate(model, validation, cfg, pad_id, device)
+    value = metrics[key]
+    entry = {"step": step, "train_loss": train_loss, f"val_{key}": value, "elapsed_s": elapsed_s,
+             **{f"loss_{k}": v for k, v in parts.items()}}
+    result.history.append(entry)
+    log.info("step %d: loss %.4f, validation %s %.4f", step, entry["train_loss"], key, value)
+    if np.isnan(value):
+        log.warning("validation %s is undefined: no best-state selection", key)
+    elif result.best_step == 0 or value > result.best_val_auc:
+        result.best_val_auc, result.best_step = value, step
+        return adapter_state(model)
+    return None
