@@ -19,6 +19,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_train_writes_outputs_with_metrics_and_baselines(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auc"] <= 1.0 and "f1" in metrics["test"]
@@ -35,6 +36,7 @@ def test_train_writes_outputs_with_metrics_and_baselines(run_dir):
     assert lines[0].startswith("kind,true_helpfulness") and len(lines) == metrics["test"]["n"] + 1
 
 
+@pytest.mark.integration
 def test_evaluate_reproduces_the_training_run_test_metrics(run_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(run_dir), "--quiet", "--out", str(out)]) == 0
@@ -44,6 +46,7 @@ def test_evaluate_reproduces_the_training_run_test_metrics(run_dir, tmp_path, ca
     assert again["f1"] == pytest.approx(trained["f1"], abs=1e-6)
 
 
+@pytest.mark.integration
 def test_evaluate_with_noise_changes_inputs(run_dir, tmp_path):
     out = tmp_path / "noisy.json"
     assert main(["evaluate", str(run_dir), "--quiet", "--noise-rate", "0.2", "--out", str(out)]) == 0
@@ -51,6 +54,7 @@ def test_evaluate_with_noise_changes_inputs(run_dir, tmp_path):
     assert noisy["noise_rate"] == 0.2 and noisy["n"] > 0
 
 
+@pytest.mark.integration
 def test_evaluate_on_real_helpsteer2_rows(run_dir, shared_data_dir, tmp_path):
     sample = shared_data_dir / "helpsteer2-sample"
     if not sample.is_dir():

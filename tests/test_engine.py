@@ -128,6 +128,7 @@ def test_bf16_autocast_trains_under_deepspeed(plain_run):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.integration
 def test_rounds_release_their_engine_and_model(stage):
     """A simulation actor plays many rounds in one process: each round's DeepSpeed engine (and
     under ZeRO-3 the rebuilt model) must be freed, and resident memory must stay flat."""

@@ -105,6 +105,7 @@ def _hh_file(path, n):
     return path
 
 
+@pytest.mark.integration
 def test_a_federation_trains_on_a_pair_file_and_reports_pairwise_accuracy(tmp_path):
     """Real Flower simulation on pairs: the federated Bradley-Terry head before round 1,
     pairwise accuracy (clean and noisy) on the server's held-out pairs, the clients' own

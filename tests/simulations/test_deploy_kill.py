@@ -4,12 +4,16 @@ rounds.jsonl says who contributed and who failed. Everything is stopped by PID."
 
 import time
 
+import pytest
+
 from fedgate.rundir import RunDir
 from simulations.deploy import Deployment
 from fedgate.launch.processes import flower_env, processes_with_flwr_home
 from fedgate.launch.simulation import REPO, prepare_run, run_succeeded
 
 from deploy_helpers import BASE, assert_loopback_only, clientapps, contributors, kill_tree, start_run
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_supernode_killed_mid_round_leaves_the_run_to_the_survivors(tmp_path):

@@ -4,12 +4,16 @@ rounds.jsonl says who was dropped and who failed. Everything is stopped by PID."
 
 import time
 
+import pytest
+
 from fedgate.rundir import RunDir
 from simulations.deploy import Deployment
 from fedgate.launch.processes import flower_env, processes_with_flwr_home
 from fedgate.launch.simulation import REPO, prepare_run, run_succeeded
 
 from deploy_helpers import BASE, contributors, start_run
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_straggler_is_dropped_and_a_raising_client_is_a_failure(tmp_path):

@@ -35,6 +35,7 @@ def test_the_table_gives_each_rows_peak_over_its_groups_fp32_row():
     assert "final ROC-AUC 0.6100, 2 clients ok" in table and "max_memory_allocated" in table
 
 
+@pytest.mark.integration
 def test_on_the_cpu_a_zero3_row_and_the_federation_run_for_real(tmp_path, capsys):
     out = tmp_path / "check.json"
     assert gpu_check.main(["--allow-cpu", "--decoder", "tiny-llama", "--rows", "decoder/zero3", "--steps", "1",

@@ -32,6 +32,7 @@ def run_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_every_round_refits_the_head_from_every_client_and_counts_its_bytes(run_dir):
     rounds = RunDir(run_dir).rounds()
     assert "head_init" in rounds[0] and "head_refit" not in rounds[0]
@@ -42,6 +43,7 @@ def test_every_round_refits_the_head_from_every_client_and_counts_its_bytes(run_
         assert r["bytes"]["up"] >= r["bytes"]["array_up"]
 
 
+@pytest.mark.integration
 def test_the_saved_head_is_the_pooled_ridge_fit_under_the_final_adapters(run_dir):
     flat = json.loads((run_dir / "config.json").read_text())["config"]
     flat["train.cache-dir"] = ""  # the run's shared cache was removed with it

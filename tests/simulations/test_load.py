@@ -4,6 +4,8 @@ run listens beyond 127.0.0.1."""
 
 import threading
 
+import pytest
+
 from simulations.bench_load import run_load
 from fedgate.launch.processes import is_loopback, listening_addresses, processes_with_flwr_home
 
@@ -11,6 +13,7 @@ TINY = {"model.backbone": "tiny-bert", "server.baselines": False, "data.limit": 
         "train.threads": 1, "federation.rounds": 4}
 
 
+@pytest.mark.integration
 def test_twenty_clients_ten_percent_sampled_with_flat_memory(tmp_path):
     out = tmp_path / "load"
     seen: set = set()

@@ -14,6 +14,7 @@ RANKS = ['model.backbone="tiny-llama" data.limit=120 server.eval-limit=30 federa
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_rounds_with_clients_of_two_ranks(tmp_path):
     code, run_dir = simulate(RANKS, num_supernodes=2, out=tmp_path / "run", timeout=1100)
     assert code == 0

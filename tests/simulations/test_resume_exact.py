@@ -3,9 +3,12 @@ uninterrupted run with the same seed ends, server optimizer state included (FedY
 two moment arrays per tensor; losing them on resume would change round k+1)."""
 
 import numpy as np
+import pytest
 
 from fedgate.rundir import RunDir, load_checkpoint
 from fedgate.launch.simulation import simulate
+
+pytestmark = pytest.mark.integration
 
 RUN = ('model.backbone="tiny-bert" data.limit=100 server.eval-limit=20 train.batch-size=8 server.noise-rates="" '
        'federation.fraction-evaluate=0.0 server.report=false server.baselines=false federation.strategy="fedyogi" ')

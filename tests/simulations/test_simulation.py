@@ -27,6 +27,7 @@ def run_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_rounds_hold_every_metric(run_dir):
     rounds = RunDir(run_dir).rounds()
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -58,6 +59,7 @@ def test_rounds_hold_every_metric(run_dir):
     assert not (run_dir / STATES_DIR).exists()
 
 
+@pytest.mark.integration
 def test_round_zero_fits_the_head_from_every_clients_statistics(run_dir):
     head = RunDir(run_dir).rounds()[0]["head_init"]
     assert head["fitted"] and head["clients"] == 3 and head["failures"] == []
@@ -65,6 +67,7 @@ def test_round_zero_fits_the_head_from_every_clients_statistics(run_dir):
     assert head["ridge_lambda"] > 0 and 0.0 <= head["validation_auc"] <= 1.0
 
 
+@pytest.mark.integration
 def test_messages_carry_adapters_gates_and_head_only(run_dir):
     rounds = RunDir(run_dir).rounds()
     params = rounds[0]["params"]
@@ -78,6 +81,7 @@ def test_messages_carry_adapters_gates_and_head_only(run_dir):
         assert r["bytes"]["array_up_per_client"] < 0.02 * params["backbone_bytes"]
 
 
+@pytest.mark.integration
 def test_the_gate_prior_reaches_the_clients_in_round_two(run_dir):
     rounds = RunDir(run_dir).rounds()
     assert all(c["prior-adapters"] == 0 for c in rounds[1]["clients"])  # round 1: fixed loss.gate-prior
@@ -88,6 +92,7 @@ def test_the_gate_prior_reaches_the_clients_in_round_two(run_dir):
         assert c["prior-mean"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.integration
 def test_fedgate_evaluate_scores_the_latest_checkpoint(run_dir):
     from fedgate.centralized import evaluate_saved
 
@@ -97,6 +102,7 @@ def test_fedgate_evaluate_scores_the_latest_checkpoint(run_dir):
     assert 0.0 <= metrics["auc"] <= 1.0
 
 
+@pytest.mark.integration
 def test_tensorboard_holds_every_rounds_metrics_and_the_final_roc(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -112,6 +118,7 @@ def test_tensorboard_holds_every_rounds_metrics_and_the_final_roc(run_dir):
     assert "server/final_roc" in events.Tags()["images"]
 
 
+@pytest.mark.integration
 def test_fedgate_score_reads_a_chosen_rounds_checkpoint(run_dir, tmp_path):
     import json
 
@@ -128,6 +135,7 @@ def test_fedgate_score_reads_a_chosen_rounds_checkpoint(run_dir, tmp_path):
     assert main(["score", str(run_dir), "--round", "7", "--data", str(rows), "--quiet"]) == 2
 
 
+@pytest.mark.integration
 def test_resume_continues_from_the_next_round(run_dir):
     before = RunDir(run_dir).rounds()
     code, path = simulate([*TINY, f'federation.rounds=3 server.resume-from="{run_dir}"'], num_supernodes=3,
@@ -141,6 +149,7 @@ def test_resume_continues_from_the_next_round(run_dir):
     assert all(c["prior-adapters"] > 0 for c in rounds[3]["clients"])  # the profile came from the checkpoint
 
 
+@pytest.mark.integration
 def test_a_failing_server_app_makes_the_launcher_fail(tmp_path):
     code, path = simulate(['model.backbone="tiny-bert" data.source="/nonexistent/data.jsonl"'], num_supernodes=2,
                           out=tmp_path / "bad", timeout=300)
@@ -157,6 +166,7 @@ def test_run_config_is_checked_before_anything_starts():
         resolve_config(REPO, ['federation.partitioner="random"'])
 
 
+@pytest.mark.integration
 def test_run_outputs_are_safetensors_json_and_text(run_dir):
     """Nothing a run writes needs unpickling to read back (the Flower state under
     flwr-home belongs to Flower)."""

@@ -6,6 +6,8 @@ import pytest
 from fedgate.rundir import RunDir
 from fedgate.launch.simulation import simulate
 
+pytestmark = pytest.mark.integration
+
 BASE = ('model.backbone="tiny-bert" data.limit=100 server.eval-limit=20 federation.rounds=2 train.batch-size=8 '
         'server.noise-rates="" federation.fraction-evaluate=0.0 server.report=false server.baselines=false ')
 

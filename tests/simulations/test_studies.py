@@ -183,6 +183,7 @@ def test_privacy_study_pairs_each_epsilon_with_its_methods_clean_run_and_compare
     assert "| 2 |" not in md  # epsilon 2 did not run: no row
 
 
+@pytest.mark.integration
 def test_centralized_bound_trains_the_given_steps_and_scores_on_the_server_rows(tmp_path):
     from simulations.study_noniid import centralized_bound
 

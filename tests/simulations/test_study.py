@@ -12,6 +12,8 @@ from fedgate.cli import main as fedgate_main
 from simulations import adversarial
 from simulations.report import main as report_main
 
+pytestmark = pytest.mark.integration
+
 TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=200", "server.eval-limit=40", "federation.rounds=1",
         "train.batch-size=8", "train.threads=1"]
 

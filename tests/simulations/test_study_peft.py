@@ -11,6 +11,8 @@ from fedgate.rundir import RunDir
 from fedgate.state import load_state
 from simulations import study_peft
 
+pytestmark = pytest.mark.integration
+
 TINY = ["model.backbone=\"tiny-bert\"", "server.baselines=false", "data.limit=160", "server.eval-limit=40", "federation.rounds=1",
         "train.batch-size=8", "train.threads=1"]
 

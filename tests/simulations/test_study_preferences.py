@@ -3,6 +3,8 @@ file, its centralized twin on the same pairs and steps, and the table that pairs
 
 import json
 
+import pytest
+
 from simulations import study_preferences
 from tests.test_pairwise import _hh_file
 
@@ -10,6 +12,7 @@ TINY = ["model.backbone=\"tiny-bert\"", "federation.rounds=1", "train.batch-size
         "server.noise-rates=\"0.2\"", "federation.partitioner=\"iid\""]
 
 
+@pytest.mark.integration
 def test_the_study_compares_a_federation_with_centralized_training_on_the_same_pairs(tmp_path, capsys):
     data = _hh_file(tmp_path / "pairs.jsonl", 120)
     out = tmp_path / "study"
