@@ -12,7 +12,6 @@ node ranks, the privacy accountant's rates) and measures what each round costs o
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import time
@@ -25,13 +24,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedgate import strategies
-from fedgate.aggregation import ClientUpdate, gate_profile, prior_from_profile
-from fedgate.aggregation.gates import below_threshold_streaks, newly_pruned
+from fedgate.aggregation import ClientUpdate
 from fedgate.aggregation.lora import lora_modules, lora_rank
 from fedgate.aggregation.privacy import noise_rng, privacy_record
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
 from fedgate.federated.client_rules import shared_keys
+from fedgate.federated.gate_state import GateState
 from server.messages import array_bytes, from_record, layout, parse_train_reply, to_record, wire_bytes
 from server.round_log import RoundLog
 
@@ -55,13 +54,11 @@ class FedgateStrategy(Strategy):
                              f"rows; give the strategy a scorer")
         self.scorer = scorer
         self.global_state = global_state
-        self.profile = profile or {}
+        self.gates = GateState(self.fed, profile)
         self.optimizer = self.rule.optimizer()
         modules = lora_modules(global_state)
         self.rank = lora_rank(global_state, modules[0]) if modules else 0
         self.opt_state: dict[str, np.ndarray] = {}
-        self.pruned: list[str] = []
-        self.streaks: dict[str, int] = {}
         self.node_ranks: dict[int, int] = {}
         self.dp_rates: list[float] = []  # each private round's sampling rate, for the accountant
         self.dp_sigma: float | None = None
@@ -74,6 +71,15 @@ class FedgateStrategy(Strategy):
         self.round_log = RoundLog()  # what the current round sent, received and rejected
 
     # ------------------------------------------------------------------ state across rounds
+    @property
+    def profile(self) -> dict[str, dict[str, float]]:
+        """The global gate profile after the last round (fedgate/federated/gate_state.py)."""
+        return self.gates.profile
+
+    @property
+    def pruned(self) -> list[str]:
+        return self.gates.pruned
+
     def shared_state(self) -> dict[str, np.ndarray]:
         """The global tensors that travel this round (not pruned, not kept local)."""
         keys = shared_keys(self.global_state, self.cfg, self.pruned)
@@ -83,16 +89,14 @@ class FedgateStrategy(Strategy):
         """(arrays, JSON metadata) to checkpoint so that a resumed run continues exactly."""
         arrays = {f"opt/{k}": v for k, v in self.opt_state.items()}
         arrays.update(self.rule.saved())
-        meta = {"pruned": self.pruned, "streaks": self.streaks,
-                "node_ranks": {str(k): v for k, v in self.node_ranks.items()},
+        meta = {**self.gates.saved(), "node_ranks": {str(k): v for k, v in self.node_ranks.items()},
                 "dp_rates": self.dp_rates, "dp_sigma": self.dp_sigma}  # a resumed run keeps its privacy loss
         return arrays, meta
 
     def load_saved(self, arrays: dict, meta: dict) -> None:
         self.opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
         self.rule.load(arrays)
-        self.pruned = list(meta.get("pruned", []))
-        self.streaks = {k: int(v) for k, v in meta.get("streaks", {}).items()}
+        self.gates.load(meta)
         self.node_ranks = {int(k): int(v) for k, v in meta.get("node_ranks", {}).items()}
         self.dp_rates = [float(q) for q in meta.get("dp_rates", [])]
         self.dp_sigma = meta.get("dp_sigma")
@@ -119,7 +123,7 @@ class FedgateStrategy(Strategy):
         nodes = self.known_ranks(grid, nodes, server_round)
         config[P.SERVER_ROUND] = server_round
         config[P.PRUNED] = ",".join(self.pruned)
-        prior = ConfigRecord(self.prior())
+        prior = ConfigRecord(self.gates.prior())
         messages, down, down_arrays = [], 0, 0
         for node in nodes:
             self.sent[node] = self.state_for(node)
@@ -172,7 +176,10 @@ class FedgateStrategy(Strategy):
             return None, None
         self._aggregate(updates, sent, server_round)
         self.rule.after_round(extras, self.round_log.num_nodes or len(updates))
-        self._update_gates(updates, server_round)
+        new = self.gates.update([u.gate_stats for u in updates], [u.num_examples for u in updates], self.global_state,
+                                server_round)
+        if new:
+            self.round_log.rule["newly_pruned"] = new
         return to_record(self.global_state), MetricRecord(_weighted_metrics(updates))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -246,14 +253,6 @@ class FedgateStrategy(Strategy):
             log.warning("round %d: node %d did not %s within %g s; dropped from this round", server_round, node,
                         stage, self.fed.round_timeout)
 
-    def prior(self) -> dict[str, float]:
-        """The gate prior sent with the next train message: the global profile's mean token
-        gates (``federation.gate-prior = global``), or nothing so that clients use the fixed
-        ``loss.gate-prior``."""
-        if self.fed.gate_prior != "global":
-            return {}
-        return prior_from_profile(self.profile)
-
     def state_for(self, node: int) -> dict[str, np.ndarray]:
         """The shared global tensors at ``node``'s adapter rank."""
         state = self.shared_state()
@@ -283,31 +282,6 @@ class FedgateStrategy(Strategy):
         self.round_log.rule.update(result.info)
         if "excluded" in result.info:  # krum, validated: indices into this round's updates -> node ids
             self.round_log.rule["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
-
-    def _update_gates(self, updates: list[ClientUpdate], server_round: int) -> None:
-        stats = [{m: s for m, s in u.gate_stats.items() if m not in self.pruned} for u in updates]
-        if not any(stats):
-            return
-        self.profile = gate_profile(stats, [u.num_examples for u in updates])
-        if self.fed.personal_gates:  # the server's own copy routes like the federation's mean client
-            for module, values in self.profile.items():
-                key = f"{module}.struct_logit"
-                if key in self.global_state and P.STRUCTURAL_GATE in values:
-                    s = float(np.clip(values[P.STRUCTURAL_GATE], 1e-6, 1 - 1e-6))
-                    self.global_state[key] = np.full_like(self.global_state[key], np.log(s / (1 - s)))
-        if self.fed.prune_threshold > 0:
-            self.streaks = below_threshold_streaks(self.streaks, self.profile, self.fed.prune_threshold)
-            limit, gates = None, None
-            if self.fed.prune_max_share < 1.0:  # room left under the cap, lowest gates first
-                points = len(set(self.profile) | set(self.pruned))  # insertion points with a structural gate
-                limit = math.floor(self.fed.prune_max_share * points + 1e-9) - len(self.pruned)
-                gates = {m: v[P.STRUCTURAL_GATE] for m, v in self.profile.items() if P.STRUCTURAL_GATE in v}
-            new = newly_pruned(self.streaks, self.fed.prune_patience, self.pruned, limit=limit, gates=gates)
-            if new:
-                self.pruned = sorted(self.pruned + new)
-                log.info("round %d: pruned %d adapter(s) whose structural gate stayed below %g for %d rounds: %s",
-                         server_round, len(new), self.fed.prune_threshold, self.fed.prune_patience, new)
-                self.round_log.rule["newly_pruned"] = new
 
     def known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
         """With heterogeneous ranks, ask nodes not seen before for their ``adapter.r`` (one
