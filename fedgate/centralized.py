@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fedgate.batching import encode_pairs, encode_split
+from fedgate.batching import encode_pairs, encode_split, is_pairs
 from fedgate.config import FedgateConfig
 from fedgate.data import noisy_dataset
 from fedgate.data.pairs import is_pair_dataset, noisy_columns
@@ -72,24 +72,7 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     frozen = None
     if cfg.train.head_init == "ridge" or baselines:
         frozen = {k: frozen_features(model, s, cfg, pad_id, device) for k, s in enc.items()}
-    if cfg.train.head_init == "ridge" and pairs:  # the linear Bradley-Terry head on frozen features
-        from fedgate.pairwise import differences, fit_bradley_terry, head_weights_from
-
-        w, c, acc = fit_bradley_terry(differences(frozen["train"]), differences(frozen["validation"]))
-        set_head(model, head_weights_from(w))
-        log.info("Bradley-Terry head on frozen features: C %g, validation pairwise accuracy %.4f", c, acc)
-    elif cfg.train.head_init == "ridge":
-        fit_head_ridge(model, frozen["train"], enc["train"].labels.numpy(), frozen["validation"],
-                       enc["validation"].labels.numpy(), cfg.data.misaligned_threshold)
-    step0: dict[str, float] = {}
-    if frozen is not None:  # the head on frozen features = the model before any adapter step
-        with torch.no_grad():
-            head_pred = model.head(torch.as_tensor(frozen["test"], device=device)).cpu().numpy()
-        if pairs:
-            step0 = {"pairwise_accuracy": pair_metrics(head_pred)["pairwise_accuracy"]}
-        else:
-            step0 = {"auc": roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
-                                    misalignment_score(head_pred))}
+    step0 = _start_head(model, enc, frozen, cfg, device) if frozen is not None else {}
 
     stepper = make_stepper(model, cfg)
     try:
@@ -120,15 +103,8 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
         "gate_stats": result.gate_stats,
         "data": {k: len(v) for k, v in splits.items()},
     }
-    if baselines and pairs:
-        from fedgate.pairwise import pair_baselines
-
-        metrics["baselines"] = pair_baselines(splits["train"], splits["validation"], splits["test"], frozen)
-    elif baselines:
-        from fedgate.cheap_baselines import all_baselines
-
-        metrics["baselines"] = all_baselines(splits["train"], splits["validation"], splits["test"], frozen,
-                                             cfg.data.misaligned_threshold, cfg.train.seed)
+    if baselines:
+        metrics["baselines"] = _baselines(splits, frozen, cfg, pairs)
     metrics["total_wall_s"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_state(out / ADAPTER_FILE, state, {"config": cfg.to_flat(), "decision_threshold": cut})
@@ -136,6 +112,41 @@ def train_centralized(cfg: FedgateConfig, out_dir: str | Path, *, baselines: boo
     _write_json(out / "config.json", {"config": cfg.to_flat(), "versions": package_versions()})
     write_predictions(out / "test_predictions.csv", enc["test"], pred)
     return metrics
+
+
+def _start_head(model, enc: dict, frozen: dict, cfg: FedgateConfig, device: torch.device) -> dict[str, float]:
+    """Fit the head on the frozen features (``train.head-init=ridge``: ridge on rated rows,
+    the linear Bradley-Terry head on pairs) and score it on test: the model before any
+    adapter step."""
+    pairs = is_pairs(enc["train"])
+    if cfg.train.head_init == "ridge" and pairs:
+        from fedgate.pairwise import differences, fit_bradley_terry, head_weights_from
+
+        w, c, acc = fit_bradley_terry(differences(frozen["train"]), differences(frozen["validation"]))
+        set_head(model, head_weights_from(w))
+        log.info("Bradley-Terry head on frozen features: C %g, validation pairwise accuracy %.4f", c, acc)
+    elif cfg.train.head_init == "ridge":
+        fit_head_ridge(model, frozen["train"], enc["train"].labels.numpy(), frozen["validation"],
+                       enc["validation"].labels.numpy(), cfg.data.misaligned_threshold)
+    with torch.no_grad():
+        head_pred = model.head(torch.as_tensor(frozen["test"], device=device)).cpu().numpy()
+    if pairs:
+        return {"pairwise_accuracy": pair_metrics(head_pred)["pairwise_accuracy"]}
+    return {"auc": roc_auc(misaligned(enc["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
+                           misalignment_score(head_pred))}
+
+
+def _baselines(splits: dict, frozen: dict, cfg: FedgateConfig, pairs: bool) -> dict:
+    """The cheap baselines on the same splits: length, TF-IDF, the frozen-feature probe and
+    boosted trees (on pairs: their pairwise versions)."""
+    if pairs:
+        from fedgate.pairwise import pair_baselines
+
+        return pair_baselines(splits["train"], splits["validation"], splits["test"], frozen)
+    from fedgate.cheap_baselines import all_baselines
+
+    return all_baselines(splits["train"], splits["validation"], splits["test"], frozen,
+                         cfg.data.misaligned_threshold, cfg.train.seed)
 
 
 def evaluate_saved(adapters: str | Path, *, source: str | None = None, split: str = "test",
