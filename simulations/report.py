@@ -16,7 +16,8 @@ from simulations.results import VARIANTS_FILE, report_study
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m simulations.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="a study's --out folder, or a run directory")
     args = p.parse_args(argv)
     if (args.folder / VARIANTS_FILE).is_file():
