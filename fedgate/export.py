@@ -100,7 +100,8 @@ def export_peft(trained: Trained, out: Path) -> Path:
     prefix = "backbone."
     names = [n[len(prefix):] if n.startswith(prefix) else n for n in modules]
     spec = next(iter(modules.values())).spec
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=names, lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=names, lora_dropout=0.0, bias="none",
+                        use_rslora=spec.rank_scaling == "rslora")
     peft_model = get_peft_model(clean_backbone(model), config)
     layers = dict(peft_model.base_model.model.named_modules())
     with torch.no_grad():
@@ -108,7 +109,7 @@ def export_peft(trained: Trained, out: Path) -> Path:
             target = layers[name]
             if abs(target.scaling["default"] - module.scaling) > 1e-12:
                 raise ExportError(f"{name}: fedgate scaling {module.scaling} differs from peft's "
-                                  f"{target.scaling['default']} (alpha / r)")
+                                  f"{target.scaling['default']} (adapter.rank-scaling={spec.rank_scaling})")
             gate = module.structural_gate() if module.enabled else 0.0  # a pruned adapter contributes nothing
             target.lora_A["default"].weight.copy_(module.lora_A)
             target.lora_B["default"].weight.copy_(module.lora_B * gate)

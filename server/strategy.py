@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedgate import strategies
 from fedgate.aggregation import ClientUpdate
-from fedgate.aggregation.lora import lora_modules, lora_rank
+from fedgate.aggregation.lora import lora_modules, lora_rank, start_error
 from fedgate.aggregation.privacy import noise_rng, privacy_record
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
@@ -254,9 +254,20 @@ class FedgateStrategy(Strategy):
                         stage, self.fed.round_timeout)
 
     def state_for(self, node: int) -> dict[str, np.ndarray]:
-        """The shared global tensors at ``node``'s adapter rank."""
-        state = self.shared_state()
-        return self.rule.state_at_rank(state, self.node_ranks.get(node, self.rank), self.rank)
+        """The shared global tensors at ``node``'s adapter rank and LoRA scaling; what a
+        truncation to a lower rank loses of the global update is logged per node."""
+        state, rank = self.shared_state(), self.node_ranks.get(node, self.rank)
+        at_rank = self.rule.state_at_rank(state, rank, self.rank, 1.0 / self.node_scale(node))
+        if rank < self.rank:
+            self.round_log.rule.setdefault("start_truncation_error", {})[str(node)] = round(
+                start_error(state, at_rank, self.node_scale(node)), 6)
+        return at_rank
+
+    def node_scale(self, node: int) -> float:
+        """``node``'s LoRA scaling over the global one: ``alpha / r`` (or ``alpha / sqrt(r)``)
+        at the node's rank against the global rank; one alpha for the whole federation."""
+        rank, spec = self.node_ranks.get(node, self.rank), self.cfg.adapter
+        return 1.0 if rank == self.rank or self.rank < 1 else spec.scaling_at(rank) / spec.scaling_at(self.rank)
 
     def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]], server_round: int) -> None:
         scores = None
@@ -275,7 +286,7 @@ class FedgateStrategy(Strategy):
             noise = noise_rng(self.cfg.train.seed if self.fed.dp_seeded else None, server_round)
             sampled = len(self.sent)
         result = self.rule.aggregate(self.global_state, updates, self.optimizer, self.opt_state, strategies.RoundInputs(
-            sent=sent, rank=self.rank, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
+            sent=sent, rank=self.rank, scales=[self.node_scale(u.node_id) for u in updates], scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
         if self.fed.dp != "off":
             self.round_log.privacy = privacy_record(self.fed, sigma, self.dp_rates)
         self.global_state, self.opt_state = result.params, result.opt_state

@@ -17,6 +17,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     assert main(["train", *TINY, "--set", "adapter.token-gate=false", "--out", str(root / "plain")]) == 0
     assert main(["train", *TINY, "--out", str(root / "gated")]) == 0  # token gates on (the default)
+    assert main(["train", *TINY, "--set", "adapter.token-gate=false", "--set", "adapter.rank-scaling=rslora",
+                 "--set", "adapter.r=4", "--out", str(root / "rslora")]) == 0
     return root
 
 
@@ -37,10 +39,11 @@ def _inputs(tokenizer):
                      return_tensors="pt")
 
 
-def test_peft_export_loads_in_peft_and_gives_the_same_backbone_outputs(runs, tmp_path):
+@pytest.mark.parametrize("run", ["plain", "rslora"])  # alpha / r and alpha / sqrt(r) (peft's use_rslora)
+def test_peft_export_loads_in_peft_and_gives_the_same_backbone_outputs(runs, tmp_path, run):
     from peft import PeftModel
 
-    trained = _trained_with_nonzero_adapters(runs / "plain")
+    trained = _trained_with_nonzero_adapters(runs / run)
     out = export(trained, "peft", tmp_path / "peft")
     assert (out / "adapter_config.json").is_file() and (out / "reward_head.safetensors").is_file()
     loaded = PeftModel.from_pretrained(clean_backbone(trained.model), str(out)).eval()

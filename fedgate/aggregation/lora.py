@@ -3,7 +3,8 @@
 Averaging ``A`` and ``B`` separately does not average the update: ``mean(B) mean(A) != mean(B A)``.
 The ``exact`` rule averages the full-size products ``B_k A_k`` (so clients may train different
 ranks) and re-factorizes the mean by truncated SVD to the server's rank. Also here: zero-padding
-and truncation for heterogeneous ranks, and per-module (gate) weights for gate-weighted averaging.
+and truncation for heterogeneous ranks, rescaling between LoRA scalings (``alpha / r`` differs
+between ranks), and per-module (gate) weights for gate-weighted averaging.
 """
 
 from __future__ import annotations
@@ -183,6 +184,37 @@ def truncate_to_rank(state: Mapping[str, np.ndarray], rank: int) -> Params:
             raise ValueError(f"truncate_to_rank: module {m!r} has rank {r} < {rank}")
         out[m + LORA_A], out[m + LORA_B] = out[m + LORA_A][:rank].copy(), out[m + LORA_B][:, :rank].copy()
     return out
+
+
+def rescale_factors(state: Mapping[str, np.ndarray], factor: float) -> Params:
+    """Every ``A`` and ``B`` multiplied by ``sqrt(factor)``, so that every ``B A`` is multiplied by
+    ``factor``; other keys copied. Moves an adapter between two LoRA scalings: factors trained
+    under scaling ``s_from`` give the same update ``s B A`` under ``s_to`` after
+    ``rescale_factors(state, s_from / s_to)``."""
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"rescale_factors: factor must be finite and > 0, got {factor}")
+    out = {k: np.array(v, copy=True) for k, v in state.items()}
+    if factor == 1.0:
+        return out
+    root = np.sqrt(factor)
+    for m in lora_modules(state):
+        for key in (m + LORA_A, m + LORA_B):
+            out[key] = (np.asarray(out[key], np.float64) * root).astype(out[key].dtype)
+    return out
+
+
+def start_error(global_state: Mapping[str, np.ndarray], node_state: Mapping[str, np.ndarray],
+                node_scale: float) -> float:
+    """How far a node's starting update is from the global one: the largest relative Frobenius
+    error ``||node_scale B_k A_k - B A|| / ||B A||`` over the LoRA modules (0 for equal
+    functions; ``node_scale`` = the node's LoRA scaling over the global one)."""
+    worst = 0.0
+    for m in lora_modules(global_state):
+        target = _product(global_state, m)
+        norm = np.linalg.norm(target)
+        if norm > 0:
+            worst = max(worst, float(np.linalg.norm(node_scale * _product(node_state, m) - target) / norm))
+    return worst
 
 
 def gate_weights(num_examples: Sequence[int],

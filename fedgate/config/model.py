@@ -10,6 +10,7 @@ from fedgate.config.values import choice, positive
 QUANTIZE = ("none", "8bit", "4bit")
 GATED_LORA = "gated-lora"
 ADAPTER_METHODS = (GATED_LORA, "ia3", "bottleneck", "bitfit")  # the others are baselines (fedgate/peft_methods.py)
+RANK_SCALINGS = ("standard", "rslora")  # alpha / r (Hu et al., 2021) | alpha / sqrt(r) (Kalajdzievski, 2023)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,12 @@ class AdapterSpec:
     # gated-lora | ia3 | bottleneck | bitfit: the other methods are baselines (fedgate.peft_methods);
     # bottleneck uses r as its inner width, and the gate settings apply to gated-lora only
     method: str = "gated-lora"
+    # what multiplies B A: "standard" alpha / r, or "rslora" alpha / sqrt(r) (rank-stabilized
+    # LoRA), whose update size does not shrink as the rank grows
+    rank_scaling: str = "standard"
 
     def __post_init__(self) -> None:
+        choice("adapter.rank-scaling", self.rank_scaling, RANK_SCALINGS)
         if self.method not in ADAPTER_METHODS:
             raise ValueError(f"adapter.method must be one of {', '.join(ADAPTER_METHODS)}; got {self.method!r}")
         if self.r < 1:
@@ -63,4 +68,9 @@ class AdapterSpec:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return self.scaling_at(self.r)
+
+    def scaling_at(self, r: int) -> float:
+        """The factor on ``B A`` of an adapter of rank ``r`` with this alpha and rank scaling
+        (nodes of a federation with heterogeneous ranks share alpha, not the factor)."""
+        return self.alpha / (r ** 0.5 if self.rank_scaling == "rslora" else r)

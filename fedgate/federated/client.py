@@ -45,6 +45,16 @@ def client_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any])
     not ours. Without a node ``adapter.r``, ``federation.client-ranks`` gives the rank by partition."""
     own = {k: v for k, v in node_config.items() if "." in k}
     cfg = strategies.check(FedgateConfig.from_flat({**run_config, **own}))
+    if own.keys() & {"adapter.alpha", "adapter.rank-scaling", "adapter.r"}:
+        run = FedgateConfig.from_flat(run_config).adapter
+        for key, mine, theirs in (("adapter.alpha", cfg.adapter.alpha, run.alpha),
+                                  ("adapter.rank-scaling", cfg.adapter.rank_scaling, run.rank_scaling)):
+            if mine != theirs:
+                raise ValueError(f"node config sets {key}={mine!r}, the run config {theirs!r}: the server maps "
+                                 f"adapters between ranks with the run's {key}, so a node may not change it")
+        if cfg.adapter.r != run.r and not cfg.federation.heterogeneous_ranks:
+            raise ValueError(f"node config sets adapter.r={cfg.adapter.r}, the run config {run.r}: a node of its "
+                             "own rank needs federation.heterogeneous-ranks=true")
     ranks = cfg.federation.client_ranks
     if ranks and "adapter.r" not in own and "partition-id" in node_config:
         rank = ranks[int(node_config["partition-id"]) % len(ranks)]

@@ -6,7 +6,9 @@ Server side:
   clips (``federation.clip-norm``), weighs the clients (``federation.weighting``), brings
   heterogeneous ranks to the global rank, calls :meth:`Strategy.combine` and steps the global
   state with the strategy's server optimizer.
-- :meth:`Strategy.state_at_rank`: the global state a node of another adapter rank starts from.
+- :meth:`Strategy.state_at_rank`: the global state a node of another adapter rank starts from,
+  with factors that give the global update under the node's own LoRA scaling (``alpha / r``
+  differs between ranks; ``scale`` is the global scaling over the node's).
 - :attr:`Strategy.downlink_records` / :attr:`Strategy.uplink_records`: extra arrays a train
   message carries each way (:meth:`Strategy.downlink`, :meth:`Strategy.after_round`), and
   :meth:`Strategy.saved` / :meth:`Strategy.load`: what the server keeps between rounds and
@@ -32,7 +34,7 @@ import numpy as np
 
 from fedgate.aggregation.fedavg import Params, weighted_mean
 from fedgate.aggregation.lora import (gate_weights, lora_modules, lora_rank, module_weighted_mean, pad_to_rank,
-                                     truncate_to_rank)
+                                     rescale_factors, truncate_to_rank)
 from fedgate.aggregation.privacy import noised_mean
 from fedgate.aggregation.robust import clip_update
 from fedgate.aggregation.server_opt import ServerOptimizer, server_optimizer
@@ -59,12 +61,15 @@ class RoundInputs:
     """What some rules need beyond the updates. ``sent[k]``: what client k started from
     (``exact``: its local factors are ``sent + delta``, possibly at its own rank); ``rank``:
     the global adapter rank; ``scores[k]``: the server's validation score of the global state
-    plus update k alone (``validated``). Central DP: ``noise`` draws the Gaussian noise of
+    plus update k alone (``validated``). ``scales[k]``: client k's LoRA scaling over the global
+    one (heterogeneous ranks: ``alpha / r_k`` against ``alpha / r``); its factors times
+    ``sqrt(scales[k])`` are in the global scaling. Central DP: ``noise`` draws the Gaussian noise of
     ``noise_multiplier``, and the noised sum is divided by ``sampled``, the clients sampled
     this round."""
 
     sent: Sequence[Mapping[str, np.ndarray]] | None = None
     rank: int = 0
+    scales: Sequence[float] | None = None
     scores: Sequence[float] | None = None
     noise: np.random.Generator | None = None
     noise_multiplier: float = 0.0
@@ -128,12 +133,16 @@ class Strategy:
                                 momentum=f.server_momentum, beta1=f.server_beta1, beta2=f.server_beta2,
                                 tau=f.server_tau)
 
-    def state_at_rank(self, state: Mapping[str, np.ndarray], rank: int, global_rank: int) -> Arrays:
-        """The shared global tensors for a node that trains adapter rank ``rank``: zero-padded
-        or truncated factors."""
+    def state_at_rank(self, state: Mapping[str, np.ndarray], rank: int, global_rank: int,
+                      scale: float = 1.0) -> Arrays:
+        """The shared global tensors for a node that trains adapter rank ``rank`` under a LoRA
+        scaling ``global scaling / scale``: factors zero-padded (the same ``B A``) or truncated
+        (its first ``rank`` components), then rescaled so that the node's scaled update is the
+        global one."""
         if rank == global_rank:
             return dict(state)
-        return truncate_to_rank(state, rank) if rank < global_rank else pad_to_rank(state, rank)
+        at_rank = truncate_to_rank(state, rank) if rank < global_rank else pad_to_rank(state, rank)
+        return rescale_factors(at_rank, scale)
 
     def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                   optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
@@ -144,7 +153,8 @@ class Strategy:
         if not updates:
             raise ValueError("aggregate: no updates")
         inputs = inputs or RoundInputs()
-        deltas = [self._at_global_rank(u.delta, inputs.rank) for u in updates]
+        scales = inputs.scales or [1.0] * len(updates)
+        deltas = [self._at_global_rank(u.delta, inputs.rank, scale) for u, scale in zip(updates, scales)]
         deltas, examples, per_layer, info = self.clipped_and_weighted(updates, deltas)
         mean_delta = self.combine(deltas, examples, per_layer, inputs, info)
         new, state = optimizer.step(opt_state, params, mean_delta)
@@ -164,15 +174,16 @@ class Strategy:
                      if fed.weighting == "gates" else None)
         return deltas, examples, per_layer, info
 
-    def _at_global_rank(self, delta: Arrays, rank: int) -> Arrays:
-        """With heterogeneous ranks, a delta zero-padded (smaller rank) or cut (larger) to
-        the global rank."""
+    def _at_global_rank(self, delta: Arrays, rank: int, scale: float = 1.0) -> Arrays:
+        """With heterogeneous ranks, a delta in the global scaling (factors times
+        ``sqrt(scale)``), zero-padded (smaller rank) or cut (larger) to the global rank."""
         if not self.fed.heterogeneous_ranks or rank < 1:
             return delta
         modules = lora_modules(delta)
         r = lora_rank(delta, modules[0]) if modules else rank
         if r == rank:
             return delta
+        delta = rescale_factors(delta, scale)
         return pad_to_rank(delta, rank) if r < rank else truncate_to_rank(delta, rank)
 
     def combine(self, deltas: list[Arrays], examples: list[float], per_layer: list[dict] | None,

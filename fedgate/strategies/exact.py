@@ -2,7 +2,9 @@
 re-factorize the mean to the global rank by truncated SVD, after FlexLoRA (Bai et al.,
 2024). The mean product is what FedAvg of the full weight updates would give; what the
 truncation loses is logged per adapter (``truncation_error``, relative Frobenius norm).
-Clients of another rank start from the global product re-factorized to their own rank.
+Clients of another rank start from the global product re-factorized to their own rank. Each
+client's product is first brought to the global LoRA scaling (``alpha / r`` differs between
+ranks), so clients that compute the same function average to that function.
 The new factors replace the old ones: no server optimizer step."""
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fedgate.aggregation.lora import exact_aggregate, refactor_to_rank
+from fedgate.aggregation.lora import exact_aggregate, refactor_to_rank, rescale_factors
 from fedgate.aggregation.server_opt import ServerOptimizer
 from fedgate.aggregation.update import ClientUpdate
 from fedgate.strategies.base import Aggregated, Arrays, RoundInputs, Strategy
@@ -30,8 +32,9 @@ class Exact(Strategy):
             raise ValueError("federation.strategy=exact replaces the factors by the re-factorized mean product; "
                              f"federation.server-lr must be 1 (or 0 = default), got {cfg.federation.server_lr}")
 
-    def state_at_rank(self, state: Mapping[str, np.ndarray], rank: int, global_rank: int) -> Arrays:
-        return dict(state) if rank == global_rank else refactor_to_rank(state, rank)[0]
+    def state_at_rank(self, state: Mapping[str, np.ndarray], rank: int, global_rank: int,
+                      scale: float = 1.0) -> Arrays:
+        return dict(state) if rank == global_rank else rescale_factors(refactor_to_rank(state, rank)[0], scale)
 
     def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                   optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
@@ -43,7 +46,9 @@ class Exact(Strategy):
         if sent is None or len(sent) != len(updates) or rank < 1:
             raise ValueError("aggregate: exact needs what each client was sent and the global rank")
         deltas, examples, per_layer, info = self.clipped_and_weighted(updates, [u.delta for u in updates])
-        locals_ = [{k: np.asarray(s[k], np.float64) + d[k] for k in d} for s, d in zip(sent, deltas)]
+        scales = inputs.scales or [1.0] * len(updates)
+        locals_ = [rescale_factors({k: np.asarray(s[k], np.float64) + d[k] for k in d}, scale)
+                   for s, d, scale in zip(sent, deltas, scales)]
         target, info["truncation_error"] = exact_aggregate(locals_, per_layer or examples, rank)
         new = {**params, **{k: v.astype(np.asarray(params[k]).dtype) for k, v in target.items()}}
         mean_delta = {k: new[k] - np.asarray(params[k]) for k in target}

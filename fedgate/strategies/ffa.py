@@ -26,6 +26,13 @@ class FFA(Strategy):
     lora_only = True
 
     @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if cfg.federation.heterogeneous_ranks:
+            raise ValueError("federation.strategy=ffa sends B alone against an A each party draws at its own shape; "
+                             "mapping B between ranks is not built, so ffa refuses federation.heterogeneous-ranks")
+
+    @classmethod
     def shares(cls, key: str) -> bool:
         return not key.endswith(".lora_A")
 

@@ -227,8 +227,10 @@ def test_heterogeneous_ranks_are_asked_sent_at_their_rank_and_aggregated(strateg
     assert strategy.node_ranks == {1: 1, 2: 2}
     sent = {m.metadata.dst_node_id: from_record(m.content[P.ARRAYS]) for m in msgs}
     assert sent[1]["m.lora_A"].shape == (1, 2) and sent[2]["m.lora_A"].shape == (2, 2)
-    if strategy_name == "exact":  # the best rank-1 view of B A = diag(1, .5)
-        np.testing.assert_allclose(sent[1]["m.lora_B"] @ sent[1]["m.lora_A"], [[1.0, 0.0], [0.0, 0.0]], atol=1e-6)
+    if strategy_name == "exact":  # the best rank-1 view of B A = diag(1, .5), times alpha/2 over alpha/1
+        np.testing.assert_allclose(sent[1]["m.lora_B"] @ sent[1]["m.lora_A"], [[0.5, 0.0], [0.0, 0.0]], atol=1e-6)
+    # node 1 starts from the global update less its second component: half of it, in norm
+    assert strategy.round_log.rule["start_truncation_error"] == {"1": pytest.approx(0.5 / np.sqrt(1.25), abs=1e-5)}
     replies = [reply(m, zeros_like(sent[m.metadata.dst_node_id]), 5) for m in msgs]
     strategy.aggregate_train(1, replies)
     assert not strategy.round_log.rejected
