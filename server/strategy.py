@@ -285,10 +285,12 @@ class FedgateStrategy(Strategy):
         if self.fed.dp == "central":
             noise = noise_rng(self.cfg.train.seed if self.fed.dp_seeded else None, server_round)
             sampled = len(self.sent)
+        t0 = time.perf_counter()
         result = self.rule.aggregate(self.global_state, updates, self.optimizer, self.opt_state, strategies.RoundInputs(
             sent=sent, rank=self.rank, scales=[self.node_scale(u.node_id) for u in updates], scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
         if self.fed.dp != "off":
             self.round_log.privacy = privacy_record(self.fed, sigma, self.dp_rates)
+        self.round_log.rule["aggregate_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         self.global_state, self.opt_state = result.params, result.opt_state
         self.round_log.rule.update(result.info)
         if "excluded" in result.info:  # krum, validated: indices into this round's updates -> node ids

@@ -17,6 +17,9 @@ FAMILIES = {
     # what clients keep between rounds in Flower's context.state
     "client-state": 'federation.strategy="scaffold" federation.personal-gates=true',
     "exact-ranks": 'federation.strategy="exact" federation.heterogeneous-ranks=true federation.client-ranks="4,8"',
+    # norm-weighted, zero-padded, truncated per client; the rank-4 node's start loses part of the rank-8 update
+    "hetlora-ranks": ('federation.strategy="hetlora" federation.heterogeneous-ranks=true '
+                      'federation.client-ranks="4,8" adapter.r=8'),
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
     "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
@@ -47,6 +50,11 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert sorted(c["partition-id"] for c in first["clients"]) == [0, 1]
         errors = first["strategy"]["truncation_error"]
         assert errors and all(0 <= e < 1 for e in errors.values())
+    assert first["strategy"]["aggregate_ms"] > 0
+    if family == "hetlora-ranks":
+        assert sum(second["strategy"]["norm_weight_share"]) == pytest.approx(1.0, abs=1e-3)
+        lost = list(second["strategy"]["start_truncation_error"].values())  # the rank-4 node, round 2
+        assert len(lost) == 1 and 0 < lost[0] < 1
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]
