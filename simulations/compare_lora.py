@@ -11,7 +11,9 @@ Settings (``--setting``):
   federation's sizing a client takes about 50 local steps a round, above the paper's 10).
 - ``sampled``: 20 clients, a quarter of them sampled each round.
 
-Every rule runs with uniform client weights and the same clip, so rows differ by the rule
+``fedsa`` keeps each client's B on the client: the server's model holds A alone, so its row
+is read in the clients' own AUC column (each client's model on its held-out rows after the
+last round), which every rule reports. Every rule runs with uniform client weights and the same clip, so rows differ by the rule
 alone. Columns besides the standard ones: downlink MiB (all rounds), the server's
 aggregation time per round (ms), and the truncation error where a rule has one (``exact``:
 the re-factorization's relative error; any rule: what a lower-rank client's starting point
@@ -30,7 +32,7 @@ from fedgate.rundir import RunDir
 from simulations.results import standard_results, summarize_run, rows_from_dir
 from simulations.study import study_main
 
-RULES = ("fedavg-ab", "exact", "ffa", "hetlora")  # the LoRA aggregation family that is built
+RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa")  # the LoRA aggregation family that is built
 COMMON = {"federation.weighting": "uniform", "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
           "server.report": False, "server.baselines": False, "server.noise-rates": ""}
 SETTINGS: dict[str, tuple[int, dict, tuple[str, ...]]] = {  # clients, keys, rules that admit the setting
@@ -57,6 +59,9 @@ def summarize(run_dir: Path) -> dict:
     row["aggregate_ms"] = float(np.mean(timed)) if timed else float("nan")
     row["truncation_error"] = _mean_worst([s.get("truncation_error") for s in rules])
     row["start_truncation_error"] = _mean_worst([s.get("start_truncation_error") for s in rules])
+    # each client's own model after its last local round, on its held-out rows (personalized rules)
+    local = [c["local-auc"] for c in trained[-1]["clients"] if "local-auc" in c] if trained else []
+    row["client_local_auc"] = float(np.mean(local)) if local else float("nan")
     return row
 
 
@@ -64,7 +69,8 @@ def report(out: Path) -> str:
     return standard_results(out, rows_from_dir(out, summarize), baseline="fedavg-ab", title="federated LoRA rules",
                             extra={"downlink_mib": "downlink MiB", "aggregate_ms": "aggregation ms / round",
                                    "truncation_error": "re-factorization error",
-                                   "start_truncation_error": "low-rank start error"})
+                                   "start_truncation_error": "low-rank start error",
+                                   "client_local_auc": "clients' own AUC (held-out rows)"})
 
 
 def variants(setting: str) -> dict[str, dict]:

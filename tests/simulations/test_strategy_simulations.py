@@ -20,6 +20,8 @@ FAMILIES = {
     # norm-weighted, zero-padded, truncated per client; the rank-4 node's start loses part of the rank-8 update
     "hetlora-ranks": ('federation.strategy="hetlora" federation.heterogeneous-ranks=true '
                       'federation.client-ranks="4,8" adapter.r=8'),
+    # only A travels; each client's B survives between rounds in Flower's context.state
+    "fedsa": 'federation.strategy="fedsa"',
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
     "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
@@ -55,6 +57,9 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert sum(second["strategy"]["norm_weight_share"]) == pytest.approx(1.0, abs=1e-3)
         lost = list(second["strategy"]["start_truncation_error"].values())  # the rank-4 node, round 2
         assert len(lost) == 1 and 0 < lost[0] < 1
+    if family == "fedsa":
+        assert [c["fedsa-rounds-kept"] for c in first["clients"]] == [0.0, 0.0]
+        assert [c["fedsa-rounds-kept"] for c in second["clients"]] == [1.0, 1.0]
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]

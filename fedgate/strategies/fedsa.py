@@ -1,0 +1,59 @@
+"""FedSA-LoRA (Guo et al., "Selective Aggregation for Low-Rank Adaptation in Federated
+Learning", ICLR 2025): the A matrices learn what clients share and the B matrices what is
+particular to each client's data, so only A travels and is averaged; each client keeps its
+own B between rounds (a new client starts from B = 0, as LoRA does).
+
+Where fedgate departs from the paper: gates and the head are shared as under FedAvg. The
+server's global model holds no client's B (its B stays at zero), so its evaluation shows
+the shared part alone; a client's own model is measured on its held-out rows after each
+round (``local-auc`` in the round's client records), which is the number the paper reports.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from fedgate.strategies.base import Arrays, LocalRule, Strategy, trainable
+
+PERSONAL_B = "fedsa-b"  # the record a client keeps its B matrices in
+
+
+class FedSA(Strategy):
+    name = "fedsa"
+    summary = "only A is averaged and sent; each client keeps its own B (FedSA-LoRA, personalized)"
+    lora_only = True
+    client_records = (PERSONAL_B,)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if cfg.federation.heterogeneous_ranks:
+            raise ValueError("federation.strategy=fedsa keeps B on each client, so the server has no update B A to "
+                             "map between ranks: it refuses federation.heterogeneous-ranks")
+
+    @classmethod
+    def shares(cls, key: str) -> bool:
+        return not key.endswith(".lora_B")
+
+    @classmethod
+    def prepare_adapter(cls, name: str, module: torch.nn.Module, cfg) -> None:
+        module.lora_B.zero_()  # a cached model may hold another client's B: a new client starts at 0
+
+    def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,
+                    received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:
+        params = trainable(model)  # a pruned adapter's B is frozen and stays out
+        own = kept.get(PERSONAL_B) or {}
+        with torch.no_grad():
+            for key, value in own.items():
+                if key in params:
+                    if tuple(params[key].shape) != tuple(value.shape):
+                        raise ValueError(f"FedSA: the B this client kept for {key} has shape {tuple(value.shape)}, "
+                                         f"the model's has {tuple(params[key].shape)}")
+                    params[key].copy_(torch.as_tensor(value).to(params[key]))
+
+        def finish(_start: Mapping[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+            mine = {k: p.detach().cpu().numpy().copy() for k, p in params.items() if k.endswith(".lora_B")}
+            return {}, {PERSONAL_B: mine}, {"fedsa-rounds-kept": float(bool(own))}
+        return LocalRule(finish=finish)
