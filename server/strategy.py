@@ -80,9 +80,10 @@ class FedgateStrategy(Strategy):
     def pruned(self) -> list[str]:
         return self.gates.pruned
 
-    def shared_state(self) -> dict[str, np.ndarray]:
-        """The global tensors that travel this round (not pruned, not kept local)."""
-        keys = shared_keys(self.global_state, self.cfg, self.pruned)
+    def shared_state(self, server_round: int = 0) -> dict[str, np.ndarray]:
+        """The global tensors that travel in training round ``server_round`` (0: outside a
+        training round): not pruned, not kept local."""
+        keys = shared_keys(self.global_state, self.cfg, self.pruned, server_round)
         return {k: self.global_state[k] for k in keys}
 
     def saved(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -126,7 +127,7 @@ class FedgateStrategy(Strategy):
         prior = ConfigRecord(self.gates.prior())
         messages, down, down_arrays = [], 0, 0
         for node in nodes:
-            self.sent[node] = self.state_for(node)
+            self.sent[node] = self.state_for(node, server_round)
             record = to_record(self.sent[node])
             content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
             for name, extra in self.rule.downlink(self.sent[node]).items():
@@ -253,10 +254,10 @@ class FedgateStrategy(Strategy):
             log.warning("round %d: node %d did not %s within %g s; dropped from this round", server_round, node,
                         stage, self.fed.round_timeout)
 
-    def state_for(self, node: int) -> dict[str, np.ndarray]:
+    def state_for(self, node: int, server_round: int = 0) -> dict[str, np.ndarray]:
         """The shared global tensors at ``node``'s adapter rank and LoRA scaling; what a
         truncation to a lower rank loses of the global update is logged per node."""
-        state, rank = self.shared_state(), self.node_ranks.get(node, self.rank)
+        state, rank = self.shared_state(server_round), self.node_ranks.get(node, self.rank)
         at_rank = self.rule.state_at_rank(state, rank, self.rank, 1.0 / self.node_scale(node))
         if rank < self.rank:
             self.round_log.rule.setdefault("start_truncation_error", {})[str(node)] = round(

@@ -5,7 +5,7 @@
 
 The global state is the real trainable state of the configured model (default: MiniLM,
 gated LoRA r 8 on the top 2 blocks); each client's update is a seeded random delta of that
-layout. Times one ``Strategy.aggregate`` call (fedgate/strategies/), the whole of what the
+layout, over the tensors the strategy's clients send. Times one ``Strategy.aggregate`` call (fedgate/strategies/), the whole of what the
 server computes per round besides (de)serialization: median of ``--repeats`` calls after one
 warm-up. Prints a table (ms) and writes ``aggregation.csv`` / ``aggregation.md`` to ``--out``.
 """
@@ -13,6 +13,7 @@ warm-up. Prints a table (ms) and writes ``aggregation.csv`` / ``aggregation.md``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -23,10 +24,11 @@ import numpy as np
 from fedgate.aggregation import ClientUpdate
 from fedgate import strategies
 from fedgate.config import FedgateConfig
+from fedgate.federated.client_rules import shared_keys
 from simulations.results import write_table
 from simulations.study import parse_sets
 
-STRATEGIES = ("fedavg", "fedadam", "exact", "median", "trimmed-mean", "krum")
+STRATEGIES = ("fedavg", "fedavg-ab", "fedadam", "exact", "hetlora", "ffa", "fedsa", "median", "trimmed-mean", "krum")
 
 
 def global_state(cfg: FedgateConfig) -> dict[str, np.ndarray]:
@@ -48,6 +50,9 @@ def time_strategy(flat: dict, state: dict[str, np.ndarray], updates: list[Client
     """Median milliseconds of one aggregate call."""
     cfg = strategies.check(FedgateConfig.from_flat(flat))
     rule = strategies.create(cfg.federation)
+    shared = shared_keys(state, cfg)  # what this rule's clients send (ffa: no A, fedsa: no B)
+    updates = [dataclasses.replace(u, delta={k: u.delta[k] for k in shared}) for u in updates]
+    state = {k: state[k] for k in shared}
     optimizer = rule.optimizer()
     opt_state = optimizer.init(state)
     sent = [state] * len(updates)

@@ -32,7 +32,7 @@ from fedgate.rundir import RunDir
 from simulations.results import standard_results, summarize_run, rows_from_dir
 from simulations.study import study_main
 
-RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa")  # the LoRA aggregation family that is built
+RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa", "rolora")  # the LoRA aggregation family that is built
 COMMON = {"federation.weighting": "uniform", "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
           "server.report": False, "server.baselines": False, "server.noise-rates": ""}
 SETTINGS: dict[str, tuple[int, dict, tuple[str, ...]]] = {  # clients, keys, rules that admit the setting

@@ -199,12 +199,13 @@ class ClientTask:
         self.setup_s = time.perf_counter() - t0
 
     def _load_global(self, global_state: Mapping[str, np.ndarray], pruned: Collection[str] = (),
-                     personal: Mapping[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+                     personal: Mapping[str, np.ndarray] | None = None, server_round: int = 0
+                     ) -> dict[str, torch.Tensor]:
         """Put the model into this round's configuration and load what the server sent, which
         must be exactly the shared tensors (:func:`client_rules.shared_keys`)."""
-        configure_adapters(self.model, self.cfg, pruned)
+        configure_adapters(self.model, self.cfg, pruned, server_round)
         names = trainable_names(self.model)
-        expected = shared_keys(names, self.cfg, pruned)
+        expected = shared_keys(names, self.cfg, pruned, server_round)
         if set(global_state) != set(expected):
             missing, extra = sorted(set(expected) - set(global_state)), sorted(set(global_state) - set(expected))
             raise KeyError(f"the server sent a different set of tensors than this client shares: missing "
@@ -235,7 +236,7 @@ class ClientTask:
         ``received`` / ``kept``: the strategy's extra arrays by record name, from the train
         message and from what this client kept since its last round (SCAFFOLD's c and c_i).
         ``personal``: this client's own structural gate logits (``federation.personal-gates``)."""
-        start = self._load_global(global_state, pruned, personal)
+        start = self._load_global(global_state, pruned, personal, server_round)
         done, extras = self._fit_round(self._round_config(server_round), start, prior, received or {}, kept or {})
         return local_update(done, start, self.cfg, server_round, self.partition_id, prior, extras=extras)
 
@@ -246,7 +247,7 @@ class ClientTask:
         rank calls it in lockstep (ZeRO-3's gathers are collectives), the launcher turns rank
         0's result into the reply (:func:`local_update`). A strategy that exchanges extra
         arrays (SCAFFOLD) is not supported there."""
-        start = self._load_global(global_state, pruned, personal)
+        start = self._load_global(global_state, pruned, personal, server_round)
         done, _ = self._fit_round(self._round_config(server_round), start, prior, {}, {})
         return done
 

@@ -22,16 +22,19 @@ from fedgate.inject import adapter_modules
 from fedgate.model import RewardModel
 
 
-def shared_keys(keys: Iterable[str], cfg: FedgateConfig, pruned: Collection[str] = ()) -> list[str]:
-    """The state keys that go back and forth each round, in the given order."""
+def shared_keys(keys: Iterable[str], cfg: FedgateConfig, pruned: Collection[str] = (),
+                server_round: int = 0) -> list[str]:
+    """The state keys that go back and forth in training round ``server_round`` (0: outside
+    a training round), in the given order."""
     rule = strategies.get(cfg.federation.strategy)
     personal = cfg.federation.personal_gates
-    return [k for k in keys if module_of(k) not in pruned and rule.shares(k)
+    return [k for k in keys if module_of(k) not in pruned and rule.shares(k, server_round)
             and not (personal and k.endswith(".struct_logit"))]
 
 
 @torch.no_grad()
-def configure_adapters(model: RewardModel, cfg: FedgateConfig, pruned: Collection[str] = ()) -> None:
+def configure_adapters(model: RewardModel, cfg: FedgateConfig, pruned: Collection[str] = (),
+                       server_round: int = 0) -> None:
     """Switch pruned adapters off (and freeze them), then apply the strategy's own setup.
     Resets every other adapter to trainable, so a cached model serves any round."""
     rule = strategies.get(cfg.federation.strategy)
@@ -39,5 +42,5 @@ def configure_adapters(model: RewardModel, cfg: FedgateConfig, pruned: Collectio
         off = name in pruned
         m.enabled = not off
         for pname in m.adapter_names:
-            getattr(m, pname).requires_grad_(not off and not rule.freezes(pname))
+            getattr(m, pname).requires_grad_(not off and not rule.freezes(pname, server_round))
         rule.prepare_adapter(name, m, cfg)

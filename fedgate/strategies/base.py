@@ -15,7 +15,7 @@ Server side:
   checkpoints.
 
 Client side:
-- :meth:`Strategy.shares`: which tensors travel; :meth:`Strategy.freezes` and
+- :meth:`Strategy.shares`: which tensors travel (in a given round); :meth:`Strategy.freezes` and
   :meth:`Strategy.prepare_adapter`: how an adapter is set up before a round.
 - :meth:`Strategy.local_round`: what a local round adds to plain training (an extra loss
   term, a correction after each optimizer step) and, when it ends, the arrays it sends back
@@ -217,13 +217,15 @@ class Strategy:
 
     # ------------------------------------------------------------------ client side
     @classmethod
-    def shares(cls, key: str) -> bool:
-        """Whether the trainable tensor ``key`` travels between server and clients."""
+    def shares(cls, key: str, server_round: int = 0) -> bool:
+        """Whether the trainable tensor ``key`` travels between server and clients in training
+        round ``server_round`` (0: outside a training round, e.g. an evaluation message)."""
         return True
 
     @classmethod
-    def freezes(cls, tensor: str) -> bool:
-        """Whether an adapter's own tensor (``lora_A``, ``gate_weight``, ...) stays frozen."""
+    def freezes(cls, tensor: str, server_round: int = 0) -> bool:
+        """Whether an adapter's own tensor (``lora_A``, ``gate_weight``, ...) stays frozen in
+        training round ``server_round``."""
         return False
 
     @classmethod

@@ -34,7 +34,7 @@ class FedSA(Strategy):
                              "map between ranks: it refuses federation.heterogeneous-ranks")
 
     @classmethod
-    def shares(cls, key: str) -> bool:
+    def shares(cls, key: str, server_round: int = 0) -> bool:
         return not key.endswith(".lora_B")
 
     @classmethod

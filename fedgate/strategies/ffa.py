@@ -33,11 +33,11 @@ class FFA(Strategy):
                              "mapping B between ranks is not built, so ffa refuses federation.heterogeneous-ranks")
 
     @classmethod
-    def shares(cls, key: str) -> bool:
+    def shares(cls, key: str, server_round: int = 0) -> bool:
         return not key.endswith(".lora_A")
 
     @classmethod
-    def freezes(cls, tensor: str) -> bool:
+    def freezes(cls, tensor: str, server_round: int = 0) -> bool:
         return tensor == "lora_A"
 
     @classmethod

@@ -22,6 +22,8 @@ FAMILIES = {
                       'federation.client-ranks="4,8" adapter.r=8'),
     # only A travels; each client's B survives between rounds in Flower's context.state
     "fedsa": 'federation.strategy="fedsa"',
+    # round 1 sends B alone, round 2 A alone
+    "rolora": 'federation.strategy="rolora"',
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
     "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
@@ -60,6 +62,9 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
     if family == "fedsa":
         assert [c["fedsa-rounds-kept"] for c in first["clients"]] == [0.0, 0.0]
         assert [c["fedsa-rounds-kept"] for c in second["clients"]] == [1.0, 1.0]
+    if family == "rolora":  # one factor of each adapter stays home each round
+        full = 4 * rounds[0]["params"]["trainable"]  # float32 bytes of every trainable tensor
+        assert all(r["bytes"]["array_up_per_client"] < 0.8 * full for r in (first, second))
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]
