@@ -2,12 +2,14 @@
 
 For a frozen linear layer ``y = W x`` an adapter adds a gated low-rank update::
 
-    y = W x + s_l * g_t * (B A dropout(x)) * scaling
+    y = W x + s_l * g_t * (B A dropout(x) * scaling + R x)
     g_t = sigmoid(w_g . x_t + b_g)      token gate: per token, input-dependent, in (0, 1)
     s_l = sigmoid(alpha_l)              structural gate: one scalar per insertion point
 
 ``A`` is ``(r, d_in)``, ``B`` is ``(d_out, r)`` and starts at zero, so a fresh adapter
-leaves the base output untouched. With both gates switched off the module is plain LoRA
+leaves the base output untouched. ``R`` (``lora_residual``, ``(d_out, d_in)``) exists only with
+``adapter.dense-residual``: a frozen dense update the server sends (FedEx-LoRA's aggregation
+residual, FLoRA's merged updates); it is never trained and never sent back. With both gates switched off the module is plain LoRA
 (the same arithmetic as peft's ``lora.Linear``), which the tests check numerically.
 
 The original layer is kept as ``base_layer`` (wrap, don't fork). Hugging Face's ``Conv1D``
@@ -41,7 +43,9 @@ class GatedLoRALinear(nn.Module):
     """A frozen linear layer plus a gated low-rank update (see module docstring)."""
 
     # Every parameter name an adapter owns; the rest of the module (base_layer) stays frozen.
-    adapter_param_names: tuple[str, ...] = ("lora_A", "lora_B", "gate_weight", "gate_bias", "struct_logit")
+    adapter_param_names: tuple[str, ...] = ("lora_A", "lora_B", "gate_weight", "gate_bias", "struct_logit",
+                                            "lora_residual")
+    frozen_param_names: tuple[str, ...] = ("lora_residual",)  # set by the server, never trained
 
     def __init__(self, base_layer: nn.Module, spec: AdapterSpec) -> None:
         super().__init__()
@@ -59,6 +63,8 @@ class GatedLoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, spec.r, **kw))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # same init as nn.Linear / peft
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.lora_residual = (nn.Parameter(torch.zeros(self.out_features, self.in_features, **kw), requires_grad=False)
+                              if spec.dense_residual else None)
         if spec.token_gate:
             self.gate_weight = nn.Parameter(torch.zeros(self.in_features, **kw))
             self.gate_bias = nn.Parameter(torch.full((1,), spec.gate_init, **kw))
@@ -101,6 +107,8 @@ class GatedLoRALinear(nn.Module):
         """The gated low-rank update for input x: (..., d_in) -> (..., d_out)."""
         dtype = self.lora_A.dtype
         h = F.linear(F.linear(self.dropout(x).to(dtype), self.lora_A), self.lora_B) * self.scaling
+        if self.lora_residual is not None:
+            h = h + F.linear(x.to(dtype), self.lora_residual)
         gate = self.token_gate(x)
         if gate is not None:
             self._record_gate(gate)
@@ -170,13 +178,16 @@ class GatedLoRALinear(nn.Module):
 
     # ----------------------------------------------------------------------------- merging
     def delta_weight(self) -> torch.Tensor:
-        """s_l * scaling * B A in the base layer's weight layout (Conv1D stores it transposed)."""
+        """s_l * (scaling * B A + R) in the base layer's weight layout (Conv1D stores it transposed)."""
         if self.gate_weight is not None:
             raise RuntimeError(
                 "cannot merge an adapter with an input-dependent token gate: the update is not a "
                 "constant matrix; build the adapter with token_gate=False to merge it"
             )
-        dw = (self.lora_B @ self.lora_A) * (self.scaling * self.structural_gate())  # (d_out, d_in)
+        dw = (self.lora_B @ self.lora_A) * self.scaling  # (d_out, d_in)
+        if self.lora_residual is not None:
+            dw = dw + self.lora_residual
+        dw = dw * self.structural_gate()
         return dw.T if self.is_conv1d else dw
 
     @torch.no_grad()

@@ -96,6 +96,10 @@ def export_peft(trained: Trained, out: Path) -> Path:
     model = trained.model
     _unsupported(model)
     _refuse_token_gates(model, "peft")
+    dense = [n for n, m in adapter_modules(model).items() if m.lora_residual is not None]
+    if dense:
+        raise ExportError(f"cannot export as peft: {len(dense)} adapters hold a dense update (adapter.dense-residual, "
+                          f"from fedex-lora or flora) that a peft LoRA adapter cannot hold; export as merged weights")
     modules = adapter_modules(model)
     prefix = "backbone."
     names = [n[len(prefix):] if n.startswith(prefix) else n for n in modules]

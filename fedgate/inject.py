@@ -114,7 +114,8 @@ def freeze_except(model: nn.Module, trainable_prefixes: Iterable[str] = (), name
     prefixes = tuple(trainable_prefixes)
     named = set(names)
     adapter_param_ids = {
-        id(p) for m in adapter_modules(model).values() for n in m.adapter_names for p in [getattr(m, n)]
+        id(p) for m in adapter_modules(model).values() for n in m.adapter_names if n not in m.frozen_param_names
+        for p in [getattr(m, n)]
     }
     for name, p in model.named_parameters():
         p.requires_grad_(id(p) in adapter_param_ids or name.startswith(prefixes) or name in named)

@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedgate import strategies
 from fedgate.aggregation import ClientUpdate
-from fedgate.aggregation.lora import lora_modules, lora_rank, start_error
+from fedgate.aggregation.lora import RESIDUAL, lora_modules, lora_rank, start_error
 from fedgate.aggregation.privacy import noise_rng, privacy_record
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
@@ -153,7 +153,7 @@ class FedgateStrategy(Strategy):
             try:
                 if node not in self.sent:
                     raise ValueError("a reply from a node that was not sent a train message this round")
-                expected = layout(self.sent[node])
+                expected = layout({k: v for k, v in self.sent[node].items() if not k.endswith(RESIDUAL)})
                 # a local-DP release is noised to a large norm by design: no norm bound for it
                 bound = 0.0 if self.fed.dp == "local" else self.fed.max_update_norm
                 update, extra, norm = parse_train_reply(msg, expected, bound,
@@ -288,7 +288,8 @@ class FedgateStrategy(Strategy):
             sampled = len(self.sent)
         t0 = time.perf_counter()
         result = self.rule.aggregate(self.global_state, updates, self.optimizer, self.opt_state, strategies.RoundInputs(
-            sent=sent, rank=self.rank, scales=[self.node_scale(u.node_id) for u in updates], scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
+            sent=sent, rank=self.rank, scales=[self.node_scale(u.node_id) for u in updates],
+            scaling=self.cfg.adapter.scaling, server_round=server_round, seed=self.cfg.train.seed, scores=scores, noise=noise, noise_multiplier=sigma, sampled=sampled))
         if self.fed.dp != "off":
             self.round_log.privacy = privacy_record(self.fed, sigma, self.dp_rates)
         self.round_log.rule["aggregate_ms"] = round(1000 * (time.perf_counter() - t0), 3)

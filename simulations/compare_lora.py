@@ -32,12 +32,12 @@ from fedgate.rundir import RunDir
 from simulations.results import standard_results, summarize_run, rows_from_dir
 from simulations.study import study_main
 
-RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa", "rolora")  # the LoRA aggregation family that is built
+RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa", "rolora", "fedex-lora", "flora")
 COMMON = {"federation.weighting": "uniform", "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
           "server.report": False, "server.baselines": False, "server.noise-rates": ""}
 SETTINGS: dict[str, tuple[int, dict, tuple[str, ...]]] = {  # clients, keys, rules that admit the setting
     "het-ranks": (3, {"adapter.r": 16, "federation.heterogeneous-ranks": True, "federation.client-ranks": "4,8,16"},
-                  ("fedavg-ab", "exact", "hetlora")),
+                  ("fedavg-ab", "exact", "hetlora", "fedex-lora", "flora")),
     "fedsa": (3, {}, RULES),
     "sampled": (20, {"federation.fraction-train": 0.25, "federation.rounds": 8}, RULES),
 }
@@ -75,7 +75,8 @@ def report(out: Path) -> str:
 
 def variants(setting: str) -> dict[str, dict]:
     _, keys, rules = SETTINGS[setting]
-    return {rule: {**keys, "federation.strategy": rule} for rule in rules if rule in strategies.names()}
+    return {rule: {**keys, "federation.strategy": rule,
+                   "adapter.dense-residual": strategies.get(rule).dense_residual} for rule in rules}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from fedgate.aggregation.fedavg import Params, _check_same_layout
 from fedgate.aggregation.gates import STRUCTURAL_GATE, TOKEN_GATE
 
 LORA_A, LORA_B = ".lora_A", ".lora_B"
+RESIDUAL = ".lora_residual"  # a dense (d_out, d_in) update the server sets (adapter.dense-residual)
 ALL = "*"  # per-module weight mappings: the weight of keys whose module is not in the mapping
 Weight = float | Mapping[str, float]
 

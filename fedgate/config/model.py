@@ -56,6 +56,9 @@ class AdapterSpec:
     # what multiplies B A: "standard" alpha / r, or "rslora" alpha / sqrt(r) (rank-stabilized
     # LoRA), whose update size does not shrink as the rank grows
     rank_scaling: str = "standard"
+    # a frozen dense (d_out, d_in) term inside every adapter, filled by the server under
+    # federation.strategy=fedex-lora or flora (one base weight's memory per adapted layer)
+    dense_residual: bool = False
 
     def __post_init__(self) -> None:
         choice("adapter.rank-scaling", self.rank_scaling, RANK_SCALINGS)

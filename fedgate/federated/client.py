@@ -27,6 +27,7 @@ from fedgate.engine import close_stepper, make_stepper
 from fedgate import strategies
 from fedgate.federated.client_rules import configure_adapters, shared_keys
 from fedgate.federated.shards import client_shard
+from fedgate.aggregation.lora import RESIDUAL
 from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model, head_targets
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
@@ -104,7 +105,9 @@ def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: Fedga
     structural gates). ``extras``: what the strategy's local rule finished with (arrays sent
     back, arrays kept, metrics: :class:`fedgate.strategies.LocalRule`)."""
     fed = cfg.federation
-    delta = to_numpy(state_delta({k: done.after[k] for k in start}, dict(start)))
+    # tensors the server sets and nobody trains (a dense residual) do not go back
+    back = {k: v for k, v in start.items() if not k.endswith(RESIDUAL)}
+    delta = to_numpy(state_delta({k: done.after[k] for k in back}, back))
     own = ({k: v.numpy() for k, v in done.after.items() if k.endswith(".struct_logit")}
            if fed.personal_gates else None)
     gate_stats = done.gate_stats

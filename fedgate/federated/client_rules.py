@@ -42,5 +42,6 @@ def configure_adapters(model: RewardModel, cfg: FedgateConfig, pruned: Collectio
         off = name in pruned
         m.enabled = not off
         for pname in m.adapter_names:
-            getattr(m, pname).requires_grad_(not off and not rule.freezes(pname, server_round))
+            frozen = pname in m.frozen_param_names or rule.freezes(pname, server_round)
+            getattr(m, pname).requires_grad_(not off and not frozen)
         rule.prepare_adapter(name, m, cfg)

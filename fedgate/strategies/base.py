@@ -70,6 +70,9 @@ class RoundInputs:
     sent: Sequence[Mapping[str, np.ndarray]] | None = None
     rank: int = 0
     scales: Sequence[float] | None = None
+    scaling: float = 1.0  # the global adapter's LoRA scaling (alpha / r): a dense residual is in its units
+    server_round: int = 0
+    seed: int = 0  # train.seed: what a rule draws fresh values from (flora's new A)
     scores: Sequence[float] | None = None
     noise: np.random.Generator | None = None
     noise_multiplier: float = 0.0
@@ -101,6 +104,7 @@ class Strategy:
     downlink_records: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords in a train message
     uplink_records: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords in a train reply
     client_records: ClassVar[tuple[str, ...]] = ()  # ArrayRecords a client keeps between rounds
+    dense_residual: ClassVar[bool] = False  # fills each adapter's frozen dense term (adapter.dense-residual)
 
     def __init__(self, fed: "FederationConfig") -> None:
         self.fed = fed
@@ -120,6 +124,12 @@ class Strategy:
             raise ValueError(f"federation.strategy={name} exchanges its own arrays with each client "
                              f"({', '.join(cls.downlink_records + cls.uplink_records)}), which a client trained "
                              f"by several processes (engine.world-size={cfg.engine.world_size}) does not carry")
+        if cfg.adapter.dense_residual != cls.dense_residual:
+            raise ValueError(f"adapter.dense-residual={str(cfg.adapter.dense_residual).lower()} but federation."
+                             f"strategy={name} " + ("fills that dense term each round: set adapter.dense-residual=true"
+                                                    if cls.dense_residual else
+                                                    "never fills it: it would cost a base weight's memory per "
+                                                    "adapted layer and a dense downlink for nothing"))
         if fed.dp == "central" and not cls.sums_updates:
             raise ValueError(f"federation.dp=central adds noise to a sum of clipped updates; federation.strategy="
                              f"{name} combines the updates one by one (its sensitivity to one client is not bounded "

@@ -24,6 +24,10 @@ FAMILIES = {
     "fedsa": 'federation.strategy="fedsa"',
     # round 1 sends B alone, round 2 A alone
     "rolora": 'federation.strategy="rolora"',
+    # the dense residual: sent every round (full-rank downlink), never sent back
+    "fedex-lora": 'federation.strategy="fedex-lora" adapter.dense-residual=true',
+    "flora-ranks": ('federation.strategy="flora" adapter.dense-residual=true federation.heterogeneous-ranks=true '
+                    'federation.client-ranks="4,8" adapter.r=8'),
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
     "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
@@ -65,6 +69,12 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
     if family == "rolora":  # one factor of each adapter stays home each round
         full = 4 * rounds[0]["params"]["trainable"]  # float32 bytes of every trainable tensor
         assert all(r["bytes"]["array_up_per_client"] < 0.8 * full for r in (first, second))
+    if family in ("fedex-lora", "flora-ranks"):
+        assert all(r["bytes"]["array_down"] > 2 * r["bytes"]["array_up"] for r in (first, second))
+    if family == "fedex-lora":
+        assert 0 < second["strategy"]["residual_share"]
+    if family == "flora-ranks":
+        assert second["strategy"]["stacked_bytes"] < second["bytes"]["array_down"]
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]

@@ -7,7 +7,7 @@ from fedgate import strategies
 from fedgate.config import FedgateConfig
 
 ALL = {"fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold", "exact", "ffa",
-       "median", "trimmed-mean", "krum", "validated", "hetlora", "fedsa", "rolora"}
+       "median", "trimmed-mean", "krum", "validated", "hetlora", "fedsa", "rolora", "fedex-lora", "flora"}
 
 
 def test_every_module_registers_its_strategies_by_name():
@@ -40,6 +40,7 @@ def test_strategy_settings_that_cannot_work_are_refused(flat, match):
 
 
 def test_the_defaults_and_every_plain_choice_pass():
-    for name in ALL:
-        cfg = FedgateConfig.from_flat({"federation.strategy": name})
+    for name in ALL:  # a rule that fills the adapters' dense term asks for it
+        dense = strategies.get(name).dense_residual
+        cfg = FedgateConfig.from_flat({"federation.strategy": name, "adapter.dense-residual": dense})
         assert strategies.check(cfg) is cfg

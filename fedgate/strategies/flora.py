@@ -1,0 +1,84 @@
+"""FLoRA (Wang et al., "FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous
+Low-Rank Adaptations", NeurIPS 2024): stacking the clients' factors, ``[B_1 ... B_K]`` times
+``[p_1 A_1; ... ; p_K A_K]``, gives exactly ``sum_k p_k B_k A_k`` whatever each client's rank;
+clients merge that update into their copy of the frozen weights and start the next round
+from fresh adapters (A random, B zero).
+
+Where fedgate departs from the paper: the server does the merging. It adds the weighted sum
+of the clients' products (in the global LoRA scaling) to each adapter's dense frozen term
+(``adapter.dense-residual``), and sends that term whole with fresh factors, A drawn from
+``train.seed`` and the round, B zero. A client that missed rounds (sampling) therefore still
+starts from the global model, but the downlink is one dense ``(d_out, d_in)`` matrix per
+adapted layer instead of the stacked factors. The round record gives both: the bytes sent, and
+``stacked_bytes``, what the paper's stacked factors of that round would have been per client.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from fedgate.aggregation.lora import LORA_A, LORA_B, RESIDUAL, lora_modules
+from fedgate.aggregation.server_opt import ServerOptimizer
+from fedgate.aggregation.update import ClientUpdate
+from fedgate.strategies.base import Aggregated, RoundInputs, Strategy
+from fedgate.strategies.fedex import local_factors, mean_product
+
+
+def fresh_a(module: str, shape: tuple[int, int], seed: int, server_round: int) -> np.ndarray:
+    """A new ``A`` for ``module`` after ``server_round``: uniform in +-1/sqrt(d_in) (nn.Linear's
+    init bound), from a generator seeded by (seed, round, module name)."""
+    gen = np.random.default_rng([int(seed), int(server_round), zlib.crc32(module.encode())])
+    bound = 1.0 / np.sqrt(shape[1])
+    return gen.uniform(-bound, bound, size=shape)
+
+
+class FLoRA(Strategy):
+    name = "flora"
+    summary = ("the clients' products stacked (exact, any ranks) and merged into a dense frozen term; adapters "
+               "restart each round (FLoRA)")
+    lora_only = True
+    dense_residual = True
+    per_layer_weights = False
+    sums_updates = False  # clipped factors multiply: one client's product is not bounded by the clip
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        fed = cfg.federation
+        if fed.client_ranks and max(fed.client_ranks) > cfg.adapter.r:
+            raise ValueError(f"federation.strategy=flora draws each round's fresh A at the global rank: adapter.r="
+                             f"{cfg.adapter.r} must be at least the largest of federation.client-ranks "
+                             f"{fed.client_ranks}")
+        if fed.server_lr not in (0.0, 1.0):
+            raise ValueError(f"federation.strategy=flora merges the exact sum of the clients' updates: "
+                             f"federation.server-lr must be 1 (or 0 = default), got {fed.server_lr}")
+
+    def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
+                  optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
+                  inputs: RoundInputs | None = None) -> Aggregated:
+        inputs = inputs or RoundInputs()
+        if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
+            raise ValueError("aggregate: flora needs what each client was sent and the global rank")
+        stacked = 4 * sum(v.size for u in updates for k, v in u.delta.items() if k.endswith((LORA_A, LORA_B)))
+        scales = inputs.scales or [1.0] * len(updates)
+        deltas = [self._at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
+        deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
+        locals_ = local_factors(inputs.sent, deltas, self, inputs)
+        # gates and head: the plain average; the factors are replaced below
+        new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))
+        new = dict(new)
+        for m in lora_modules(locals_[0]):
+            key = m + RESIDUAL
+            if key not in params:
+                raise KeyError(f"aggregate: flora needs {key} in the global state (adapter.dense-residual)")
+            merged = inputs.scaling * mean_product(locals_, examples, m)
+            new[key] = (np.asarray(params[key], np.float64) + merged).astype(np.asarray(params[key]).dtype)
+            a, b = np.asarray(params[m + LORA_A]), np.asarray(params[m + LORA_B])
+            new[m + LORA_A] = fresh_a(m, a.shape, inputs.seed, inputs.server_round).astype(a.dtype)
+            new[m + LORA_B] = np.zeros_like(b)
+        info["stacked_bytes"] = stacked  # the paper's downlink of this round, per client
+        mean_delta = {k: new[k] - np.asarray(params[k]) for k in new}
+        return Aggregated(new, state, mean_delta, info)
