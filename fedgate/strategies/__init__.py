@@ -75,6 +75,7 @@ def check(cfg: "FedgateConfig") -> "FedgateConfig":
 
 def table() -> str:
     """A markdown table of the registered strategies."""
-    lines = ["| strategy | what it does |", "|---|---|"]
-    lines += [f"| `{name}` | {cls.summary} |" for name, cls in _registry().items()]
+    lines = ["| strategy | what it does | from | uplink per client | downlink per client |", "|---|---|---|---|---|"]
+    lines += [f"| `{name}` | {cls.summary} | {cls.paper} | {cls.travels_up} | {cls.travels_down} |"
+              for name, cls in _registry().items()]
     return "\n".join(lines)

@@ -95,6 +95,9 @@ class Strategy:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line: how updates combine, server optimizer, client side
+    paper: ClassVar[str] = "McMahan et al., AISTATS 2017"  # where the rule comes from
+    travels_up: ClassVar[str] = "every trainable tensor"  # what a client sends back each round
+    travels_down: ClassVar[str] = "every trainable tensor"  # what the server sends each client
     server_optimizer: ClassVar[str] = "sgd"  # sgd | avgm | adagrad | adam | yogi
     default_server_lr: ClassVar[float] = 1.0
     per_layer_weights: ClassVar[bool] = True  # a weighted mean: federation.weighting=gates applies

@@ -23,6 +23,7 @@ class Exact(Strategy):
     name = "exact"
     summary = "per adapter, the weighted mean of B_k A_k, re-factorized by truncated SVD to the global rank"
     lora_only = True
+    paper = "FlexLoRA: Bai et al., NeurIPS 2024"
     sums_updates = False
 
     @classmethod

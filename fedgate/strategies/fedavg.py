@@ -18,3 +18,4 @@ class FedAvgAB(FedAvg):
     summary = ("the same math, named for LoRA comparisons: A and B averaged separately, which is not "
                "averaging B A (FedIT)")
     lora_only = True
+    paper = "FedIT: Zhang et al., ICASSP 2024"

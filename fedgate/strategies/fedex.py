@@ -44,9 +44,11 @@ def mean_product(locals_: Sequence[Arrays], weights: Sequence[float], module: st
 
 class FedExLoRA(Strategy):
     name = "fedex-lora"
-    summary = ("A and B averaged; the residual mean(B_k A_k) - mean(B) mean(A) added to a dense frozen term: "
-               "exact, with a full-rank downlink (FedEx-LoRA)")
+    summary = ("A and B averaged; the residual mean(B_k A_k) - mean(B) mean(A) added to a dense frozen term "
+               "(`adapter.dense-residual`): exact")
     lora_only = True
+    paper = "FedEx-LoRA: Singhal et al., ACL 2025"
+    travels_down = "every trainable tensor plus a dense d_out x d_in matrix per adapted layer"
     dense_residual = True
     per_layer_weights = False
     sums_updates = False  # the residual is a product of updates: not bounded by the clip

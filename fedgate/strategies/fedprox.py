@@ -24,6 +24,7 @@ def proximal_term(model: torch.nn.Module, start: Mapping[str, torch.Tensor], mu:
 
 class FedProx(Strategy):
     name = "fedprox"
+    paper = "Li et al., MLSys 2020"
     summary = "FedAvg plus a client proximal term `train.proximal-mu`/2 x \\|\\|theta - theta_global\\|\\|^2 (mu 0.01)"
 
     def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,

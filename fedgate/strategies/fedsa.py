@@ -22,8 +22,10 @@ PERSONAL_B = "fedsa-b"  # the record a client keeps its B matrices in
 
 class FedSA(Strategy):
     name = "fedsa"
-    summary = "only A is averaged and sent; each client keeps its own B (FedSA-LoRA, personalized)"
+    summary = "only A is averaged and sent; each client keeps its own B (personalized)"
     lora_only = True
+    paper = "FedSA-LoRA: Guo et al., ICLR 2025"
+    travels_up = travels_down = "A, gates, head (no B)"
     client_records = (PERSONAL_B,)
 
     @classmethod

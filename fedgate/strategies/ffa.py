@@ -24,6 +24,8 @@ class FFA(Strategy):
     name = "ffa"
     summary = "A frozen at a value drawn from `train.seed`; only B is trained and sent (about half the bytes)"
     lora_only = True
+    paper = "FFA-LoRA: Sun et al., ICLR 2024"
+    travels_up = travels_down = "B, gates, head (no A): about half of FedAvg's"
 
     @classmethod
     def check(cls, cfg) -> None:

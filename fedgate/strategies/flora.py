@@ -37,9 +37,12 @@ def fresh_a(module: str, shape: tuple[int, int], seed: int, server_round: int) -
 
 class FLoRA(Strategy):
     name = "flora"
-    summary = ("the clients' products stacked (exact, any ranks) and merged into a dense frozen term; adapters "
-               "restart each round (FLoRA)")
+    summary = ("the clients' products stacked (exact, any ranks) and merged into a dense frozen term "
+               "(`adapter.dense-residual`); adapters restart each round")
     lora_only = True
+    paper = "FLoRA: Wang et al., NeurIPS 2024"
+    travels_up = "every trainable tensor, at the client's rank"
+    travels_down = "fresh factors, gates, head, and a dense d_out x d_in matrix per adapted layer"
     dense_residual = True
     per_layer_weights = False
     sums_updates = False  # clipped factors multiply: one client's product is not bounded by the clip

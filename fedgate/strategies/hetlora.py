@@ -42,9 +42,11 @@ def norm_weights(locals_: list[Arrays], examples: list[float]) -> list[dict[str,
 
 class HetLoRA(Strategy):
     name = "hetlora"
-    summary = ("zero-padded factors averaged with weights by each client's update norm ||s B A||, truncated to "
-               "each client's rank (HetLoRA)")
+    summary = ("zero-padded factors averaged with weights by each client's update norm (of s B A), truncated to "
+               "each client's rank")
     lora_only = True
+    paper = "HetLoRA: Cho et al., EMNLP 2024"
+    travels_up = travels_down = "every trainable tensor, at the client's rank"
     per_layer_weights = False  # its own per-module weights
     sums_updates = False  # the weights depend on each update: one client's influence is not bounded by the clip
 

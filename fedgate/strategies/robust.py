@@ -11,6 +11,7 @@ from fedgate.strategies.base import Arrays, RoundInputs, Strategy
 
 class Median(Strategy):
     name = "median"
+    paper = "Yin et al., ICML 2018"
     summary = "coordinate-wise median, unweighted"
     per_layer_weights = False
     sums_updates = False
@@ -22,6 +23,7 @@ class Median(Strategy):
 
 class TrimmedMean(Median):
     name = "trimmed-mean"
+    paper = "Yin et al., ICML 2018"
     summary = "coordinate-wise trimmed mean (`federation.trim-fraction` 0.2 per end), unweighted"
 
     def combine(self, deltas: list[Arrays], examples: list[float], per_layer: list[dict] | None,
@@ -31,6 +33,7 @@ class TrimmedMean(Median):
 
 class Krum(Median):
     name = "krum"
+    paper = "Blanchard et al., NeurIPS 2017"
     summary = ("Multi-Krum: leaves out the `federation.byzantine-clients` (f, 1) updates farthest from the "
                "others; the median below f + 3 updates")
 

@@ -21,8 +21,10 @@ def trains_b(server_round: int) -> bool:
 
 class RoLoRA(Strategy):
     name = "rolora"
-    summary = "B alone trained and sent in odd rounds, A alone in even rounds (RoLoRA, alternating)"
+    summary = "B alone trained and sent in odd rounds, A alone in even rounds"
     lora_only = True
+    paper = "RoLoRA: Chen et al., 2025"
+    travels_up = travels_down = "B (odd rounds) or A (even rounds), gates, head"
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -85,6 +85,9 @@ def _tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 class Scaffold(Strategy):
     name = "scaffold"
+    paper = "Karimireddy et al., ICML 2020"
+    travels_up = "every trainable tensor and its control-variate delta (twice FedAvg's)"
+    travels_down = "every trainable tensor and the server control variate (twice FedAvg's)"
     summary = ("control variates (option II, in AdamW's step units), kept in Flower's `context.state`; "
                "torch engine only")
     downlink_records = (SERVER_CONTROL,)

@@ -10,12 +10,14 @@ from fedgate.strategies.base import Strategy
 
 class FedAvgM(Strategy):
     name = "fedavgm"
+    paper = "Hsu et al., 2019"
     summary = "server momentum (`federation.server-momentum`, 0.9)"
     server_optimizer = "avgm"
 
 
 class FedAdagrad(Strategy):
     name = "fedadagrad"
+    paper = "Reddi et al., ICLR 2021"
     summary = "adaptive server optimizer, Adagrad (Reddi et al. 2021; server-lr 0.01, `federation.server-tau`)"
     server_optimizer = "adagrad"
     default_server_lr = 0.01
@@ -23,6 +25,7 @@ class FedAdagrad(Strategy):
 
 class FedAdam(Strategy):
     name = "fedadam"
+    paper = "Reddi et al., ICLR 2021"
     summary = ("adaptive server optimizer, Adam (Reddi et al. 2021; server-lr 0.01, `federation.server-beta1`, "
                "`server-beta2`, `server-tau`)")
     server_optimizer = "adam"
@@ -31,6 +34,7 @@ class FedAdam(Strategy):
 
 class FedYogi(Strategy):
     name = "fedyogi"
+    paper = "Reddi et al., ICLR 2021"
     summary = ("adaptive server optimizer, Yogi (Reddi et al. 2021; server-lr 0.01, `federation.server-beta1`, "
                "`server-beta2`, `server-tau`)")
     server_optimizer = "yogi"

@@ -13,6 +13,7 @@ from fedgate.strategies.base import Arrays, RoundInputs, Strategy
 
 class Validated(Strategy):
     name = "validated"
+    paper = "this project: score-based screening"
     summary = ("scores each update alone on the server's validation rows, leaves out the `byzantine-clients` "
                "lowest; screens the round-0 head alike")
     per_layer_weights = False

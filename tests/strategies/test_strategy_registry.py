@@ -44,3 +44,13 @@ def test_the_defaults_and_every_plain_choice_pass():
         dense = strategies.get(name).dense_residual
         cfg = FedgateConfig.from_flat({"federation.strategy": name, "adapter.dense-residual": dense})
         assert strategies.check(cfg) is cfg
+
+
+def test_the_table_names_every_rule_with_its_source_and_what_travels():
+    lines = strategies.table().splitlines()
+    assert len(lines) == 2 + len(ALL)
+    for name in ALL:
+        cls = strategies.get(name)
+        assert cls.summary and cls.paper and cls.travels_up and cls.travels_down, name
+        row = next(line for line in lines if line.startswith(f"| `{name}` |"))
+        assert row.count(" | ") == 4 and "||" not in row.replace("\\|\\|", ""), row  # five cells, no stray pipes
