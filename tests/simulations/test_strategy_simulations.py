@@ -28,6 +28,7 @@ FAMILIES = {
     "fedex-lora": 'federation.strategy="fedex-lora" adapter.dense-residual=true',
     "flora-ranks": ('federation.strategy="flora" adapter.dense-residual=true federation.heterogeneous-ranks=true '
                     'federation.client-ranks="4,8" adapter.r=8'),
+    "lora-fair": 'federation.strategy="lora-fair"',
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
     "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
@@ -75,6 +76,8 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert 0 < second["strategy"]["residual_share"]
     if family == "flora-ranks":
         assert second["strategy"]["stacked_bytes"] < second["bytes"]["array_down"]
+    if family == "lora-fair":
+        assert 0 <= second["strategy"]["fair_residual"] < 1
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]

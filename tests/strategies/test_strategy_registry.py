@@ -7,7 +7,7 @@ from fedgate import strategies
 from fedgate.config import FedgateConfig
 
 ALL = {"fedavg", "fedavg-ab", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "scaffold", "exact", "ffa",
-       "median", "trimmed-mean", "krum", "validated", "hetlora", "fedsa", "rolora", "fedex-lora", "flora"}
+       "median", "trimmed-mean", "krum", "validated", "hetlora", "fedsa", "rolora", "fedex-lora", "flora", "lora-fair"}
 
 
 def test_every_module_registers_its_strategies_by_name():
