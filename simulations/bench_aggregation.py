@@ -23,12 +23,14 @@ import numpy as np
 
 from fedgate.aggregation import ClientUpdate
 from fedgate import strategies
+from fedgate.aggregation.lora import RESIDUAL
 from fedgate.config import FedgateConfig
 from fedgate.federated.client_rules import shared_keys
 from simulations.results import write_table
 from simulations.study import parse_sets
 
-STRATEGIES = ("fedavg", "fedavg-ab", "fedadam", "exact", "hetlora", "ffa", "fedsa", "median", "trimmed-mean", "krum")
+STRATEGIES = ("fedavg", "fedavg-ab", "fedadam", "exact", "hetlora", "ffa", "fedsa", "rolora", "fedex-lora", "flora",
+              "lora-fair", "median", "trimmed-mean", "krum")
 
 
 def global_state(cfg: FedgateConfig) -> dict[str, np.ndarray]:
@@ -50,16 +52,19 @@ def time_strategy(flat: dict, state: dict[str, np.ndarray], updates: list[Client
     """Median milliseconds of one aggregate call."""
     cfg = strategies.check(FedgateConfig.from_flat(flat))
     rule = strategies.create(cfg.federation)
-    shared = shared_keys(state, cfg)  # what this rule's clients send (ffa: no A, fedsa: no B)
-    updates = [dataclasses.replace(u, delta={k: u.delta[k] for k in shared}) for u in updates]
+    # what a round-1 client of this rule sends (ffa: no A, fedsa: no B, rolora: B alone; never a dense term)
+    shared = shared_keys(state, cfg, server_round=1)
     state = {k: state[k] for k in shared}
+    back = [k for k in shared if not k.endswith(RESIDUAL)]
+    updates = [dataclasses.replace(u, delta={k: u.delta[k] for k in back}) for u in updates]
     optimizer = rule.optimizer()
     opt_state = optimizer.init(state)
     sent = [state] * len(updates)
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        rule.aggregate(state, updates, optimizer, opt_state, strategies.RoundInputs(sent=sent, rank=cfg.adapter.r))
+        rule.aggregate(state, updates, optimizer, opt_state, strategies.RoundInputs(
+            sent=sent, rank=cfg.adapter.r, scaling=cfg.adapter.scaling, server_round=1))
         if i:  # the first call warms caches and allocators
             times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
@@ -80,11 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"global state: {len(state)} tensors, {n_params:,} parameters ({base.model.backbone}, r {base.adapter.r})")
     counts = [int(c) for c in args.clients.split(",")]
     rows = []
+    dense_state = None  # fedex-lora and flora: the same state plus each adapter's dense term
     for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
         row = {"strategy": strategy}
+        flat = {**overrides, "federation.strategy": strategy,
+                "adapter.dense-residual": strategies.get(strategy).dense_residual}
+        if flat["adapter.dense-residual"] and dense_state is None:
+            dense_state = global_state(FedgateConfig.from_flat(flat))
+        here = dense_state if flat["adapter.dense-residual"] else state
         for k in counts:
-            row[f"{k} clients"] = time_strategy({**overrides, "federation.strategy": strategy}, state,
-                                                updates_for(state, k), args.repeats)
+            row[f"{k} clients"] = time_strategy(flat, here, updates_for(here, k), args.repeats)
         rows.append(row)
         print(" | ".join(f"{v:.1f}" if isinstance(v, float) else v for v in row.values()), flush=True)
     columns = {"strategy": "strategy (ms per round)", **{f"{k} clients": f"{k} clients" for k in counts}}
