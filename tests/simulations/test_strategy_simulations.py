@@ -76,6 +76,12 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert 0 < second["strategy"]["residual_share"]
     if family == "flora-ranks":
         assert second["strategy"]["stacked_bytes"] < second["bytes"]["array_down"]
+        # the merged dense term is in the checkpoint, and a trained model loads it back
+        from fedgate.inject import adapter_modules
+        from fedgate.trained import load_trained
+        modules = adapter_modules(load_trained(run_dir).model).values()
+        assert all(m.lora_residual is not None for m in modules)
+        assert any(float(m.lora_residual.abs().max()) > 0 for m in modules)
     if family == "lora-fair":
         assert 0 <= second["strategy"]["fair_residual"] < 1
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
