@@ -91,7 +91,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     task = _task(context)
     personal = _kept(context, P.STATE_PERSONAL) if task.cfg.federation.personal_gates else None
-    rows, metrics = task.evaluate(_arrays(msg.content[P.ARRAYS]), pruned=_pruned(msg), personal=personal)
+    kept = {r: _kept(context, r) or {} for r in strategies.get(task.cfg.federation.strategy).client_records}
+    rows, metrics = task.evaluate(_arrays(msg.content[P.ARRAYS]), pruned=_pruned(msg), personal=personal, kept=kept)
     content = RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: rows, P.PARTITION_ID: task.partition_id,
                                                    **metrics})})
     return Message(content=content, reply_to=msg)

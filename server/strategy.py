@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedgate import strategies
 from fedgate.aggregation import ClientUpdate
-from fedgate.aggregation.lora import RESIDUAL, lora_modules, lora_rank, start_error
+from fedgate.aggregation.lora import lora_modules, lora_rank, start_error
 from fedgate.aggregation.privacy import noise_rng, privacy_record
 from fedgate.config import FedgateConfig
 from fedgate.federated import protocol as P
@@ -128,6 +128,9 @@ class FedgateStrategy(Strategy):
         messages, down, down_arrays = [], 0, 0
         for node in nodes:
             self.sent[node] = self.state_for(node, server_round)
+            if self.node_ranks.get(node, self.rank) < self.rank:  # what truncation loses of the global update
+                self.round_log.rule.setdefault("start_truncation_error", {})[str(node)] = round(
+                    start_error(self.shared_state(server_round), self.sent[node], self.node_scale(node)), 6)
             record = to_record(self.sent[node])
             content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
             for name, extra in self.rule.downlink(self.sent[node]).items():
@@ -153,7 +156,8 @@ class FedgateStrategy(Strategy):
             try:
                 if node not in self.sent:
                     raise ValueError("a reply from a node that was not sent a train message this round")
-                expected = layout({k: v for k, v in self.sent[node].items() if not k.endswith(RESIDUAL)})
+                expected = layout({k: v for k, v in self.sent[node].items()
+                                   if self.rule.returns(k, server_round)})
                 # a local-DP release is noised to a large norm by design: no norm bound for it
                 bound = 0.0 if self.fed.dp == "local" else self.fed.max_update_norm
                 update, extra, norm = parse_train_reply(msg, expected, bound,
@@ -255,14 +259,9 @@ class FedgateStrategy(Strategy):
                         stage, self.fed.round_timeout)
 
     def state_for(self, node: int, server_round: int = 0) -> dict[str, np.ndarray]:
-        """The shared global tensors at ``node``'s adapter rank and LoRA scaling; what a
-        truncation to a lower rank loses of the global update is logged per node."""
+        """The shared global tensors at ``node``'s adapter rank and LoRA scaling."""
         state, rank = self.shared_state(server_round), self.node_ranks.get(node, self.rank)
-        at_rank = self.rule.state_at_rank(state, rank, self.rank, 1.0 / self.node_scale(node))
-        if rank < self.rank:
-            self.round_log.rule.setdefault("start_truncation_error", {})[str(node)] = round(
-                start_error(state, at_rank, self.node_scale(node)), 6)
-        return at_rank
+        return self.rule.state_at_rank(state, rank, self.rank, 1.0 / self.node_scale(node))
 
     def node_scale(self, node: int) -> float:
         """``node``'s LoRA scaling over the global one: ``alpha / r`` (or ``alpha / sqrt(r)``)
@@ -273,8 +272,9 @@ class FedgateStrategy(Strategy):
     def _aggregate(self, updates: list[ClientUpdate], sent: list[dict[str, np.ndarray]], server_round: int) -> None:
         scores = None
         if self.rule.scores_updates:  # each update applied alone, scored by the server
-            scores = [self.scorer({k: v + u.delta[k] if k in u.delta else v for k, v in self.global_state.items()},
-                                  self.pruned) for u in updates]
+            deltas = [self.rule.at_global_rank(u.delta, self.rank, self.node_scale(u.node_id)) for u in updates]
+            scores = [self.scorer({k: v + d[k] if k in d else v for k, v in self.global_state.items()}, self.pruned)
+                      for d in deltas]
         sigma, noise, sampled = 0.0, None, None
         if self.fed.dp != "off":
             # the rate this round really sampled at (min-train-nodes can raise it above fraction-train)
@@ -312,7 +312,15 @@ class FedgateStrategy(Strategy):
                 reason = reply.error.reason if reply.has_error() else "no metrics"
                 self.round_log.failures.append({"node_id": node, "reason": reason, "stage": "query"})
                 continue
-            self.node_ranks[node] = int(reply.content[P.METRICS][P.ADAPTER_RANK])
+            rank = int(reply.content[P.METRICS][P.ADAPTER_RANK])
+            if rank > self.rank and not self.rule.admits_larger_ranks:
+                reason = (f"adapter rank {rank} is above the global rank {self.rank}: federation.strategy="
+                          f"{self.fed.strategy} pads to the global rank, so the node would train components "
+                          f"that never move; left out of the federation")
+                self.round_log.failures.append({"node_id": node, "reason": reason, "stage": "query"})
+                log.warning("node %d: %s", node, reason)
+                continue
+            self.node_ranks[node] = rank
             log.info("node %d trains adapter rank %d (global %d)", node, self.node_ranks[node], self.rank)
         return [n for n in nodes if n in self.node_ranks]
 

@@ -188,19 +188,19 @@ def truncate_to_rank(state: Mapping[str, np.ndarray], rank: int) -> Params:
 
 
 def rescale_factors(state: Mapping[str, np.ndarray], factor: float) -> Params:
-    """Every ``A`` and ``B`` multiplied by ``sqrt(factor)``, so that every ``B A`` is multiplied by
-    ``factor``; other keys copied. Moves an adapter between two LoRA scalings: factors trained
+    """Every ``B`` multiplied by ``factor`` (``A`` and other keys copied), so that every ``B A``
+    is multiplied by ``factor``. Moves an adapter between two LoRA scalings: factors trained
     under scaling ``s_from`` give the same update ``s B A`` under ``s_to`` after
-    ``rescale_factors(state, s_from / s_to)``."""
+    ``rescale_factors(state, s_from / s_to)``. The whole factor goes on B, so a fresh adapter
+    (B = 0) keeps its A at the initial size, and a delta maps back linearly."""
     if not (np.isfinite(factor) and factor > 0):
         raise ValueError(f"rescale_factors: factor must be finite and > 0, got {factor}")
     out = {k: np.array(v, copy=True) for k, v in state.items()}
     if factor == 1.0:
         return out
-    root = np.sqrt(factor)
     for m in lora_modules(state):
-        for key in (m + LORA_A, m + LORA_B):
-            out[key] = (np.asarray(out[key], np.float64) * root).astype(out[key].dtype)
+        key = m + LORA_B
+        out[key] = (np.asarray(out[key], np.float64) * factor).astype(out[key].dtype)
     return out
 
 

@@ -27,7 +27,6 @@ from fedgate.engine import close_stepper, make_stepper
 from fedgate import strategies
 from fedgate.federated.client_rules import configure_adapters, shared_keys
 from fedgate.federated.shards import client_shard
-from fedgate.aggregation.lora import RESIDUAL
 from fedgate.memory import peak_mib
 from fedgate.model import RewardModel, build_reward_model, head_targets
 from fedgate.state import adapter_state, from_numpy, load_adapter_state, state_delta, to_numpy, trainable_names
@@ -105,8 +104,8 @@ def local_update(done: LocalRound, start: Mapping[str, torch.Tensor], cfg: Fedga
     structural gates). ``extras``: what the strategy's local rule finished with (arrays sent
     back, arrays kept, metrics: :class:`fedgate.strategies.LocalRule`)."""
     fed = cfg.federation
-    # tensors the server sets and nobody trains (a dense residual) do not go back
-    back = {k: v for k, v in start.items() if not k.endswith(RESIDUAL)}
+    rule = strategies.get(fed.strategy)  # e.g. no dense term, and under rolora not the frozen factor
+    back = {k: v for k, v in start.items() if rule.returns(k, server_round)}
     delta = to_numpy(state_delta({k: done.after[k] for k in back}, back))
     own = ({k: v.numpy() for k, v in done.after.items() if k.endswith(".struct_logit")}
            if fed.personal_gates else None)
@@ -291,10 +290,13 @@ class ClientTask:
         return ridge_stats(x, head_targets(self.shard.train.labels, self.cfg.data.misaligned_threshold).numpy())
 
     def evaluate(self, global_state: Mapping[str, np.ndarray], *, pruned: Collection[str] = (),
-                 personal: Mapping[str, np.ndarray] | None = None) -> tuple[int, dict[str, float]]:
-        """Metrics of the global state (with this client's own routing under personal gates)
-        on this client's held-out rows: (rows, metrics)."""
+                 personal: Mapping[str, np.ndarray] | None = None,
+                 kept: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> tuple[int, dict[str, float]]:
+        """Metrics of the global state (with this client's own routing under personal gates,
+        and what its strategy keeps on the client, e.g. fedsa's B) on this client's held-out
+        rows: (rows, metrics)."""
         self._load_global(global_state, pruned, personal)
+        strategies.get(self.cfg.federation.strategy).apply_kept(self.model, kept or {})
         t0 = time.perf_counter()
         metrics, _ = evaluate(self.model, self.shard.holdout, self.cfg, self.pad_id, self.device)
         keep = ("auc", "pairwise_accuracy", "f1_oracle", "mae", *(k for k in metrics if k.startswith("pearson_")))

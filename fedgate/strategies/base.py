@@ -15,7 +15,8 @@ Server side:
   checkpoints.
 
 Client side:
-- :meth:`Strategy.shares`: which tensors travel (in a given round); :meth:`Strategy.freezes` and
+- :meth:`Strategy.shares`: which tensors the server sends (in a given round),
+  :meth:`Strategy.returns`: which of them a client sends back; :meth:`Strategy.freezes` and
   :meth:`Strategy.prepare_adapter`: how an adapter is set up before a round.
 - :meth:`Strategy.local_round`: what a local round adds to plain training (an extra loss
   term, a correction after each optimizer step) and, when it ends, the arrays it sends back
@@ -33,8 +34,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from fedgate.aggregation.fedavg import Params, weighted_mean
-from fedgate.aggregation.lora import (gate_weights, lora_modules, lora_rank, module_weighted_mean, pad_to_rank,
-                                     rescale_factors, truncate_to_rank)
+from fedgate.aggregation.lora import (RESIDUAL, gate_weights, lora_modules, lora_rank, module_weighted_mean,
+                                     pad_to_rank, rescale_factors, truncate_to_rank)
 from fedgate.aggregation.privacy import noised_mean
 from fedgate.aggregation.robust import clip_update
 from fedgate.aggregation.server_opt import ServerOptimizer, server_optimizer
@@ -62,15 +63,15 @@ class RoundInputs:
     (``exact``: its local factors are ``sent + delta``, possibly at its own rank); ``rank``:
     the global adapter rank; ``scores[k]``: the server's validation score of the global state
     plus update k alone (``validated``). ``scales[k]``: client k's LoRA scaling over the global
-    one (heterogeneous ranks: ``alpha / r_k`` against ``alpha / r``); its factors times
-    ``sqrt(scales[k])`` are in the global scaling. Central DP: ``noise`` draws the Gaussian noise of
+    one (heterogeneous ranks: ``alpha / r_k`` against ``alpha / r``); its B times ``scales[k]``
+    is in the global scaling. Central DP: ``noise`` draws the Gaussian noise of
     ``noise_multiplier``, and the noised sum is divided by ``sampled``, the clients sampled
     this round."""
 
     sent: Sequence[Mapping[str, np.ndarray]] | None = None
     rank: int = 0
     scales: Sequence[float] | None = None
-    scaling: float = 1.0  # the global adapter's LoRA scaling (alpha / r): a dense residual is in its units
+    scaling: float = 1.0  # the global adapter's LoRA scaling (alpha / r); a dense residual holds scaling * B A
     server_round: int = 0
     seed: int = 0  # train.seed: what a rule draws fresh values from (flora's new A)
     scores: Sequence[float] | None = None
@@ -108,6 +109,7 @@ class Strategy:
     uplink_records: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords in a train reply
     client_records: ClassVar[tuple[str, ...]] = ()  # ArrayRecords a client keeps between rounds
     dense_residual: ClassVar[bool] = False  # fills each adapter's frozen dense term (adapter.dense-residual)
+    admits_larger_ranks: ClassVar[bool] = True  # a node may train a rank above the global one (its extra part is cut)
 
     def __init__(self, fed: "FederationConfig") -> None:
         self.fed = fed
@@ -167,7 +169,7 @@ class Strategy:
             raise ValueError("aggregate: no updates")
         inputs = inputs or RoundInputs()
         scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self._at_global_rank(u.delta, inputs.rank, scale) for u, scale in zip(updates, scales)]
+        deltas = [self.at_global_rank(u.delta, inputs.rank, scale) for u, scale in zip(updates, scales)]
         deltas, examples, per_layer, info = self.clipped_and_weighted(updates, deltas)
         mean_delta = self.combine(deltas, examples, per_layer, inputs, info)
         new, state = optimizer.step(opt_state, params, mean_delta)
@@ -187,9 +189,9 @@ class Strategy:
                      if fed.weighting == "gates" else None)
         return deltas, examples, per_layer, info
 
-    def _at_global_rank(self, delta: Arrays, rank: int, scale: float = 1.0) -> Arrays:
-        """With heterogeneous ranks, a delta in the global scaling (factors times
-        ``sqrt(scale)``), zero-padded (smaller rank) or cut (larger) to the global rank."""
+    def at_global_rank(self, delta: Arrays, rank: int, scale: float = 1.0) -> Arrays:
+        """With heterogeneous ranks, a delta in the global scaling (B times ``scale``),
+        zero-padded (smaller rank) or cut (larger) to the global rank."""
         if not self.fed.heterogeneous_ranks or rank < 1:
             return delta
         modules = lora_modules(delta)
@@ -236,6 +238,12 @@ class Strategy:
         return True
 
     @classmethod
+    def returns(cls, key: str, server_round: int = 0) -> bool:
+        """Whether a client sends back the delta of the shared tensor ``key`` in training round
+        ``server_round``: every shared tensor it trains, never a dense term the server sets."""
+        return not key.endswith(RESIDUAL)
+
+    @classmethod
     def freezes(cls, tensor: str, server_round: int = 0) -> bool:
         """Whether an adapter's own tensor (``lora_A``, ``gate_weight``, ...) stays frozen in
         training round ``server_round``."""
@@ -244,6 +252,11 @@ class Strategy:
     @classmethod
     def prepare_adapter(cls, name: str, module: "torch.nn.Module", cfg: "FedgateConfig") -> None:
         """Set an adapter up before a round (called under ``torch.no_grad``)."""
+
+    @classmethod
+    def apply_kept(cls, model: "torch.nn.Module", kept: Mapping[str, Arrays]) -> None:
+        """Put what this client kept between rounds into its model before it is evaluated on
+        the client's own rows (``fedsa``: its own B); most rules keep nothing of the model."""
 
     def local_round(self, model: "torch.nn.Module", start: Mapping[str, "torch.Tensor"], cfg: "FedgateConfig",
                     received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:

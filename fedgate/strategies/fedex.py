@@ -1,8 +1,9 @@
 """FedEx-LoRA (Singhal et al., "FedEx-LoRA: Exact Aggregation for Federated and Efficient
 Fine-Tuning of Foundation Models", ACL 2025): average A and B as FedAvg does, and keep what
 that misses, ``mean(B_k A_k) - mean(B) mean(A)`` (times the LoRA scaling), as a dense
-residual added to each adapted layer's frozen weight. The global update is then exactly
-the average of the clients' updates. Uplink: the factors, as FedAvg. Downlink: the factors
+residual added to each adapted layer's frozen weight. The global ``s B A + R`` is then
+exactly the average of the clients' (with gates that differ between clients, the average of
+the ungated updates: the gates multiply R as well). Uplink: the factors, as FedAvg. Downlink: the factors
 plus one dense ``(d_out, d_in)`` matrix per adapted layer, full-rank bytes, every round.
 
 Where fedgate departs from the paper: the residual lives inside the adapter
@@ -31,7 +32,7 @@ def local_factors(sent: Sequence[Mapping[str, np.ndarray]], deltas: Sequence[Arr
     out = []
     for start, delta, scale in zip(sent, deltas, scales):
         keys = [k for k in delta if k.endswith((LORA_A, LORA_B))]
-        start = strategy._at_global_rank({k: np.asarray(start[k], np.float64) for k in keys}, inputs.rank, scale)
+        start = strategy.at_global_rank({k: np.asarray(start[k], np.float64) for k in keys}, inputs.rank, scale)
         out.append({k: start[k] + delta[k] for k in keys})
     return out
 
@@ -68,7 +69,7 @@ class FedExLoRA(Strategy):
         if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
             raise ValueError(f"aggregate: {self.name} needs what each client was sent and the global rank")
         scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self._at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
+        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
         deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
         locals_ = local_factors(inputs.sent, deltas, self, inputs)
         new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))

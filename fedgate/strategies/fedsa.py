@@ -5,8 +5,9 @@ own B between rounds (a new client starts from B = 0, as LoRA does).
 
 Where fedgate departs from the paper: gates and the head are shared as under FedAvg. The
 server's global model holds no client's B (its B stays at zero), so its evaluation shows
-the shared part alone; a client's own model is measured on its held-out rows after each
-round (``local-auc`` in the round's client records), which is the number the paper reports.
+the shared part alone. A client's own model (its B with the global rest) is measured on its
+held-out rows after each local round (``local-auc`` in the round's client records) and in the
+clients' evaluation (``federated_eval``): the numbers the paper reports.
 """
 
 from __future__ import annotations
@@ -43,17 +44,22 @@ class FedSA(Strategy):
     def prepare_adapter(cls, name: str, module: torch.nn.Module, cfg) -> None:
         module.lora_B.zero_()  # a cached model may hold another client's B: a new client starts at 0
 
+    @classmethod
+    def apply_kept(cls, model: torch.nn.Module, kept: Mapping[str, Arrays]) -> None:
+        """This client's own B into the model (a new client keeps B = 0)."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, value in (kept.get(PERSONAL_B) or {}).items():
+                if key not in params or tuple(params[key].shape) != tuple(value.shape):
+                    raise ValueError(f"FedSA: the B this client kept for {key} (shape {tuple(value.shape)}) does "
+                                     f"not fit the model")
+                params[key].copy_(torch.as_tensor(value).to(params[key]))
+
     def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,
                     received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:
-        params = trainable(model)  # a pruned adapter's B is frozen and stays out
+        self.apply_kept(model, kept)
+        params = trainable(model)  # a pruned adapter's B is frozen and stays out of what is kept
         own = kept.get(PERSONAL_B) or {}
-        with torch.no_grad():
-            for key, value in own.items():
-                if key in params:
-                    if tuple(params[key].shape) != tuple(value.shape):
-                        raise ValueError(f"FedSA: the B this client kept for {key} has shape {tuple(value.shape)}, "
-                                         f"the model's has {tuple(params[key].shape)}")
-                    params[key].copy_(torch.as_tensor(value).to(params[key]))
 
         def finish(_start: Mapping[str, torch.Tensor]) -> tuple[dict, dict, dict]:
             mine = {k: p.detach().cpu().numpy().copy() for k, p in params.items() if k.endswith(".lora_B")}

@@ -1,6 +1,7 @@
 """FLoRA (Wang et al., "FLoRA: Federated Fine-Tuning Large Language Models with Heterogeneous
 Low-Rank Adaptations", NeurIPS 2024): stacking the clients' factors, ``[B_1 ... B_K]`` times
-``[p_1 A_1; ... ; p_K A_K]``, gives exactly ``sum_k p_k B_k A_k`` whatever each client's rank;
+``[p_1 A_1; ... ; p_K A_K]``, gives exactly ``sum_k p_k B_k A_k`` whatever each client's rank (the ungated update: with gates
+that differ between clients, the gates multiply the merged term as well);
 clients merge that update into their copy of the frozen weights and start the next round
 from fresh adapters (A random, B zero).
 
@@ -40,6 +41,7 @@ class FLoRA(Strategy):
     summary = ("the clients' products stacked (exact, any ranks) and merged into a dense frozen term "
                "(`adapter.dense-residual`); adapters restart each round")
     lora_only = True
+    admits_larger_ranks = False  # padded to the global rank: a larger node's extra components would never move
     paper = "FLoRA: Wang et al., NeurIPS 2024"
     travels_up = "every trainable tensor, at the client's rank"
     travels_down = "fresh factors, gates, head, and a dense d_out x d_in matrix per adapted layer"
@@ -67,7 +69,7 @@ class FLoRA(Strategy):
             raise ValueError("aggregate: flora needs what each client was sent and the global rank")
         stacked = 4 * sum(v.size for u in updates for k, v in u.delta.items() if k.endswith((LORA_A, LORA_B)))
         scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self._at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
+        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
         deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
         locals_ = local_factors(inputs.sent, deltas, self, inputs)
         # gates and head: the plain average; the factors are replaced below

@@ -45,6 +45,7 @@ class HetLoRA(Strategy):
     summary = ("zero-padded factors averaged with weights by each client's update norm (of s B A), truncated to "
                "each client's rank")
     lora_only = True
+    admits_larger_ranks = False  # padded to the global rank: a larger node's extra components would never move
     paper = "HetLoRA: Cho et al., EMNLP 2024"
     travels_up = travels_down = "every trainable tensor, at the client's rank"
     per_layer_weights = False  # its own per-module weights
@@ -67,7 +68,7 @@ class HetLoRA(Strategy):
         scales = inputs.scales or [1.0] * len(deltas)
         locals_ = []
         for start, delta, scale in zip(sent, deltas, scales):
-            start = self._at_global_rank({k: np.asarray(start[k], np.float64) for k in delta}, inputs.rank, scale)
+            start = self.at_global_rank({k: np.asarray(start[k], np.float64) for k in delta}, inputs.rank, scale)
             locals_.append({k: start[k] + delta[k] for k in delta})
         weights = norm_weights(locals_, examples)
         modules = [m for m in weights[0] if m != ALL]

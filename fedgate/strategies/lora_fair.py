@@ -65,7 +65,7 @@ class LoRAFair(Strategy):
         if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
             raise ValueError("aggregate: lora-fair needs what each client was sent and the global rank")
         scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self._at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
+        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
         deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
         locals_ = local_factors(inputs.sent, deltas, self, inputs)
         new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))

@@ -1,12 +1,14 @@
 """RoLoRA (Chen et al., "Robust Federated Finetuning of LLMs via Alternating Optimization of
-LoRA", 2025): clients train and send B alone in odd rounds (A frozen) and A alone in even
-rounds (B frozen). With one factor fixed by every client, the average of the clients'
-products ``B_k A`` (or ``B A_k``) is the product of the averaged factor: FedAvg of the
-factors then averages the updates exactly, as FFA-LoRA does, without freezing A for good.
-Each direction carries about half of FedAvg's bytes.
+LoRA", 2025): clients train and send back B alone in odd rounds (A frozen) and A alone in
+even rounds (B frozen). Every client holds the same frozen factor, the global one the server
+sends, so the average of the clients' products ``B_k A`` (or ``B A_k``) is the product of
+the averaged factor: FedAvg of the factors averages the updates exactly, as FFA-LoRA does,
+without freezing A for good. The uplink is about half of FedAvg's; the downlink carries both
+factors, so that no client trains against a stale frozen factor.
 
-Where fedgate departs from the paper: gates and the head train and travel every round. Round
-1 trains B, because a fresh adapter's B is zero and A's gradient through it is zero too.
+Where fedgate departs from the paper: gates and the head train and travel every round (with
+gates that differ between clients the average is no longer exact). Round 1 trains B,
+because a fresh adapter's B is zero and A's gradient through it is zero too.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ def trains_b(server_round: int) -> bool:
     return server_round % 2 == 1
 
 
+def frozen_factor(server_round: int) -> str:
+    return "lora_A" if trains_b(server_round) else "lora_B"
+
+
 class RoLoRA(Strategy):
     name = "rolora"
-    summary = "B alone trained and sent in odd rounds, A alone in even rounds"
-    lora_only = True
+    summary = "B alone trained and sent back in odd rounds, A alone in even rounds"
     paper = "RoLoRA: Chen et al., 2025"
-    travels_up = travels_down = "B (odd rounds) or A (even rounds), gates, head"
+    travels_up = "B (odd rounds) or A (even rounds), gates, head: about half of FedAvg's"
+    lora_only = True
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -34,14 +40,11 @@ class RoLoRA(Strategy):
                              "single factor between ranks is not built, so it refuses federation.heterogeneous-ranks")
 
     @classmethod
-    def shares(cls, key: str, server_round: int = 0) -> bool:
-        if server_round < 1:
-            return True  # evaluation and the head's statistics: the whole adapter
-        frozen = ".lora_A" if trains_b(server_round) else ".lora_B"
-        return not key.endswith(frozen)
+    def returns(cls, key: str, server_round: int = 0) -> bool:
+        if server_round >= 1 and key.endswith("." + frozen_factor(server_round)):
+            return False
+        return super().returns(key, server_round)
 
     @classmethod
     def freezes(cls, tensor: str, server_round: int = 0) -> bool:
-        if server_round < 1:
-            return False
-        return tensor == ("lora_A" if trains_b(server_round) else "lora_B")
+        return server_round >= 1 and tensor == frozen_factor(server_round)

@@ -249,3 +249,32 @@ def test_strategy_state_survives_a_checkpoint_round_trip():
     for k, v in strategy.opt_state.items():
         np.testing.assert_array_equal(again.opt_state[k], v)
     assert wire_bytes(msgs[0].content) > 0
+
+
+def test_validated_scores_updates_of_other_ranks_at_the_global_rank():
+    seen = []
+
+    def scorer(state, pruned):
+        seen.append(state["m.lora_A"].shape)
+        return float(state["m.lora_B"].sum())
+
+    c = cfg(strategy="validated", **{"heterogeneous-ranks": True, "byzantine-clients": 0})
+    rank3 = {**GLOBAL, "m.lora_A": np.eye(3, 2, dtype=F), "m.lora_B": np.ones((2, 3), F)}
+    strategy = FedgateStrategy(c, rank3, scorer=scorer)
+    msgs = list(strategy.configure_train(1, None, ConfigRecord(), RankGrid({1: 2, 2: 3})))
+    sent = {m.metadata.dst_node_id: from_record(m.content[P.ARRAYS]) for m in msgs}
+    strategy.aggregate_train(1, [reply(m, zeros_like(sent[m.metadata.dst_node_id], **{"head.bias": [0.1]}), 5)
+                                 for m in msgs])
+    assert not strategy.round_log.rejected and seen == [(3, 2), (3, 2)]  # a (2, 2) delta would not add
+
+
+def test_rules_that_pad_to_the_global_rank_leave_out_a_node_of_a_larger_rank():
+    c = FedgateConfig.from_flat({"federation.strategy": "hetlora", "federation.heterogeneous-ranks": True,
+                                 "adapter.r": 2})
+    strategy, msgs = start(c, grid=RankGrid({1: 2, 2: 4}))
+    assert [m.metadata.dst_node_id for m in msgs] == [1] and strategy.node_ranks == {1: 2}
+    failure = strategy.round_log.failures[0]
+    assert failure["node_id"] == 2 and "above the global rank 2" in failure["reason"]
+    c = cfg(strategy="fedavg", **{"heterogeneous-ranks": True})  # a rule that cuts the extra part admits it
+    strategy, msgs = start(c, grid=RankGrid({1: 2, 2: 4}))
+    assert len(msgs) == 2 and strategy.node_ranks == {1: 2, 2: 4}

@@ -22,7 +22,7 @@ FAMILIES = {
                       'federation.client-ranks="4,8" adapter.r=8'),
     # only A travels; each client's B survives between rounds in Flower's context.state
     "fedsa": 'federation.strategy="fedsa"',
-    # round 1 sends B alone, round 2 A alone
+    # round 1 sends B alone back, round 2 A alone
     "rolora": 'federation.strategy="rolora"',
     # the dense residual: sent every round (full-rank downlink), never sent back
     "fedex-lora": 'federation.strategy="fedex-lora" adapter.dense-residual=true',
@@ -67,9 +67,10 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
     if family == "fedsa":
         assert [c["fedsa-rounds-kept"] for c in first["clients"]] == [0.0, 0.0]
         assert [c["fedsa-rounds-kept"] for c in second["clients"]] == [1.0, 1.0]
-    if family == "rolora":  # one factor of each adapter stays home each round
+    if family == "rolora":  # both factors go down; the frozen one does not come back
         full = 4 * rounds[0]["params"]["trainable"]  # float32 bytes of every trainable tensor
         assert all(r["bytes"]["array_up_per_client"] < 0.8 * full for r in (first, second))
+        assert all(r["bytes"]["array_down"] == 2 * full for r in (first, second))
     if family in ("fedex-lora", "flora-ranks"):
         assert all(r["bytes"]["array_down"] > 2 * r["bytes"]["array_up"] for r in (first, second))
     if family == "fedex-lora":

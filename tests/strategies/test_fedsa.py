@@ -29,6 +29,10 @@ def test_only_a_travels_and_each_client_keeps_its_own_b(tiny_cfg):
     second_client = other.train(glob, server_round=1)
     assert second_client.metrics["fedsa-rounds-kept"] == 0.0
     # client 0's next round starts from the B it kept
+    # the client's own evaluation uses its own B, not the server's zero B
+    task.evaluate(glob, kept={PERSONAL_B: own})
+    now = to_numpy(adapter_state(task.model))
+    assert all(np.array_equal(now[k], own[k]) for k in own)
     again = task.train(glob, server_round=2, kept={PERSONAL_B: own})
     assert again.metrics["fedsa-rounds-kept"] == 1.0
     moved = max(float(np.abs(again.kept[PERSONAL_B][k] - own[k]).max()) for k in own)

@@ -105,13 +105,12 @@ def test_truncation_below_the_global_rank_is_reported(tiny_cfg):
 
 
 def test_padding_by_hand(tiny_cfg):
-    """Global rank 1, alpha 4 (scaling 4); a rank-2 node (scaling 2) gets sqrt(2) times the
-    zero-padded factors: 2 * (sqrt2 B)(sqrt2 A) = 4 B A."""
+    """Global rank 1, alpha 4 (scaling 4); a rank-2 node (scaling 2) gets the zero-padded A and
+    twice the zero-padded B: 2 * (2 B) A = 4 B A."""
     state = {"m.lora_A": np.array([[3.0, 4.0]]), "m.lora_B": np.array([[1.0], [2.0]])}
     sent = strategies.create(heterogeneous(tiny_cfg, "fedavg").federation).state_at_rank(state, 2, 1, scale=2.0)
-    r2 = np.sqrt(2.0)
-    np.testing.assert_allclose(sent["m.lora_A"], [[3 * r2, 4 * r2], [0, 0]])
-    np.testing.assert_allclose(sent["m.lora_B"], [[r2, 0], [2 * r2, 0]])
+    np.testing.assert_allclose(sent["m.lora_A"], [[3, 4], [0, 0]])
+    np.testing.assert_allclose(sent["m.lora_B"], [[2, 0], [4, 0]])
     np.testing.assert_allclose(2.0 * sent["m.lora_B"] @ sent["m.lora_A"], [[12, 16], [24, 32]])
 
 
@@ -119,6 +118,7 @@ def test_rescale_factors_scales_the_product_and_refuses_bad_factors():
     state = low_rank_global(true_rank=3)
     out = rescale_factors(state, 0.25)
     np.testing.assert_allclose(out["m.lora_B"] @ out["m.lora_A"], 0.25 * state["m.lora_B"] @ state["m.lora_A"])
+    np.testing.assert_array_equal(out["m.lora_A"], state["m.lora_A"])  # a fresh adapter's A keeps its size
     np.testing.assert_array_equal(out["head.weight"], state["head.weight"])
     with pytest.raises(ValueError, match="factor"):
         rescale_factors(state, 0.0)
