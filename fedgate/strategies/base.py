@@ -110,6 +110,7 @@ class Strategy:
     client_records: ClassVar[tuple[str, ...]] = ()  # ArrayRecords a client keeps between rounds
     dense_residual: ClassVar[bool] = False  # fills each adapter's frozen dense term (adapter.dense-residual)
     admits_larger_ranks: ClassVar[bool] = True  # a node may train a rank above the global one (its extra part is cut)
+    sets_factors: ClassVar[bool] = False  # the rule computes the new factors itself: no server step size
 
     def __init__(self, fed: "FederationConfig") -> None:
         self.fed = fed
@@ -129,6 +130,13 @@ class Strategy:
             raise ValueError(f"federation.strategy={name} exchanges its own arrays with each client "
                              f"({', '.join(cls.downlink_records + cls.uplink_records)}), which a client trained "
                              f"by several processes (engine.world-size={cfg.engine.world_size}) does not carry")
+        if fed.client_ranks and not cls.admits_larger_ranks and max(fed.client_ranks) > cfg.adapter.r:
+            raise ValueError(f"federation.strategy={name} pads every client to the global rank: adapter.r="
+                             f"{cfg.adapter.r} must be at least the largest of federation.client-ranks "
+                             f"{fed.client_ranks}")
+        if cls.sets_factors and fed.server_lr not in (0.0, 1.0):
+            raise ValueError(f"federation.strategy={name} computes the new factors itself: federation.server-lr "
+                             f"must be 1 (or 0 = default), got {fed.server_lr}")
         if cfg.adapter.dense_residual != cls.dense_residual:
             raise ValueError(f"adapter.dense-residual={str(cfg.adapter.dense_residual).lower()} but federation."
                              f"strategy={name} " + ("fills that dense term each round: set adapter.dense-residual=true"

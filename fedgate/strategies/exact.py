@@ -25,13 +25,7 @@ class Exact(Strategy):
     lora_only = True
     paper = "FlexLoRA: Bai et al., NeurIPS 2024"
     sums_updates = False
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.federation.server_lr not in (0.0, 1.0):
-            raise ValueError("federation.strategy=exact replaces the factors by the re-factorized mean product; "
-                             f"federation.server-lr must be 1 (or 0 = default), got {cfg.federation.server_lr}")
+    sets_factors = True  # the re-factorized mean product replaces them
 
     def state_at_rank(self, state: Mapping[str, np.ndarray], rank: int, global_rank: int,
                       scale: float = 1.0) -> Arrays:

@@ -43,6 +43,23 @@ def mean_product(locals_: Sequence[Arrays], weights: Sequence[float], module: st
     return sum(wk * (s[module + LORA_B] @ s[module + LORA_A]) for wk, s in zip(w, locals_))
 
 
+def plain_average(strategy: Strategy, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
+                  optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray], inputs: RoundInputs | None
+                  ) -> tuple[dict, dict, list[Arrays], list[float], dict]:
+    """What the exact LoRA rules start from: (the global state stepped by the plain average
+    of the clipped deltas in the global rank and scaling, the optimizer state, each client's
+    local factors in that frame, the client weights, the round log's info)."""
+    inputs = inputs or RoundInputs()
+    if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
+        raise ValueError(f"aggregate: {strategy.name} needs what each client was sent and the global rank")
+    scales = inputs.scales or [1.0] * len(updates)
+    deltas = [strategy.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
+    deltas, examples, _, info = strategy.clipped_and_weighted(updates, deltas)
+    locals_ = local_factors(inputs.sent, deltas, strategy, inputs)
+    new, state = optimizer.step(opt_state, params, strategy.combine(deltas, examples, None, inputs, info))
+    return dict(new), state, locals_, examples, info
+
+
 class FedExLoRA(Strategy):
     name = "fedex-lora"
     summary = ("A and B averaged; the residual mean(B_k A_k) - mean(B) mean(A) added to a dense frozen term "
@@ -53,27 +70,13 @@ class FedExLoRA(Strategy):
     dense_residual = True
     per_layer_weights = False
     sums_updates = False  # the residual is a product of updates: not bounded by the clip
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        fed = cfg.federation
-        if fed.server_lr not in (0.0, 1.0):
-            raise ValueError(f"federation.strategy={cls.name} is exact only with the plain average: "
-                             f"federation.server-lr must be 1 (or 0 = default), got {fed.server_lr}")
+    sets_factors = True  # exact only with the plain average
 
     def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                   optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
                   inputs: RoundInputs | None = None) -> Aggregated:
         inputs = inputs or RoundInputs()
-        if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
-            raise ValueError(f"aggregate: {self.name} needs what each client was sent and the global rank")
-        scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
-        deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
-        locals_ = local_factors(inputs.sent, deltas, self, inputs)
-        new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))
-        new = dict(new)
+        new, state, locals_, examples, info = plain_average(self, params, updates, optimizer, opt_state, inputs)
         scaling, share = inputs.scaling, []
         for m in lora_modules(locals_[0]):
             key = m + RESIDUAL

@@ -25,7 +25,7 @@ from fedgate.aggregation.lora import LORA_A, LORA_B, RESIDUAL, lora_modules
 from fedgate.aggregation.server_opt import ServerOptimizer
 from fedgate.aggregation.update import ClientUpdate
 from fedgate.strategies.base import Aggregated, RoundInputs, Strategy
-from fedgate.strategies.fedex import local_factors, mean_product
+from fedgate.strategies.fedex import mean_product, plain_average
 
 
 def fresh_a(module: str, shape: tuple[int, int], seed: int, server_round: int) -> np.ndarray:
@@ -48,33 +48,15 @@ class FLoRA(Strategy):
     dense_residual = True
     per_layer_weights = False
     sums_updates = False  # clipped factors multiply: one client's product is not bounded by the clip
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        fed = cfg.federation
-        if fed.client_ranks and max(fed.client_ranks) > cfg.adapter.r:
-            raise ValueError(f"federation.strategy=flora draws each round's fresh A at the global rank: adapter.r="
-                             f"{cfg.adapter.r} must be at least the largest of federation.client-ranks "
-                             f"{fed.client_ranks}")
-        if fed.server_lr not in (0.0, 1.0):
-            raise ValueError(f"federation.strategy=flora merges the exact sum of the clients' updates: "
-                             f"federation.server-lr must be 1 (or 0 = default), got {fed.server_lr}")
+    sets_factors = True  # merges the exact sum and restarts the factors
 
     def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                   optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
                   inputs: RoundInputs | None = None) -> Aggregated:
         inputs = inputs or RoundInputs()
-        if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
-            raise ValueError("aggregate: flora needs what each client was sent and the global rank")
         stacked = 4 * sum(v.size for u in updates for k, v in u.delta.items() if k.endswith((LORA_A, LORA_B)))
-        scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
-        deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
-        locals_ = local_factors(inputs.sent, deltas, self, inputs)
         # gates and head: the plain average; the factors are replaced below
-        new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))
-        new = dict(new)
+        new, state, locals_, examples, info = plain_average(self, params, updates, optimizer, opt_state, inputs)
         for m in lora_modules(locals_[0]):
             key = m + RESIDUAL
             if key not in params:

@@ -51,15 +51,6 @@ class HetLoRA(Strategy):
     per_layer_weights = False  # its own per-module weights
     sums_updates = False  # the weights depend on each update: one client's influence is not bounded by the clip
 
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        fed = cfg.federation
-        if fed.client_ranks and max(fed.client_ranks) > cfg.adapter.r:
-            raise ValueError(f"federation.strategy=hetlora pads every client to the global rank: adapter.r="
-                             f"{cfg.adapter.r} must be at least the largest of federation.client-ranks "
-                             f"{fed.client_ranks}")
-
     def combine(self, deltas: list[Arrays], examples: list[float], per_layer: list[dict] | None,
                 inputs: RoundInputs, info: dict) -> Arrays:
         sent = inputs.sent

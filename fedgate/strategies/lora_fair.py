@@ -25,7 +25,7 @@ from fedgate.aggregation.lora import LORA_A, LORA_B, lora_modules
 from fedgate.aggregation.server_opt import ServerOptimizer
 from fedgate.aggregation.update import ClientUpdate
 from fedgate.strategies.base import Aggregated, RoundInputs, Strategy
-from fedgate.strategies.fedex import local_factors, mean_product
+from fedgate.strategies.fedex import mean_product, plain_average
 
 LAMBDA = 1e-3  # the correction's ridge penalty, relative to ||A||_F^2 / r
 
@@ -50,26 +50,12 @@ class LoRAFair(Strategy):
     lora_only = True
     per_layer_weights = False
     sums_updates = False  # the correction depends on the clients' products
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.federation.server_lr not in (0.0, 1.0):
-            raise ValueError("federation.strategy=lora-fair refines the plain average: federation.server-lr must be "
-                             f"1 (or 0 = default), got {cfg.federation.server_lr}")
+    sets_factors = True  # refines the plain average
 
     def aggregate(self, params: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                   optimizer: ServerOptimizer, opt_state: Mapping[str, np.ndarray],
                   inputs: RoundInputs | None = None) -> Aggregated:
-        inputs = inputs or RoundInputs()
-        if inputs.sent is None or len(inputs.sent) != len(updates) or inputs.rank < 1:
-            raise ValueError("aggregate: lora-fair needs what each client was sent and the global rank")
-        scales = inputs.scales or [1.0] * len(updates)
-        deltas = [self.at_global_rank(u.delta, inputs.rank, s) for u, s in zip(updates, scales)]
-        deltas, examples, _, info = self.clipped_and_weighted(updates, deltas)
-        locals_ = local_factors(inputs.sent, deltas, self, inputs)
-        new, state = optimizer.step(opt_state, params, self.combine(deltas, examples, None, inputs, info))
-        new = dict(new)
+        new, state, locals_, examples, info = plain_average(self, params, updates, optimizer, opt_state, inputs)
         missed = []
         for m in lora_modules(locals_[0]):
             a = np.asarray(new[m + LORA_A], np.float64)
