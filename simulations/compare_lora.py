@@ -1,4 +1,5 @@
-"""The federated LoRA rules side by side, in the settings where their papers report their gaps.
+"""The federated LoRA rules side by side, in the settings where their papers report their gaps
+(``--setting het-ranks | fedsa | sampled``, default het-ranks).
 
     python -m simulations.compare_lora --setting het-ranks [--seeds 0,1,2] [--variants ...] [--out DIR]
     python -m simulations.report DIR                       # tables and plots again, no runs

@@ -264,3 +264,18 @@ def test_combined_seeds_keep_lists_they_share_and_average_curves():
                           1: {"auc": 0.7, "flipped_partitions": [2], "auc_per_round": [0.5, 0.7]}})
     assert rows["flipped_partitions"] == [2] and isinstance(rows["flipped_partitions"][0], int)
     assert rows["auc_per_round"] == pytest.approx([0.5, 0.65]) and rows["seeds"] == 2
+
+
+def test_compare_lora_settings_are_valid_configs_for_every_rule():
+    from fedgate import strategies
+    from fedgate.config import FedgateConfig
+    from simulations.compare_lora import COMMON, SETTINGS, main, variants
+
+    for setting in SETTINGS:
+        found = variants(setting)
+        assert found, setting
+        for name, keys in found.items():
+            cfg = FedgateConfig.from_flat({**COMMON, **keys})
+            assert strategies.check(cfg).federation.strategy == name
+    assert set(variants("het-ranks")) == {"fedavg-ab", "exact", "hetlora", "fedex-lora", "flora", "lora-fair"}
+    assert main(["--setting", "nope"]) == 2
