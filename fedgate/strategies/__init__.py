@@ -75,7 +75,15 @@ def check(cfg: "FedgateConfig") -> "FedgateConfig":
 
 def table() -> str:
     """A markdown table of the registered strategies."""
-    lines = ["| strategy | what it does | from | uplink per client | downlink per client |", "|---|---|---|---|---|"]
-    lines += [f"| `{name}` | {cls.summary} | {cls.paper} | {cls.travels_up} | {cls.travels_down} |"
+    lines = ["| strategy | what it does | from | uplink per client | downlink per client | heterogeneous ranks |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| `{name}` | {cls.summary} | {cls.paper} | {cls.travels_up} | {cls.travels_down} | {ranks(cls)} |"
               for name, cls in _registry().items()]
     return "\n".join(lines)
+
+
+def ranks(cls: type[Strategy]) -> str:
+    """Whether a rule admits ``federation.heterogeneous-ranks``, in a few words."""
+    if cls.refuses_ranks:
+        return "no"
+    return "yes" if cls.admits_larger_ranks else "up to `adapter.r`"

@@ -110,6 +110,7 @@ class Strategy:
     client_records: ClassVar[tuple[str, ...]] = ()  # ArrayRecords a client keeps between rounds
     dense_residual: ClassVar[bool] = False  # fills each adapter's frozen dense term (adapter.dense-residual)
     admits_larger_ranks: ClassVar[bool] = True  # a node may train a rank above the global one (its extra part is cut)
+    refuses_ranks: ClassVar[str] = ""  # why the rule cannot take federation.heterogeneous-ranks; "" = it can
     sets_factors: ClassVar[bool] = False  # the rule computes the new factors itself: no server step size
 
     def __init__(self, fed: "FederationConfig") -> None:
@@ -130,6 +131,8 @@ class Strategy:
             raise ValueError(f"federation.strategy={name} exchanges its own arrays with each client "
                              f"({', '.join(cls.downlink_records + cls.uplink_records)}), which a client trained "
                              f"by several processes (engine.world-size={cfg.engine.world_size}) does not carry")
+        if fed.heterogeneous_ranks and cls.refuses_ranks:
+            raise ValueError(f"federation.strategy={name} refuses federation.heterogeneous-ranks: {cls.refuses_ranks}")
         if fed.client_ranks and not cls.admits_larger_ranks and max(fed.client_ranks) > cfg.adapter.r:
             raise ValueError(f"federation.strategy={name} pads every client to the global rank: adapter.r="
                              f"{cfg.adapter.r} must be at least the largest of federation.client-ranks "

@@ -28,13 +28,7 @@ class FedSA(Strategy):
     paper = "FedSA-LoRA: Guo et al., ICLR 2025"
     travels_up = travels_down = "A, gates, head (no B)"
     client_records = (PERSONAL_B,)
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.federation.heterogeneous_ranks:
-            raise ValueError("federation.strategy=fedsa keeps B on each client, so the server has no update B A to "
-                             "map between ranks: it refuses federation.heterogeneous-ranks")
+    refuses_ranks = "each client keeps its own B, so the server has no update B A to map between ranks"
 
     @classmethod
     def shares(cls, key: str, server_round: int = 0) -> bool:

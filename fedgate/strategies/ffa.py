@@ -26,13 +26,7 @@ class FFA(Strategy):
     lora_only = True
     paper = "FFA-LoRA: Sun et al., ICLR 2024"
     travels_up = travels_down = "B, gates, head (no A): about half of FedAvg's"
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.federation.heterogeneous_ranks:
-            raise ValueError("federation.strategy=ffa sends B alone against an A each party draws at its own shape; "
-                             "mapping B between ranks is not built, so ffa refuses federation.heterogeneous-ranks")
+    refuses_ranks = "it sends B alone against an A each party draws at its own shape; mapping B between ranks is not built"
 
     @classmethod
     def shares(cls, key: str, server_round: int = 0) -> bool:

@@ -31,13 +31,7 @@ class RoLoRA(Strategy):
     paper = "RoLoRA: Chen et al., 2025"
     travels_up = "B (odd rounds) or A (even rounds), gates, head: about half of FedAvg's"
     lora_only = True
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.federation.heterogeneous_ranks:
-            raise ValueError("federation.strategy=rolora sends one factor against a fixed other one; mapping a "
-                             "single factor between ranks is not built, so it refuses federation.heterogeneous-ranks")
+    refuses_ranks = "it sends one factor against a fixed other one; mapping a single factor between ranks is not built"
 
     @classmethod
     def returns(cls, key: str, server_round: int = 0) -> bool:

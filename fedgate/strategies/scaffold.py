@@ -93,6 +93,7 @@ class Scaffold(Strategy):
     downlink_records = (SERVER_CONTROL,)
     uplink_records = (CONTROL_DELTA,)
     client_records = (CLIENT_CONTROL,)
+    refuses_ranks = "its control variates have the global adapter shapes"
 
     def __init__(self, fed) -> None:
         super().__init__(fed)
@@ -101,9 +102,6 @@ class Scaffold(Strategy):
     @classmethod
     def check(cls, cfg) -> None:
         fed = cfg.federation
-        if fed.heterogeneous_ranks:
-            raise ValueError("federation.strategy=scaffold keeps control variates at the global adapter shapes; "
-                             "it does not combine with federation.heterogeneous-ranks")
         if cfg.engine.name != "torch":
             raise ValueError("federation.strategy=scaffold moves the weights after each optimizer step, and "
                              "DeepSpeed owns (and may partition) the weights it steps: use engine.name=torch")

@@ -27,7 +27,7 @@ def test_an_unknown_strategy_is_refused_with_the_choices():
 
 @pytest.mark.parametrize("flat, match", [
     ({"federation.strategy": "median", "federation.weighting": "gates"}, "takes no per-layer weights"),
-    ({"federation.strategy": "scaffold", "federation.heterogeneous-ranks": True}, "does not combine"),
+    ({"federation.strategy": "scaffold", "federation.heterogeneous-ranks": True}, "scaffold refuses federation.heterogeneous-ranks"),
     ({"federation.strategy": "scaffold", "engine.name": "deepspeed"}, "use engine.name=torch"),
     ({"engine.world-size": 2, "engine.name": "deepspeed", "federation.strategy": "scaffold"}, "engine.name=torch"),
     ({"federation.strategy": "exact", "federation.server-lr": 0.5}, "server-lr must be 1"),
@@ -53,4 +53,5 @@ def test_the_table_names_every_rule_with_its_source_and_what_travels():
         cls = strategies.get(name)
         assert cls.summary and cls.paper and cls.travels_up and cls.travels_down, name
         row = next(line for line in lines if line.startswith(f"| `{name}` |"))
-        assert row.count(" | ") == 4 and "||" not in row.replace("\\|\\|", ""), row  # five cells, no stray pipes
+        assert row.count(" | ") == 5 and "||" not in row.replace("\\|\\|", ""), row  # six cells, no stray pipes
+        assert row.endswith("| no |") == bool(cls.refuses_ranks), row
