@@ -35,3 +35,12 @@ def test_noisy_auc_is_paired_against_fed_and_a_missing_value_is_skipped():
     # noisy AUC: only seed 0 has both values: 0.65 - 0.68 = -3.00 points, one pair, no SE
     assert plain[11] == "0.6500" and plain[12] == "-3.00"
     assert plain[13] == "7.50"
+
+
+def test_a_row_on_other_rows_is_not_paired_with_fed():
+    results = {"fed": {0: _row(0.70), 1: _row(0.72)}, "fed-smollm2": {0: _row(0.60), 1: _row(0.64)},
+               "fed-4bit": {0: _row(0.69), 1: _row(0.70)}}
+    lines = table(results).splitlines()
+    decoder, quantized = lines[3].split(" | "), lines[4].split(" | ")
+    assert decoder[0] == "| fed-smollm2" and decoder[4] == "-"  # 800 rows of its own: no paired difference
+    assert quantized[0] == "| fed-4bit" and quantized[4] == "-1.50 ± 0.50"  # fed's rows: paired
