@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgate.config import FedgateConfig
+from fedgate.config.renamed import migrate
 from fedgate.errors import InputError
 from fedgate.inject import adapter_modules
 from fedgate.model import RewardModel, build_reward_model
@@ -54,7 +55,7 @@ def load_trained(location: str | Path, round_: int | None = None, *, source: str
     state, meta = load_state(path)
     if "config" not in meta:
         raise InputError(f"{path}: no fedgate config in its header; was it written by fedgate?")
-    cfg = FedgateConfig.from_flat(meta["config"])
+    cfg = FedgateConfig.from_flat(migrate(meta["config"]))  # a run saved before a key moved still loads
     if source is not None:
         cfg = FedgateConfig.from_flat({**cfg.to_flat(), "data.source": source})
     model, tokenizer = build_reward_model(cfg.model, cfg.adapter)

@@ -2,12 +2,12 @@
 v -> 4 - v, i.e. conflicting feedback). How much ROC-AUC does the global model lose, with
 plain averaging and with robust rules?
 
-    python -m simulations.adversarial [--set federation.flipped-clients=0.2] [--out DIR]
+    python -m simulations.adversarial [--set shards.flipped-clients=0.2] [--out DIR]
     python -m simulations.adversarial --summarize DIR      # tables and plot again, no runs
 
-Each rule runs on the same split and seed, clean and with ``federation.flipped-clients``
+Each rule runs on the same split and seed, clean and with ``shards.flipped-clients``
 (default 0.2: one client in five). ``fedavg`` and ``validated`` also run the fair reference
-in which that very client is simply absent (``federation.absent-clients``: the other four
+in which that very client is simply absent (``shards.absent-clients``: the other four
 clients hold exactly the rows they hold in the flipped run): a rule that shuts the flipped
 client out can at best match it. Written to ``--out``: one run directory per variant and
 seed, ``results.csv`` / ``results.md`` (final ROC-AUC clean, flipped and absent, the drop
@@ -21,13 +21,14 @@ import json
 import sys
 from pathlib import Path
 
+from fedgate.config.renamed import migrate
 from fedgate.federated.report import line_plot
 from fedgate.rundir import RunDir
 from simulations.results import (contrast_cells, paired_difference, rows_from_dir, seed_dirs, summarize_run,
                                  write_table)
 from simulations.study import SCALES, SEED_KEY, chosen, chosen_seeds, out_dir, parse_sets, run_study, study_parser
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 RULES = {"fedavg": {"federation.strategy": "fedavg"},
@@ -41,8 +42,8 @@ KINDS = ("clean", "flipped", "absent")
 
 
 def _keys(kind: str, share: float) -> dict:
-    return {"federation.flipped-clients": share if kind == "flipped" else 0.0,
-            "federation.absent-clients": share if kind == "absent" else 0.0}
+    return {"shards.flipped-clients": share if kind == "flipped" else 0.0,
+            "shards.absent-clients": share if kind == "absent" else 0.0}
 
 
 VARIANTS = {f"{rule}-{kind}": {**keys, **_keys(kind, FLIPPED)}
@@ -96,7 +97,7 @@ def write_results(out: Path, rows: dict[str, dict], flipped: float = FLIPPED) ->
 def report(out: Path) -> str:
     """The tables and plot again from a finished (or partly finished) study."""
     rows = rows_from_dir(out, summarize)
-    flipped = [json.loads((d / "config.json").read_text())["config"]["federation.flipped-clients"]
+    flipped = [migrate(json.loads((d / "config.json").read_text())["config"])["shards.flipped-clients"]
                for n in rows if n.endswith("-flipped") for d in list(seed_dirs(out, n).values())[:1]]
     return write_results(out, rows, flipped[0] if flipped else FLIPPED)
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if SEED_KEY in overrides:
         p.error(f"set the seeds with --seeds, not --set {SEED_KEY}=...")
     variants = {n: {**COMMON, **SCALES[args.scale], **overrides, **VARIANTS[n]} for n in names}
-    flipped = float(overrides.get("federation.flipped-clients", FLIPPED))
+    flipped = float(overrides.get("shards.flipped-clients", FLIPPED))
     for n in names:
         variants[n].update(_keys(n.rsplit("-", 1)[1], flipped))
     out = out_dir(args, "runs/adversarial")

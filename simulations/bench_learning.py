@@ -70,10 +70,10 @@ ROWS: dict[str, tuple[str, dict]] = {
     "central": ("central", {}),
     "fed": ("fed", {}),
     "fed-head-only": ("fed", {"train.lr-adapter": 0.0}),
-    "fed-iid": ("fed", {"federation.partitioner": "iid"}),
+    "fed-iid": ("fed", {"shards.partitioner": "iid"}),
     "central-fed-steps": ("central-matched", {}),
-    "fed-dirichlet-0.1": ("fed", {"federation.partitioner": "dirichlet", "federation.alpha": 0.1}),
-    "fed-kind": ("fed", {"federation.partitioner": "kind"}),
+    "fed-dirichlet-0.1": ("fed", {"shards.partitioner": "dirichlet", "shards.alpha": 0.1}),
+    "fed-kind": ("fed", {"shards.partitioner": "kind"}),
     # ablations of the default federation (no baselines: they do not depend on the adapters)
     "fed-plain-lora": ("fed", {"adapter.token-gate": False, "adapter.structural-gate": False,
                                "server.baselines": False}),

@@ -29,7 +29,7 @@ from fedgate.launch.simulation import simulate
 from simulations.results import write_table
 from simulations.study import config_string, parse_sets
 
-DEFAULTS = {"federation.partitioner": "iid", "data.limit": 2000, "federation.rounds": 5,
+DEFAULTS = {"shards.partitioner": "iid", "data.limit": 2000, "federation.rounds": 5,
             "federation.fraction-evaluate": 0.0, "server.eval-limit": 200, "server.noise-rates": "",
             "server.report": False}
 

@@ -34,7 +34,7 @@ from simulations.results import standard_results, summarize_run, rows_from_dir
 from simulations.study import study_main
 
 RULES = ("fedavg-ab", "exact", "ffa", "hetlora", "fedsa", "rolora", "fedex-lora", "flora", "lora-fair")
-COMMON = {"federation.weighting": "uniform", "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
+COMMON = {"federation.weighting": "uniform", "shards.partitioner": "dirichlet", "shards.alpha": 0.5,
           "server.report": False, "server.baselines": False, "server.noise-rates": ""}
 SETTINGS: dict[str, tuple[int, dict, tuple[str, ...]]] = {  # clients, keys, rules that admit the setting
     "het-ranks": (3, {"adapter.r": 16, "federation.heterogeneous-ranks": True, "federation.client-ranks": "4,8,16"},

@@ -22,7 +22,7 @@ from simulations.results import (contrast_cells, paired_difference, per_round_ta
                                  write_table)
 from simulations.study import config_string, study_main
 
-COMMON = {"federation.alpha": 0.2, "federation.partitioner": "dirichlet", "federation.rounds": 4,
+COMMON = {"shards.alpha": 0.2, "shards.partitioner": "dirichlet", "federation.rounds": 4,
           "server.report": False, "server.baselines": False}
 PLAIN = {"adapter.token-gate": False, "adapter.structural-gate": False}
 VARIANTS: dict[str, dict] = {

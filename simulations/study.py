@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from fedgate.config.renamed import migrate_config_string
 from fedgate.launch.simulation import simulate
 from fedgate.rundir import SUMMARY_FILE, RunDir
 from simulations.results import STUDY_FILE, VARIANTS_FILE, combine_seeds, seed_dir, summarize_run
@@ -59,7 +60,8 @@ def _already_done(run_dir: Path, config: str, nodes: int) -> bool:
         run = RunDir(run_dir)
         done = run.read_json(SUMMARY_FILE).get("status") == "completed"
         meta = run.read_json(STUDY_FILE)
-        return done and meta.get("config") == config and meta.get("num_supernodes", nodes) == nodes
+        saved = migrate_config_string(meta.get("config", ""))  # a run recorded before a key moved still counts
+        return done and saved == config and meta.get("num_supernodes", nodes) == nodes
     except (OSError, ValueError):
         return False
 

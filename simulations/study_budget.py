@@ -21,7 +21,7 @@ from fedgate.rundir import RunDir
 from simulations.results import rows_from_dir, standard_results, summarize_run
 from simulations.study import study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5, "federation.rounds": 2,
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5, "federation.rounds": 2,
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 BASELINE = "defaults-torch"  # batch 32, 0.75 epochs, plain torch

@@ -17,15 +17,15 @@ from pathlib import Path
 from simulations.results import rows_from_dir, standard_results
 from simulations.study import study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "rows-3200": {"data.limit": 3200},
     "rows-1600": {"data.limit": 1600},
     "rows-800": {"data.limit": 800},
-    "labelled-50pct": {"data.limit": 3200, "federation.labeled-fraction": 0.5},
-    "labelled-25pct": {"data.limit": 3200, "federation.labeled-fraction": 0.25},
+    "labelled-50pct": {"data.limit": 3200, "shards.labeled-fraction": 0.5},
+    "labelled-25pct": {"data.limit": 3200, "shards.labeled-fraction": 0.25},
 }
 
 

@@ -23,7 +23,7 @@ from simulations.study import study_main
 
 NOISE = "0.2"
 FLIPPED = 0.25  # one client of the default four
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": NOISE, "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 PLAIN = {"adapter.token-gate": False, "adapter.structural-gate": False}
@@ -34,8 +34,8 @@ VARIANTS = {
     "structural-gate": {"adapter.token-gate": False, "adapter.structural-gate": True},
     "both-gates": BOTH,
     "both-no-kl-prior": {**BOTH, "loss.beta": 0.0},
-    "plain-lora-flipped": {**PLAIN, "federation.flipped-clients": FLIPPED},
-    "both-gates-flipped": {**BOTH, "federation.flipped-clients": FLIPPED},
+    "plain-lora-flipped": {**PLAIN, "shards.flipped-clients": FLIPPED},
+    "both-gates-flipped": {**BOTH, "shards.flipped-clients": FLIPPED},
 }
 # condition -> (gated variant, plain variant, figure compared)
 CONDITIONS = {

@@ -19,18 +19,18 @@ from pathlib import Path
 from simulations.results import rows_from_dir, standard_results
 from simulations.study import study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "0.05,0.1,0.2", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
     "fedavg-clean": {"federation.strategy": "fedavg"},
-    "fedavg-rows-10pct": {"federation.strategy": "fedavg", "federation.flipped-rows": 0.1},
-    "fedavg-rows-30pct": {"federation.strategy": "fedavg", "federation.flipped-rows": 0.3},
+    "fedavg-rows-10pct": {"federation.strategy": "fedavg", "shards.flipped-rows": 0.1},
+    "fedavg-rows-30pct": {"federation.strategy": "fedavg", "shards.flipped-rows": 0.3},
     "median-clean": {"federation.strategy": "median"},
-    "median-rows-10pct": {"federation.strategy": "median", "federation.flipped-rows": 0.1},
-    "median-rows-30pct": {"federation.strategy": "median", "federation.flipped-rows": 0.3},
-    "fedavg-clients-25pct": {"federation.strategy": "fedavg", "federation.flipped-clients": 0.25},
-    "median-clients-25pct": {"federation.strategy": "median", "federation.flipped-clients": 0.25},
+    "median-rows-10pct": {"federation.strategy": "median", "shards.flipped-rows": 0.1},
+    "median-rows-30pct": {"federation.strategy": "median", "shards.flipped-rows": 0.3},
+    "fedavg-clients-25pct": {"federation.strategy": "fedavg", "shards.flipped-clients": 0.25},
+    "median-clients-25pct": {"federation.strategy": "median", "shards.flipped-clients": 0.25},
 }
 
 

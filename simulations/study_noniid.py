@@ -30,37 +30,37 @@ from simulations.study import SEED_KEY, config_string, study_main
 COMMON = {"server.noise-rates": "",  # rounds and sizing: the defaults
           "server.report": False, "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {
-    "iid": {"federation.partitioner": "iid"},
-    "dirichlet-1.0": {"federation.partitioner": "dirichlet", "federation.alpha": 1.0},
-    "dirichlet-0.3": {"federation.partitioner": "dirichlet", "federation.alpha": 0.3},
-    "dirichlet-0.1": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1},
-    "topic-skew": {"federation.partitioner": "domain"},
-    "quantity-skew": {"federation.partitioner": "quantity", "federation.alpha": 0.5},
-    "kind-skew": {"federation.partitioner": "kind"},
+    "iid": {"shards.partitioner": "iid"},
+    "dirichlet-1.0": {"shards.partitioner": "dirichlet", "shards.alpha": 1.0},
+    "dirichlet-0.3": {"shards.partitioner": "dirichlet", "shards.alpha": 0.3},
+    "dirichlet-0.1": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1},
+    "topic-skew": {"shards.partitioner": "domain"},
+    "quantity-skew": {"shards.partitioner": "quantity", "shards.alpha": 0.5},
+    "kind-skew": {"shards.partitioner": "kind"},
     # can a rule built for client drift win back what FedAvg loses to the strongest skew?
-    "dirichlet-0.1-fedprox": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-fedprox": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                               "federation.strategy": "fedprox"},
-    "dirichlet-0.1-fedprox-mu1": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-fedprox-mu1": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                                   "federation.strategy": "fedprox", "train.proximal-mu": 1.0},  # 100x the default
-    "dirichlet-0.1-scaffold": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-scaffold": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                                "federation.strategy": "scaffold"},
     # or a server optimizer (its defaults: FedAvgM momentum 0.9 at step 1; FedAdam step 0.01)
-    "dirichlet-0.1-fedavgm": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-fedavgm": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                               "federation.strategy": "fedavgm"},
-    "dirichlet-0.1-fedadam": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-fedadam": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                               "federation.strategy": "fedadam"},
     # or keeping each client off the shared head: the federated ridge head (fitted on every
     # client's statistics) stays fixed and the clients train only adapters and gates
-    "dirichlet-0.1-frozen-head": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-frozen-head": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                                   "train.lr-head": 0.0},
     # or replacing the averaged head with the pooled-rows ridge fit from the clients' summed
     # statistics under the new adapters: after every round, or once after the last
-    "dirichlet-0.1-head-refit": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-head-refit": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                                  "federation.head-refit": "every-round"},
-    "dirichlet-0.1-head-refit-final": {"federation.partitioner": "dirichlet", "federation.alpha": 0.1,
+    "dirichlet-0.1-head-refit-final": {"shards.partitioner": "dirichlet", "shards.alpha": 0.1,
                                        "federation.head-refit": "final"},
     # what the same refit does without skew: a rule that lifts every split wins back no cost
-    "iid-head-refit-final": {"federation.partitioner": "iid", "federation.head-refit": "final"},
+    "iid-head-refit-final": {"shards.partitioner": "iid", "federation.head-refit": "final"},
 }
 CENTRALIZED = "centralized"
 # variant -> the FedAvg run on the same split it tries to improve on

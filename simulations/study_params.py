@@ -17,7 +17,7 @@ from pathlib import Path
 from simulations.results import rows_from_dir, standard_results
 from simulations.study import study_main
 
-COMMON = {"federation.partitioner": "dirichlet", "federation.alpha": 0.5,  # rounds and sizing: the defaults
+COMMON = {"shards.partitioner": "dirichlet", "shards.alpha": 0.5,  # rounds and sizing: the defaults
           "server.noise-rates": "", "server.report": False,
           "federation.fraction-evaluate": 0.0, "server.baselines": False}
 VARIANTS = {

@@ -35,7 +35,7 @@ VARIANTS = {
     "fedavg": {},
     "fedprox": {"federation.strategy": "fedprox"},
     "scaffold": {"federation.strategy": "scaffold"},
-    "fedavg-iid": {"federation.partitioner": "iid"},
+    "fedavg-iid": {"shards.partitioner": "iid"},
 }
 CENTRALIZED = "centralized"
 

@@ -20,7 +20,7 @@ from fedgate.rundir import RunDir
 from simulations.results import rows_from_dir, standard_results, summarize_run
 from simulations.study import NUM_SUPERNODES, study_main
 
-COMMON = {"federation.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600,
+COMMON = {"shards.partitioner": "iid", "federation.rounds": 3, "data.limit": 1600,
           "server.noise-rates": "", "server.report": False, "federation.fraction-evaluate": 0.0,
           "federation.min-train-nodes": 1, "federation.min-available-nodes": 1, "server.baselines": False}
 VARIANTS = {

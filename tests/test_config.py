@@ -9,6 +9,7 @@ import pytest
 
 from fedgate.adapters import AdapterSpec
 from fedgate.config import DataConfig, FedgateConfig, ModelConfig, TrainConfig
+from fedgate.config.renamed import RENAMED, migrate, migrate_config_string
 from fedgate.losses import LossWeights
 
 
@@ -122,7 +123,7 @@ def test_to_flat_covers_every_field():
     n_fields = sum(len(dataclasses.fields(getattr(FedgateConfig(), f.name))) for f in dataclasses.fields(FedgateConfig))
     assert len(flat) == n_fields
     assert {k.split(".")[0] for k in flat} == {"model", "adapter", "loss", "train", "engine", "data", "federation",
-                                               "server"}
+                                               "shards", "server"}
 
 
 def test_pyproject_app_config_holds_every_key():
@@ -143,13 +144,13 @@ def test_pyproject_app_config_holds_every_key():
 
 
 def test_float_lists_and_federation_checks():
-    cfg = FedgateConfig.from_flat({"server.noise-rates": "0.05, 0.2", "federation.alpha": 0.1})
-    assert cfg.server.noise_rates == (0.05, 0.2) and cfg.federation.alpha == 0.1
+    cfg = FedgateConfig.from_flat({"server.noise-rates": "0.05, 0.2", "shards.alpha": 0.1})
+    assert cfg.server.noise_rates == (0.05, 0.2) and cfg.shards.alpha == 0.1
     assert FedgateConfig.from_flat({"server.noise-rates": ""}).server.noise_rates == ()
     with pytest.raises(ValueError, match="server.noise-rates must be in"):
         FedgateConfig.from_flat({"server.noise-rates": "0.1,1.5"})
-    with pytest.raises(ValueError, match="federation.local-holdout"):
-        FedgateConfig.from_flat({"federation.local-holdout": 1.0})
+    with pytest.raises(ValueError, match="shards.local-holdout"):
+        FedgateConfig.from_flat({"shards.local-holdout": 1.0})
 
 
 def test_unknown_sections_ignored_by_default():
@@ -219,3 +220,24 @@ def test_a_preset_fills_the_keys_a_run_does_not_give():
     assert FedgateConfig.from_flat({"preset": ""}) == FedgateConfig()
     with pytest.raises(ValueError, match="preset must be one of .*'federation-cpu'.*got 'gpu'"):
         FedgateConfig.from_flat({"preset": "gpu"}, ignore_unknown_sections=False)
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
+def test_a_moved_key_under_its_old_name_names_the_new_one(old, new):
+    with pytest.raises(KeyError, match=f"'{old}' is now '{new}'"):
+        FedgateConfig.from_flat({old: FedgateConfig().to_flat()[new]})
+
+
+def test_a_saved_config_with_old_key_names_still_loads():
+    saved = {"federation.partitioner": "iid", "federation.alpha": 0.3, "federation.rounds": 2}
+    cfg = FedgateConfig.from_flat(migrate(saved))
+    assert (cfg.shards.partitioner, cfg.shards.alpha, cfg.federation.rounds) == ("iid", 0.3, 2)
+    assert migrate_config_string('federation.partitioner="iid" federation.alpha=0.3 federation.rounds=2') == (
+        'shards.partitioner="iid" shards.alpha=0.3 federation.rounds=2')
+
+
+def test_every_shards_value_is_checked_in_its_section():
+    with pytest.raises(ValueError, match=r"shards.alpha must be > 0"):
+        FedgateConfig.from_flat({"shards.alpha": 0.0})
+    with pytest.raises(ValueError, match=r"shards.partitioner must be one of"):
+        FedgateConfig.from_flat({"shards.partitioner": "zipf"})

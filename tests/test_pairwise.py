@@ -116,7 +116,7 @@ def test_a_federation_trains_on_a_pair_file_and_reports_pairwise_accuracy(tmp_pa
     data = _hh_file(tmp_path / "pairs.jsonl", 160)
     code, run_dir = simulate([f'model.backbone="tiny-bert" data.source="{data}" federation.rounds=2 '
                               'train.batch-size=4 train.threads=1 server.eval-limit=0 server.noise-rates="0.2" '
-                              'federation.partitioner="iid" federation.flipped-clients=0.5'],
+                              'shards.partitioner="iid" shards.flipped-clients=0.5'],
                              num_supernodes=2, out=tmp_path / "run", timeout=420)
     assert code == 0, f"the simulation failed; see {run_dir}"
     rounds = RunDir(run_dir).rounds()

@@ -7,9 +7,10 @@ layer lists also take ranges: ``"3-5"``). Unknown keys and bad values raise with
 
 Each section is one dataclass that owns its defaults and checks its own values:
 ``model.py`` (``[model]``, ``[adapter]``), ``training.py`` (``[train]``, ``[engine]``,
-``[loss]``), ``data.py``, ``federation.py``, ``server.py``; ``rules.py`` holds the checks
-that span sections, ``presets.py`` the named sizings (``preset = "federation-cpu"``), and
-``values.py`` how a flat value is read. What a strategy cannot be combined with is checked
+``[loss]``), ``data.py``, ``federation.py``, ``shards.py``, ``server.py``; ``rules.py`` holds
+the checks that span sections, ``presets.py`` the named sizings (``preset =
+"federation-cpu"``), ``renamed.py`` the keys that moved (an old name is refused with the new
+one), and ``values.py`` how a flat value is read. What a strategy cannot be combined with is checked
 by the strategy (fedgate/strategies/).
 """
 
@@ -23,13 +24,16 @@ from fedgate.config.data import DataConfig
 from fedgate.config.federation import HEAD_REFIT, FederationConfig
 from fedgate.config.model import ADAPTER_METHODS, GATED_LORA, QUANTIZE, AdapterSpec, ModelConfig
 from fedgate.config.presets import PRESET_KEY, PRESETS, with_preset
+from fedgate.config.renamed import refuse_renamed
 from fedgate.config.rules import check_combinations
 from fedgate.config.server import ServerConfig
+from fedgate.config.shards import ShardsConfig
 from fedgate.config.training import EngineConfig, LossWeights, TrainConfig
 from fedgate.config.values import coerce
 
 __all__ = ["ADAPTER_METHODS", "GATED_LORA", "HEAD_REFIT", "PRESETS", "PRESET_KEY", "QUANTIZE", "AdapterSpec", "DataConfig", "EngineConfig",
-           "FederationConfig", "FedgateConfig", "LossWeights", "ModelConfig", "ServerConfig", "TrainConfig"]
+           "FederationConfig", "FedgateConfig", "LossWeights", "ModelConfig", "ServerConfig", "ShardsConfig",
+           "TrainConfig"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class FedgateConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -55,6 +60,7 @@ class FedgateConfig:
         sections = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, dict[str, Any]] = {name: {} for name in sections}
         for key, raw in with_preset(dict(flat)).items():
+            refuse_renamed(key)
             section, _, name = key.partition(".")
             if section not in sections:
                 if ignore_unknown_sections:

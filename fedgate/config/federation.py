@@ -1,5 +1,6 @@
-"""How rounds run (``[federation]``): sampling and timeouts, the strategy's settings, the
-client shards, conflicting feedback, gates and pruning, client-level DP."""
+"""How rounds run (``[federation]``): sampling and timeouts, the strategy and its settings
+(server optimizer, clipping, robust rules, heterogeneous ranks), gates and pruning,
+client-level DP. How the clients' data is split is ``[shards]`` (shards.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ HEAD_REFIT = ("off", "final", "every-round")
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """How rounds run: sampling, client shards, aggregation, the gate prior."""
+    """How rounds run: sampling, aggregation, the gate prior, privacy."""
 
     rounds: int = 4
     fraction_train: float = 1.0
@@ -39,14 +40,7 @@ class FederationConfig:
     prune_max_share: float = 1.0  # never prune more than this share of the insertion points (lowest gates first)
     personal_gates: bool = False  # structural gates stay with each client (shared adapters, personal routing)
     heterogeneous_ranks: bool = False  # clients may train their own adapter.r (node config); server asks
-    client_ranks: tuple[int, ...] = ()  # simulations: adapter.r of partition i is client_ranks[i % len]
-    partitioner: str = "dirichlet"  # iid | dirichlet | domain | quantity | kind (degradation-kind skew)
-    alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity): smaller = more skew
-    local_holdout: float = 0.1  # share of each client's prompts kept for federated evaluation
-    flipped_clients: float = 0.0  # conflicting feedback: share of clients whose training labels are all flipped
-    flipped_rows: float = 0.0  # conflicting feedback: share of every client's training rows flipped (v -> 4 - v)
-    absent_clients: float = 0.0  # the reference for flipped-clients: the same seeded share of clients holds no rows
-    labeled_fraction: float = 1.0  # label sparsity: share of each client's training rows that carry labels
+    client_ranks: tuple[int, ...] = ()  # simulations: adapter.r of shard i is client_ranks[i % len]
     gate_prior: str = "global"  # global: last round's aggregated gate profile | fixed: loss.gate-prior
     head_refit: str = "off"  # refit the head from the clients' ridge statistics: off | final | every-round
     # client-level differential privacy (fedgate/aggregation/privacy.py): off | central | local
@@ -87,21 +81,10 @@ class FederationConfig:
         positive("federation.prune-patience", self.prune_patience)
         if not 0.0 < self.prune_max_share <= 1.0:
             raise ValueError(f"federation.prune-max-share must be in (0, 1], got {self.prune_max_share}")
-        for key, v in (("flipped-clients", self.flipped_clients), ("flipped-rows", self.flipped_rows),
-                       ("absent-clients", self.absent_clients)):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"federation.{key} must be in [0, 1], got {v}")
-        if not 0.0 < self.labeled_fraction <= 1.0:
-            raise ValueError(f"federation.labeled-fraction must be in (0, 1], got {self.labeled_fraction}")
         if any(r < 1 for r in self.client_ranks):
             raise ValueError(f"federation.client-ranks must all be >= 1, got {self.client_ranks}")
         if self.client_ranks and not self.heterogeneous_ranks:
             raise ValueError("federation.client-ranks needs federation.heterogeneous-ranks=true")
-        choice("federation.partitioner", self.partitioner, ("iid", "dirichlet", "domain", "quantity", "kind"))
-        if not self.alpha > 0:
-            raise ValueError(f"federation.alpha must be > 0, got {self.alpha}")
-        if not 0.0 < self.local_holdout < 1.0:
-            raise ValueError(f"federation.local-holdout must be in (0, 1), got {self.local_holdout}")
         choice("federation.gate-prior", self.gate_prior, ("global", "fixed"))
         choice("federation.head-refit", self.head_refit, HEAD_REFIT)
         choice("federation.weighting", self.weighting, ("examples", "uniform", "gates"))

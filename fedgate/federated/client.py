@@ -181,11 +181,7 @@ class ClientTask:
             _CACHE.models[model_key] = (model.to(self.device), tokenizer)
         self.model, self.tokenizer = _CACHE.models[model_key]
         self.pad_id = self.tokenizer.pad_token_id
-        shard_key = (model_key, cfg.data, cfg.federation.partitioner, cfg.federation.alpha,
-                     cfg.federation.local_holdout, cfg.federation.flipped_clients, cfg.federation.flipped_rows,
-                     cfg.federation.absent_clients,
-                     cfg.federation.labeled_fraction,
-                     cfg.train.cache_lower_layers, partition_id, num_partitions)
+        shard_key = (model_key, cfg.data, cfg.shards, cfg.train.cache_lower_layers, partition_id, num_partitions)
         if shard_key not in _CACHE.shards:
             rows = client_shard(cfg, partition_id, num_partitions)
             flipped = sum(rows["train"]["flipped"]) if "flipped" in rows["train"].column_names else 0

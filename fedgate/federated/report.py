@@ -15,6 +15,7 @@ from typing import Collection
 
 import numpy as np
 
+from fedgate.config.renamed import migrate
 from fedgate.rundir import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, RunDir
 from fedgate.metrics import misaligned, roc_auc, roc_curve
 
@@ -167,7 +168,7 @@ def write_report(run_dir: str | Path) -> Path:
     rounds = run.rounds()
     if not rounds:
         raise FileNotFoundError(f"{run.path}: no rounds.jsonl records to report on")
-    config = run.read_json(CONFIG_FILE)["config"]
+    config = migrate(run.read_json(CONFIG_FILE)["config"])
     try:
         summary = run.read_json(SUMMARY_FILE)
     except FileNotFoundError:
@@ -178,7 +179,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"# Federated run {run.path.name}", "",
              f"Status: **{summary.get('status')}**; rounds completed: {summary.get('rounds_completed', '-')}; "
              f"strategy `{config.get('federation.strategy')}`; backbone `{config.get('model.backbone')}`; "
-             f"partitioner `{config.get('federation.partitioner')}` (alpha {config.get('federation.alpha')}).", ""]
+             f"partitioner `{config.get('shards.partitioner')}` (alpha {config.get('shards.alpha')}).", ""]
     params = summary.get("params") or next((r["params"] for r in rounds if "params" in r), None)
     if params:
         parts += [f"Trainable parameters: {params['trainable']:,} ({params['percent']:.2f}% of the backbone's "

@@ -34,7 +34,7 @@ def test_shards_are_disjoint_and_keep_a_holdout(tiny_cfg):
 
 def test_flipped_clients_get_all_training_labels_flipped_and_keep_true_holdout(tiny_cfg):
     clean = [client_shard(tiny_cfg(), p, 5) for p in range(5)]
-    cfg = tiny_cfg(**{"federation.flipped-clients": 0.2})
+    cfg = tiny_cfg(**{"shards.flipped-clients": 0.2})
     adversaries = flipped_partitions(0.2, 5, cfg.data.seed)
     assert len(adversaries) == 1 and adversaries == flipped_partitions(0.2, 5, cfg.data.seed)
     for p in range(5):
@@ -49,7 +49,7 @@ def test_flipped_clients_get_all_training_labels_flipped_and_keep_true_holdout(t
 
 
 def test_absent_clients_are_the_flipped_clients_and_refuse_with_the_reason(tiny_cfg):
-    cfg = tiny_cfg(**{"federation.absent-clients": 0.2})
+    cfg = tiny_cfg(**{"shards.absent-clients": 0.2})
     (absent,) = flipped_partitions(0.2, 5, cfg.data.seed)  # the very client a flipped run corrupts
     with pytest.raises(DataError, match=f"partition {absent} of 5 is absent"):
         client_shard(cfg, absent, 5)
@@ -59,7 +59,7 @@ def test_absent_clients_are_the_flipped_clients_and_refuse_with_the_reason(tiny_
 
 
 def test_flipped_rows_flip_that_share_of_every_client(tiny_cfg):
-    cfg = tiny_cfg(**{"federation.flipped-rows": 0.25})
+    cfg = tiny_cfg(**{"shards.flipped-rows": 0.25})
     for p in range(2):
         train = client_shard(cfg, p, 2)["train"]
         assert sum(train["flipped"]) == round(0.25 * len(train))
@@ -69,7 +69,7 @@ def test_flipped_rows_flip_that_share_of_every_client(tiny_cfg):
 
 def test_labeled_fraction_keeps_that_share_of_training_rows_and_the_whole_holdout(tiny_cfg):
     full = client_shard(tiny_cfg(), 0, 2)
-    sparse = client_shard(tiny_cfg(**{"federation.labeled-fraction": 0.25}), 0, 2)
+    sparse = client_shard(tiny_cfg(**{"shards.labeled-fraction": 0.25}), 0, 2)
     assert len(sparse["train"]) == round(0.25 * len(full["train"]))
     assert set(sparse["train"]["response"]) <= set(full["train"]["response"])
     assert sparse["holdout"]["response"] == full["holdout"]["response"]

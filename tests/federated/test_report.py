@@ -14,7 +14,7 @@ def _fake_run(path):
     """A run directory as the server writes it (two rounds, two adapters)."""
     run = RunDir(path)
     run.write_json("config.json", {"config": {"federation.strategy": "fedavg", "model.backbone": "tiny-bert",
-                                              "federation.partitioner": "dirichlet", "federation.alpha": 0.5,
+                                              "shards.partitioner": "dirichlet", "shards.alpha": 0.5,
                                               "data.misaligned-threshold": 2}})
     params = {"trainable": 100, "backbone": 10000, "percent": 1.0, "backbone_bytes": 40000}
     run.append_round({"round": 0, "server_eval": {"auc": 0.5, "f1": 0.6}, "params": params})

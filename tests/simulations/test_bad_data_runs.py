@@ -45,7 +45,7 @@ def test_a_malformed_line_fails_the_run_naming_file_and_line(tmp_path):
 
 
 def test_more_clients_than_rows_fails_naming_the_empty_partition(tmp_path):
-    code, run_dir = simulate([TINY + ' data.limit=3 federation.partitioner="iid" federation.rounds=2 '
+    code, run_dir = simulate([TINY + ' data.limit=3 shards.partitioner="iid" federation.rounds=2 '
                                      'federation.max-idle-rounds=1'], num_supernodes=4, out=tmp_path / "run",
                              timeout=300)
     assert code == 1

@@ -47,4 +47,4 @@ def test_every_variant_is_a_valid_config():
     repo = Path(__file__).resolve().parents[2]
     for name in VARIANTS:
         cfg, _ = resolve_config(repo, [run_config(name, {"federation.rounds": 2})])
-        assert cfg.federation.rounds == 2 and cfg.federation.alpha == 0.2
+        assert cfg.federation.rounds == 2 and cfg.shards.alpha == 0.2

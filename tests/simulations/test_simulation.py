@@ -162,8 +162,8 @@ def test_a_failing_server_app_makes_the_launcher_fail(tmp_path):
 def test_run_config_is_checked_before_anything_starts():
     with pytest.raises(KeyError, match="train.epochz"):
         resolve_config(REPO, ["train.epochz=2"])
-    with pytest.raises(ValueError, match="federation.partitioner"):
-        resolve_config(REPO, ['federation.partitioner="random"'])
+    with pytest.raises(ValueError, match="shards.partitioner"):
+        resolve_config(REPO, ['shards.partitioner="random"'])
 
 
 @pytest.mark.integration

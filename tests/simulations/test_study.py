@@ -38,7 +38,7 @@ def test_the_flipped_client_trained_on_flipped_labels_only_in_the_flipped_run(st
     assert float(row["auc_clean"]) != float(row["auc_flipped"])
     assert (out / "auc_per_round.png").stat().st_size > 0
     configs = json.loads((out / "variants.json").read_text())
-    assert "federation.flipped-clients=0.2" in configs["fedavg-flipped"] and 'tiny-bert' in configs["fedavg-clean"]
+    assert "shards.flipped-clients=0.2" in configs["fedavg-flipped"] and 'tiny-bert' in configs["fedavg-clean"]
 
 
 def test_the_absent_reference_runs_without_exactly_the_flipped_client(study):

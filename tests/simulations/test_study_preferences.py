@@ -9,7 +9,7 @@ from simulations import study_preferences
 from tests.test_pairwise import _hh_file
 
 TINY = ["model.backbone=\"tiny-bert\"", "federation.rounds=1", "train.batch-size=4", "train.threads=1",
-        "server.noise-rates=\"0.2\"", "federation.partitioner=\"iid\""]
+        "server.noise-rates=\"0.2\"", "shards.partitioner=\"iid\""]
 
 
 @pytest.mark.integration
