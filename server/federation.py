@@ -38,8 +38,10 @@ def round_line(record: dict, total: int) -> str:
     lost = len(record.get("failures", [])) + len(record.get("dropped", [])) + len(record.get("rejected", []))
     parts = [f"round {record['round']}/{total}",
              f"test pairwise accuracy {s['pairwise_accuracy']:.4f}" if "pairwise_accuracy" in s and "auc" not in s
-             else f"test AUC {s['auc']:.4f}" if "auc" in s else "test AUC -",
-             f"loss {t['train-loss']:.4f}" if "train-loss" in t else "loss -"]
+             else f"test AUC {s['auc']:.4f}" if "auc" in s else "test AUC -"]
+    if (val := validation_score(s)) is not None:
+        parts.append(f"validation {val:.4f}")
+    parts.append(f"loss {t['train-loss']:.4f}" if "train-loss" in t else "loss -")
     if "up" in b:
         parts += [f"up {b['up'] / 2**20:.2f} MiB", f"down {b['down'] / 2**20:.2f} MiB"]
     if "wall_s" in record:
@@ -115,6 +117,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             record["server_eval"], _ = evaluator.evaluate(strategy.global_state, noise=_noise_due(cfg, 0))
             run.append_round(record)
             tracker.round(record)
+            _checkpoint(run, cfg, strategy, 0, record["server_eval"])  # the start can be the best round
             head = record.get("head_init") or {}
             progress.info(round_line(record, cfg.federation.rounds) + (
                 f" | federated ridge head from {head['clients']} clients" if head.get("fitted") else ""))
@@ -125,12 +128,7 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
             tracker.round(record)
             idle = 0 if record["aggregated"] or cfg.federation.fraction_train == 0 else idle + 1
             _check_progress(cfg, run, rnd, idle)
-            server_arrays, strategy_meta = strategy.saved()
-            meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile, "strategy": strategy_meta}
-            if final_metrics is not None and "decision_threshold" in final_metrics:  # rated rows, not pairs:
-                # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
-                meta["decision_threshold"] = final_metrics["decision_threshold"]
-            run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
+            _checkpoint(run, cfg, strategy, rnd, final_metrics)
         if final_pred is not None:
             write_predictions(run.path / PREDICTIONS_FILE, evaluator.splits["test"], final_pred)
             tracker.final_roc(misaligned(evaluator.splits["test"].labels[:, 0].numpy(), cfg.data.misaligned_threshold),
@@ -142,6 +140,9 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
         headline = (f"pairwise accuracy {final['pairwise_accuracy']:.4f}" if "auc" not in final and
                     "pairwise_accuracy" in final else
                     f"test AUC {final.get('auc', float('nan')):.4f}, F1 {final.get('f1', float('nan')):.4f}")
+        best = summary.get("best_by_validation")
+        if best and best["round"] != summary["rounds_completed"]:
+            headline += f" (best on validation: round {best['round']}, {_score_text(best)})"
         progress.info("finished: %s%s | run directory %s", headline,
                       "".join(f" | {k} {v:.4f}" for k, v in base.items()
                               if not k.endswith(("_C", "_lr", "_longer_wins"))), run.path)
@@ -155,6 +156,41 @@ def run_federation(grid: Grid, cfg: FedgateConfig, *, run_id: int | None = None)
 
         write_report(run.path)
     return run
+
+
+def _checkpoint(run: RunDir, cfg: FedgateConfig, strategy: FedgateStrategy, rnd: int,
+                metrics: dict | None) -> None:
+    """The global state after round ``rnd`` (0: the start) with what resuming and
+    ``fedgate evaluate RUN --round N`` need."""
+    server_arrays, strategy_meta = strategy.saved()
+    meta = {"config": cfg.to_flat(), "gate_profile": strategy.profile, "strategy": strategy_meta}
+    if metrics is not None and "decision_threshold" in metrics:  # rated rows, not pairs:
+        # lets `fedgate evaluate CHECKPOINT` report F1 at the server's cut
+        meta["decision_threshold"] = metrics["decision_threshold"]
+    run.save_checkpoint(rnd, strategy.global_state, meta, server_arrays)
+
+
+def _score_text(server_eval: dict) -> str:
+    if "auc" in server_eval:
+        return f"test AUC {server_eval['auc']:.4f}"
+    return f"pairwise accuracy {server_eval.get('pairwise_accuracy', float('nan')):.4f}"
+
+
+def validation_score(server_eval: dict) -> float | None:
+    """The validation figure that picks the best round (``ServerEvaluator.evaluate``)."""
+    value = server_eval.get("validation_auc", server_eval.get("validation_pairwise_accuracy"))
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def best_by_validation(rounds: list[dict]) -> dict | None:
+    """``{"round": k, **server_eval}`` of the evaluated round (0 = the start) with the best
+    validation score, the earliest of ties; None when no round has one. Picked on the
+    validation rows only, so its test figures are an honest held-out result."""
+    scored = [r for r in rounds if r.get("server_eval") and validation_score(r["server_eval"]) is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: (validation_score(r["server_eval"]), -r["round"]))
+    return {"round": best["round"], **best["server_eval"]}
 
 
 def _one_round(grid: Grid, cfg: FedgateConfig, strategy: FedgateStrategy, evaluator: ServerEvaluator,
@@ -254,6 +290,7 @@ def _summary(run: RunDir, cfg: FedgateConfig, params: dict, wall_s: float, *, st
         "rounds_completed": _last_round(run),
         "final": evaluated[-1]["server_eval"] if evaluated else {},
         "initial": evaluated[0]["server_eval"] if evaluated and evaluated[0]["round"] == 0 else {},
+        **({"best_by_validation": best} if (best := best_by_validation(evaluated)) else {}),
         "params": params,
         "bytes": {"down": sum(r["bytes"]["down"] for r in trained), "up": sum(r["bytes"]["up"] for r in trained)},
         "wall_s": wall_s,

@@ -70,19 +70,23 @@ class ServerEvaluator:
 
     def evaluate(self, state: Mapping[str, np.ndarray], pruned: Collection[str] = (), *,
                  noise: bool = True) -> tuple[dict[str, float], np.ndarray]:
-        """Metrics of ``state`` (with the ``pruned`` adapters off) and its test predictions
-        (n, 5) for ROC curves; with ``noise``, also the AUCs under ``server.noise-rates``."""
+        """Metrics of ``state`` (with the ``pruned`` adapters off) on the test rows, its
+        validation score (``validation_auc``, or ``validation_pairwise_accuracy`` on pairs: what
+        picks the best round) and its test predictions (n, 5) for ROC curves; with ``noise``,
+        also the AUCs under ``server.noise-rates``."""
         t0 = time.perf_counter()
         configure_adapters(self.model, self.cfg, pruned)
         load_adapter_state(self.model, from_numpy(state))
         val = self.splits["validation"]
-        cut = None if self.pairs else decision_threshold_from(
-            predict(self.model, val, self.cfg, self.pad_id, self.device), val, self.cfg)
+        val_pred = predict(self.model, val, self.cfg, self.pad_id, self.device)
+        cut = None if self.pairs else decision_threshold_from(val_pred, val, self.cfg)
         metrics, pred = evaluate(self.model, self.splits["test"], self.cfg, self.pad_id, self.device,
                                  decision_threshold=cut)
         metrics = {k: float(v) for k, v in metrics.items()}
         if cut is not None:
             metrics["decision_threshold"] = float(cut)
+        key = selection_metric(val)  # what picks the best round (server.py: best_by_validation)
+        metrics[f"validation_{key}"] = float(metrics_from_predictions(val_pred, val, self.cfg)[key])
         for rate in self.cfg.server.noise_rates if noise else ():
             noisy, _ = evaluate(self.model, self.splits[noise_key(rate)], self.cfg, self.pad_id, self.device)
             if "auc" in noisy:

@@ -49,6 +49,10 @@ def test_rounds_hold_every_metric(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     assert summary["final"]["auc"] == rounds[-1]["server_eval"]["auc"]
+    # every evaluated round has its validation score; the summary names the best one with its test figures
+    scores = [r["server_eval"]["validation_auc"] for r in rounds]
+    best = summary["best_by_validation"]
+    assert scores[best["round"]] == max(scores) and best["auc"] == rounds[best["round"]]["server_eval"]["auc"]
     report = (run_dir / "report.md").read_text()
     assert "| 2 |" in report and all((run_dir / "plots" / p).is_file() for p in ("metrics.png", "roc.png", "gates.png"))
     config = json.loads((run_dir / "config.json").read_text())
@@ -145,7 +149,7 @@ def test_resume_continues_from_the_next_round(run_dir):
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]  # nothing repeated, nothing lost
     assert rounds[:3] == before
     assert json.loads((run_dir / "config.json").read_text())["start_round"] == 3
-    assert sorted(RunDir(run_dir).checkpoints()) == [1, 2, 3]
+    assert sorted(RunDir(run_dir).checkpoints()) == [0, 1, 2, 3]  # round 0: the start, which may be the best on validation
     assert all(c["prior-adapters"] > 0 for c in rounds[3]["clients"])  # the profile came from the checkpoint
 
 
