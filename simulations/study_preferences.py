@@ -58,12 +58,22 @@ def summarize_pairs(run_dir: Path) -> dict:
         "low": final["pairwise_accuracy_low"], "high": final["pairwise_accuracy_high"],
         **{k: v for k, v in final.items() if k.startswith("pairwise_accuracy_noise_")},
         "before_training": evaluated[0]["server_eval"]["pairwise_accuracy"],
+        **_at_best_validation(summary),
         "pairwise_accuracy_per_round": [r["server_eval"]["pairwise_accuracy"] for r in evaluated],
         **{f"baseline_{k}": v for k, v in baselines.items() if k in ("length", "tfidf_logreg", "frozen_probe")},
         "steps": float(total_client_steps(run_dir)),
         "uplink_mib": sum(r["bytes"]["array_up"] for r in rounds if r["round"] > 0) / 2**20,
         "wall_s": summary["wall_s"],
     }
+
+
+def _at_best_validation(summary: dict) -> dict:
+    """The test pairwise accuracy of the round picked on the validation pairs, and that round
+    (runs recorded before the server scored validation have neither)."""
+    best = summary.get("best_by_validation")
+    if not best or "pairwise_accuracy" not in best:
+        return {}
+    return {"at_best_validation": best["pairwise_accuracy"], "best_round": float(best["round"])}
 
 
 def run_centralized(out: Path, flat: dict, seeds: tuple[int, ...]) -> None:
@@ -114,7 +124,8 @@ def report(out: Path) -> str:
                "interval": "" if len(values) > 1 else f"{values[0]['low']:.3f}-{values[0]['high']:.3f}",
                "steps": f"{mean_and_se([v['steps'] for v in values])[0]:.0f}",
                "wall_s": f"{mean_and_se([v['wall_s'] for v in values])[0]:.0f}"}
-        for key in ("before_training", "baseline_length", "baseline_tfidf_logreg", "baseline_frozen_probe"):
+        for key in ("at_best_validation", "best_round", "before_training", "baseline_length", "baseline_tfidf_logreg",
+                    "baseline_frozen_probe"):
             if all(key in v for v in values):
                 row[key] = mean_and_se([v[key] for v in values])[0]
         shared = sorted(set(seeds) & set(central))
@@ -126,7 +137,9 @@ def report(out: Path) -> str:
         table.append(row)
     columns = {"variant": "variant", "seeds": "seeds", "pairwise_accuracy": "test pairwise accuracy",
                "se": "its SE", "interval": "95% interval (one seed)", "vs_centralized": "vs centralized (points)",
-               "vs_se": "SE (paired)", "resolved": "resolved (>= 2 SE)", "before_training": "before training",
+               "vs_se": "SE (paired)", "resolved": "resolved (>= 2 SE)",
+               "at_best_validation": "at the best round on validation", "best_round": "that round (mean)",
+               "before_training": "before training",
                "baseline_length": "length rule", "baseline_tfidf_logreg": "TF-IDF", "baseline_frozen_probe":
                "frozen probe", "steps": "optimizer steps", "wall_s": "wall s"}
     return write_table(out, table, columns)

@@ -30,6 +30,9 @@ def test_the_study_compares_a_federation_with_centralized_training_on_the_same_p
     row = next(line for line in table.splitlines() if line.startswith("| fedavg |"))
     diff = 100 * (fed["final"]["pairwise_accuracy"] - central["server_eval"]["pairwise_accuracy"])
     assert f"{diff:+.2f}" in row
+    best = fed["best_by_validation"]  # round 0 or 1, picked on the validation pairs
+    assert best["round"] in (0, 1) and "at the best round on validation" in table
+    assert f"{best['pairwise_accuracy']:.4f}" in row
     assert "pairwise accuracy" in capsys.readouterr().out
 
 
