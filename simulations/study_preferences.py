@@ -67,6 +67,11 @@ def summarize_pairs(run_dir: Path) -> dict:
     }
 
 
+SUMMARY_COLUMNS = ("variant", "seeds", "pairwise_accuracy", "se", "vs_centralized", "vs_se", "resolved",
+                   "at_best_validation", "best_vs_centralized", "best_vs_se", "before_training",
+                   "baseline_tfidf_logreg", "baseline_length")
+
+
 def _at_best_validation(summary: dict) -> dict:
     """The test pairwise accuracy of the round picked on the validation pairs, and that round
     (runs recorded before the server scored validation have neither)."""
@@ -112,7 +117,8 @@ def _per_seed(out: Path) -> dict[str, dict[int, dict]]:
 
 def report(out: Path) -> str:
     """``results.md`` / ``.csv``: per variant the mean ± SE over seeds of the test pairwise
-    accuracy, its difference to centralized (paired per seed), the baselines and costs."""
+    accuracy, its difference to centralized (paired per seed), the baselines and costs; and
+    ``summary.md``, the same rows in fewer columns."""
     per_seed = _per_seed(out)
     central = per_seed.get(CENTRALIZED, {})
     table = []
@@ -134,14 +140,21 @@ def report(out: Path) -> str:
                                      for s in shared])
             row.update(vs_centralized=f"{diff:+.2f}", vs_se=f"{dse:.2f}" if len(shared) > 1 else "",
                        resolved=resolved(diff, dse) if len(shared) > 1 else "")
+            best = [s for s in shared if "at_best_validation" in seeds[s]]
+            if best:  # centralized keeps its best validation state too: the like-for-like difference
+                bdiff, bse = mean_and_se([100 * (seeds[s]["at_best_validation"] - central[s]["pairwise_accuracy"])
+                                          for s in best])
+                row.update(best_vs_centralized=f"{bdiff:+.2f}", best_vs_se=f"{bse:.2f}" if len(best) > 1 else "")
         table.append(row)
     columns = {"variant": "variant", "seeds": "seeds", "pairwise_accuracy": "test pairwise accuracy",
                "se": "its SE", "interval": "95% interval (one seed)", "vs_centralized": "vs centralized (points)",
                "vs_se": "SE (paired)", "resolved": "resolved (>= 2 SE)",
                "at_best_validation": "at the best round on validation", "best_round": "that round (mean)",
+               "best_vs_centralized": "that vs centralized (points)", "best_vs_se": "SE (paired)",
                "before_training": "before training",
                "baseline_length": "length rule", "baseline_tfidf_logreg": "TF-IDF", "baseline_frozen_probe":
                "frozen probe", "steps": "optimizer steps", "wall_s": "wall s"}
+    write_table(out, table, {k: columns[k] for k in SUMMARY_COLUMNS}, name="summary")  # the README's excerpt
     return write_table(out, table, columns)
 
 

@@ -33,6 +33,8 @@ def test_the_study_compares_a_federation_with_centralized_training_on_the_same_p
     best = fed["best_by_validation"]  # round 0 or 1, picked on the validation pairs
     assert best["round"] in (0, 1) and "at the best round on validation" in table
     assert f"{best['pairwise_accuracy']:.4f}" in row
+    summary = (out / "summary.md").read_text()  # the README's excerpt: the same figures
+    assert f"{diff:+.2f}" in summary and f"{best['pairwise_accuracy']:.4f}" in summary
     assert "pairwise accuracy" in capsys.readouterr().out
 
 
