@@ -13,7 +13,10 @@ Where fedgate departs from the paper:
   global value for that client instead of being pulled towards zero. With equal ranks this is
   the same as the paper's average.
 - Factors are first brought to the global LoRA scaling (``alpha / r`` differs between ranks).
-- The clients' rank self-pruning is not built.
+- The clients' rank self-pruning is not built: it changes a node's rank between rounds,
+  while fedgate decides a node's rank once and the server learns it from that decision
+  (the rank query). Pruning would need a reply to carry the node's new rank and the
+  client to rebuild its adapters at that rank.
 """
 
 from __future__ import annotations
