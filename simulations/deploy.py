@@ -34,7 +34,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedgate.launch.processes import flower_env, free_port, stop_flwr_home, stop_tree
+from fedgate.launch.fab import staged_app
+from fedgate.launch.processes import flower_env, free_port, sigterm_unwinds, stop_flwr_home, stop_tree
 from fedgate.launch.simulation import (REPO, exit_code, prepare_run, resolve_config, run_config_arg, run_succeeded,
                              stream_flwr_run)
 
@@ -204,16 +205,18 @@ def deploy(run_config: list[str], *, nodes: int = 2, tls: bool = True, auth: boo
     overrides, run_dir = prepare_run(app, run_config, out)
     d = Deployment(run_dir, flower_env(run_dir / "flwr-home"), host=host, port=port, tls=tls, auth=auth)
     started_at = time.time()
-    try:
-        d.start_superlink()
-        for i in range(nodes):
-            d.start_node(i, nodes, gpu=gpus[i] if gpus else None,
-                         node_config=f"engine.world-size={ranks[i]}" if ranks[i] > 1 else "")
-        d.wait_online(nodes)
-        cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
-        code = stream_flwr_run(cmd, d.env, timeout, log_file=run_dir / "run.log", verbose=False)
-    finally:
-        d.stop()
+    with sigterm_unwinds():
+        try:
+            d.start_superlink()
+            for i in range(nodes):
+                d.start_node(i, nodes, gpu=gpus[i] if gpus else None,
+                             node_config=f"engine.world-size={ranks[i]}" if ranks[i] > 1 else "")
+            d.wait_online(nodes)
+            with staged_app(app) as bundle:
+                cmd = ["flwr", "run", str(bundle), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
+                code = stream_flwr_run(cmd, d.env, timeout, log_file=run_dir / "run.log", verbose=False)
+        finally:
+            d.stop()
     return (0 if run_succeeded(code, run_dir / "summary.json", started_at) else 1), run_dir
 
 

@@ -12,9 +12,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,27 @@ def flower_env(flwr_home: str | Path, base: dict[str, str] | None = None) -> dic
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM (``timeout``, a job scheduler, ``kill``) exits the way
+    Ctrl-C does: the stack unwinds, so the ``finally`` blocks that stop the SuperLink, the
+    SuperNodes and Ray run, and the process exits with 128 + 15. Python's default would end the
+    process at once and leave them running. Outside the main thread, where no handler can be
+    set, the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

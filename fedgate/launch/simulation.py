@@ -32,7 +32,9 @@ from pathlib import Path
 from fedgate import strategies
 from fedgate.config import FedgateConfig
 from fedgate.rundir import default_run_dir
-from fedgate.launch.processes import flower_env, free_port, stop_flwr_home, stop_tree, wait_http_ok
+from fedgate.launch.fab import staged_app
+from fedgate.launch.processes import (flower_env, free_port, sigterm_unwinds, stop_flwr_home, stop_tree,
+                                     wait_http_ok)
 
 log = logging.getLogger("fedgate.simulate")
 REPO = Path(__file__).resolve().parents[2]  # the checkout: the Flower app fedgate runs by default
@@ -197,21 +199,24 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
     env = flower_env(flwr_home)
     summary = run_dir / "summary.json"
     started_at = time.time()
-    proc, port = start_superlink(flwr_home, env)
-    try:
-        write_connection(flwr_home, port)
-        cmd = ["flwr", "run", str(app), CONNECTION, "--stream",
-               "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}"
-               + (f" client-resources-num-gpus={gpus_per_client:g}" if gpus_per_client else ""),
-               "--run-config", run_config_arg(overrides)]
-        log.info("full output: %s", run_dir / LOG_FILE)
-        code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
-    finally:
-        stop_tree(proc.pid)
-        stop_flwr_home(flwr_home)
-        log.info("stopped SuperLink pid %d", proc.pid)
-        if states is not None:
-            shutil.rmtree(states, ignore_errors=True)
+    with sigterm_unwinds():
+        proc, port = start_superlink(flwr_home, env)
+        try:
+            write_connection(flwr_home, port)
+            with staged_app(app) as bundle:
+                cmd = ["flwr", "run", str(bundle), CONNECTION, "--stream",
+                       "--federation-config", f"num-supernodes={num_supernodes} "
+                       f"client-resources-num-cpus={cpus_per_client:g}"
+                       + (f" client-resources-num-gpus={gpus_per_client:g}" if gpus_per_client else ""),
+                       "--run-config", run_config_arg(overrides)]
+                log.info("full output: %s", run_dir / LOG_FILE)
+                code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
+        finally:
+            stop_tree(proc.pid)
+            stop_flwr_home(flwr_home)
+            log.info("stopped SuperLink pid %d", proc.pid)
+            if states is not None:
+                shutil.rmtree(states, ignore_errors=True)
     if not run_succeeded(code, summary, started_at):
         log.error("see the run directory %s and the SuperLink log %s", run_dir,
                   flwr_home / "superlink" / "superlink.log")
