@@ -1,6 +1,5 @@
-"""Shared by the deployment failure tests (test_deploy_kill.py, test_deploy_straggler.py),
-which sit in two files so that two test workers wait out Flower's heartbeat and the round
-timeout at the same time."""
+"""Helpers for the deployment failure test (test_deploy_failures.py): start a run against a
+Deployment, find a SuperNode's ClientApp processes, kill a node as a power loss would."""
 
 import os
 import signal
@@ -8,17 +7,19 @@ from pathlib import Path
 
 from simulations.deploy import CONNECTION, Deployment
 from fedgate.launch.processes import children, is_loopback, listening_addresses
-from fedgate.launch.simulation import REPO, run_config_arg
+from fedgate.launch.simulation import run_config_arg
 
 BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 federation.rounds=2 '
         'federation.min-available-nodes=2')
 
 
-def start_run(d: Deployment, overrides: dict):
+def start_run(d: Deployment, overrides: dict, app: Path):
+    """``flwr run`` of ``app`` (a folder from fedgate.launch.fab.staged_app) on the deployment,
+    in the background; its output goes to logs/flwr-run.log."""
     import subprocess
 
-    cmd = ["flwr", "run", str(REPO), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
+    cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
     log = (d.logs / "flwr-run.log").open("w")
     return subprocess.Popen(cmd, env=d.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

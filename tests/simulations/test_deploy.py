@@ -9,6 +9,7 @@ import pytest
 
 from fedgate.rundir import RunDir
 from simulations.deploy import CONNECTION, Deployment, deploy
+from fedgate.launch.fab import staged_app
 from fedgate.launch.processes import alive, flower_env, processes_with_flwr_home
 from fedgate.launch.simulation import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
 
@@ -32,8 +33,9 @@ def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):
         assert "Failed to activate SuperNode" in log or "2004" in log
         d.wait_online(2)
         assert d.online_nodes() == 2
-        code = stream_flwr_run(["flwr", "run", str(REPO), CONNECTION, "--stream", "--run-config",
-                                run_config_arg(overrides)], d.env, timeout=400)
+        with staged_app(REPO) as app:
+            code = stream_flwr_run(["flwr", "run", str(app), CONNECTION, "--stream", "--run-config",
+                                    run_config_arg(overrides)], d.env, timeout=400)
     finally:
         d.stop()
     assert run_succeeded(code, run_dir / "summary.json", started)
@@ -47,7 +49,10 @@ def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):
 
 @pytest.mark.integration
 def test_insecure_loopback_deployment(tmp_path):
-    code, run_dir = deploy(TINY, nodes=2, tls=False, auth=False, out=tmp_path / "run", timeout=400)
+    # a zero head: no round-0 query, so each node starts one ClientApp process fewer (the
+    # TLS run above covers the query in deployment)
+    code, run_dir = deploy([*TINY, 'train.head-init="zero"'], nodes=2, tls=False, auth=False, out=tmp_path / "run",
+                           timeout=400)
     assert code == 0
     rounds = RunDir(run_dir).rounds()
     assert rounds[-1]["round"] == 1 and len(rounds[-1]["clients"]) == 2

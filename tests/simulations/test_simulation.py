@@ -1,6 +1,8 @@
 """The real thing at tiny scale: Flower's simulation runtime runs fedgate's ServerApp and
-ClientApp (3 supernodes, tiny model, 2 rounds), then resumes the run for a third round.
-The launcher starts its own SuperLink on a free loopback port and must stop it."""
+ClientApp (3 supernodes, tiny model, 2 rounds), then resumes the run for a third round,
+which must end exactly where an uninterrupted 3-round run ends. The strategy is FedYogi, whose
+server optimizer keeps two moment arrays per tensor: losing them on resume would change
+round 3. The launcher starts its own SuperLink on a free loopback port and must stop it."""
 
 import json
 from pathlib import Path
@@ -15,7 +17,7 @@ from fedgate.launch.simulation import STATES_DIR, resolve_config, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ['model.backbone="tiny-bert" data.limit=180 server.eval-limit=40 federation.rounds=2 train.batch-size=8 '
-        'server.tensorboard=true']
+        'server.tensorboard=true federation.strategy="fedyogi"']
 
 
 @pytest.fixture(scope="module")
@@ -139,18 +141,41 @@ def test_fedgate_score_reads_a_chosen_rounds_checkpoint(run_dir, tmp_path):
     assert main(["score", str(run_dir), "--round", "7", "--data", str(rows), "--quiet"]) == 2
 
 
-@pytest.mark.integration
-def test_resume_continues_from_the_next_round(run_dir):
+@pytest.fixture(scope="module")
+def resumed(run_dir):
+    """The 2-round run resumed for a third round: (its run directory, its rounds before)."""
     before = RunDir(run_dir).rounds()
+    assert RunDir(run_dir).server_arrays(2), "the fedyogi state was not checkpointed"
     code, path = simulate([*TINY, f'federation.rounds=3 server.resume-from="{run_dir}"'], num_supernodes=3,
                           timeout=420)
     assert code == 0 and path == run_dir
+    return run_dir, before
+
+
+@pytest.mark.integration
+def test_resume_continues_from_the_next_round(resumed):
+    run_dir, before = resumed
     rounds = RunDir(run_dir).rounds()
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]  # nothing repeated, nothing lost
     assert rounds[:3] == before
     assert json.loads((run_dir / "config.json").read_text())["start_round"] == 3
     assert sorted(RunDir(run_dir).checkpoints()) == [0, 1, 2, 3]  # round 0: the start, which may be the best on validation
     assert all(c["prior-adapters"] > 0 for c in rounds[3]["clients"])  # the profile came from the checkpoint
+
+
+@pytest.mark.integration
+def test_the_resumed_run_ends_where_an_uninterrupted_run_ends(resumed, tmp_path):
+    run_dir, _ = resumed
+    code, whole = simulate([*TINY, "federation.rounds=3"], num_supernodes=3, out=tmp_path / "whole", timeout=420)
+    assert code == 0
+    _, done_a, state_a, _ = load_checkpoint(whole)
+    _, done_b, state_b, _ = load_checkpoint(run_dir)
+    assert done_a == done_b == 3 and set(state_a) == set(state_b)
+    for k in state_a:
+        np.testing.assert_allclose(state_b[k], state_a[k], rtol=0, atol=1e-6, err_msg=k)
+    moved = max(float(np.abs(state_a[k] - v).max()) for k, v in load_checkpoint(whole / "checkpoints" /
+                                                                                "round-002.safetensors")[2].items())
+    assert moved > 1e-4  # round 3 changed the adapters, so the equality above says something
 
 
 @pytest.mark.integration

@@ -30,11 +30,12 @@ FAMILIES = {
                     'federation.client-ranks="4,8" adapter.r=8'),
     "lora-fair": 'federation.strategy="lora-fair"',
     "ffa-pruning": 'federation.strategy="ffa" federation.prune-threshold=0.95 federation.prune-patience=1',
-    "fedprox": 'federation.strategy="fedprox" train.proximal-mu=0.1',
     "robust": 'federation.strategy="trimmed-mean" federation.trim-fraction=0.0 federation.max-update-norm=500.0',
-    # client-level DP: clipped, unweighted, noised on the server, epsilon accounted each round
-    "dp-central": ('federation.dp="central" federation.dp-noise=1.0 federation.clip-norm=0.5 '
-                   'federation.weighting="uniform" federation.gate-prior="fixed" train.head-init="zero"'),
+    # client-level DP: clipped, unweighted, noised on the server, epsilon accounted each round;
+    # FedProx's clients add the proximal term, and its server sums updates as FedAvg's does
+    "fedprox-dp-central": ('federation.strategy="fedprox" train.proximal-mu=0.1 federation.dp="central" '
+                           'federation.dp-noise=1.0 federation.clip-norm=0.5 federation.weighting="uniform" '
+                           'federation.gate-prior="fixed" train.head-init="zero"'),
 }
 
 
@@ -88,7 +89,7 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
     if family == "ffa-pruning":  # every structural gate starts at 0.88 < 0.95: all pruned after round 1
         assert first["strategy"]["newly_pruned"] and second["strategy"]["pruned"]
         assert second["bytes"]["array_up"] < 0.5 * first["bytes"]["array_up"]
-    if family == "dp-central":
+    if family == "fedprox-dp-central":
         eps = [r["privacy"]["epsilon"] for r in (first, second)]
         assert 0 < eps[0] < eps[1] and first["privacy"]["mode"] == "central"
         assert first["strategy"]["dp_noise_std"] == pytest.approx(1.0 * 0.5 / 2)  # sigma * C / n
