@@ -81,8 +81,8 @@ def tiny_cfg():
 
 def pytest_collection_modifyitems(config, items):
     """Integration files first, those with the most integration tests (the most Flower runs)
-    first among them. Test workers (``-n 2 --dist loadfile``) take whole files in this order,
-    so the longest files start early and the many short ones fill the gaps at the end,
+    first among them. Test workers (``-n 2 --dist loadfile``, with ``--no-loadscope-reorder``
+    from pyproject.toml) take whole files in this order, so the longest files start early and the many short ones fill the gaps at the end,
     instead of a long file starting last and leaving one worker idle while it runs."""
     runs = Counter(item.path for item in items if item.get_closest_marker("integration"))
     items.sort(key=lambda item: -runs[item.path])
