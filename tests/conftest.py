@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -78,11 +77,3 @@ def tiny_cfg():
         return FedgateConfig.from_flat({**TINY_FEDERATION, **over})
     return make
 
-
-def pytest_collection_modifyitems(config, items):
-    """Integration files first, those with the most integration tests (the most Flower runs)
-    first among them. Test workers (``-n 2 --dist loadfile``, with ``--no-loadscope-reorder``
-    from pyproject.toml) take whole files in this order, so the longest files start early and the many short ones fill the gaps at the end,
-    instead of a long file starting last and leaving one worker idle while it runs."""
-    runs = Counter(item.path for item in items if item.get_closest_marker("integration"))
-    items.sort(key=lambda item: -runs[item.path])
