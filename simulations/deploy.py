@@ -36,8 +36,8 @@ from pathlib import Path
 
 from fedgate.launch.fab import staged_app
 from fedgate.launch.processes import flower_env, free_port, sigterm_unwinds, stop_flwr_home, stop_tree
-from fedgate.launch.simulation import (REPO, exit_code, prepare_run, resolve_config, run_config_arg, run_succeeded,
-                             stream_flwr_run)
+from fedgate.launch.simulation import (REPO, exit_code, prepare_run, resolve_config, run_succeeded,
+                             stream_flwr_run, flwr_run_command)
 
 log = logging.getLogger("fedgate.deploy")
 CONNECTION = "fedgate-deploy"
@@ -213,8 +213,8 @@ def deploy(run_config: list[str], *, nodes: int = 2, tls: bool = True, auth: boo
                              node_config=f"engine.world-size={ranks[i]}" if ranks[i] > 1 else "")
             d.wait_online(nodes)
             with staged_app(app) as bundle:
-                cmd = ["flwr", "run", str(bundle), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
-                code = stream_flwr_run(cmd, d.env, timeout, log_file=run_dir / "run.log", verbose=False)
+                code = stream_flwr_run(flwr_run_command(bundle, CONNECTION, overrides), d.env, timeout,
+                                       log_file=run_dir / "run.log", verbose=False)
         finally:
             d.stop()
     return (0 if run_succeeded(code, run_dir / "summary.json", started_at) else 1), run_dir

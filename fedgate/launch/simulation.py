@@ -93,6 +93,15 @@ def run_config_arg(overrides: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
 
 
+def flwr_run_command(app: Path, connection: str, overrides: dict, federation_config: str = "") -> list[str]:
+    """The ``flwr run`` command line that streams a run of ``app`` on a named SuperLink
+    connection, with ``overrides`` as its run config."""
+    cmd = ["flwr", "run", str(app), connection, "--stream"]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    return cmd + ["--run-config", run_config_arg(overrides)]
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Ray's and Flower's colour codes
 # fedgate's round lines; lines whose level (after an optional "(Actor pid=...)" prefix) is a
 # warning or an error; tracebacks
@@ -204,11 +213,10 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
         try:
             write_connection(flwr_home, port)
             with staged_app(app) as bundle:
-                cmd = ["flwr", "run", str(bundle), CONNECTION, "--stream",
-                       "--federation-config", f"num-supernodes={num_supernodes} "
-                       f"client-resources-num-cpus={cpus_per_client:g}"
-                       + (f" client-resources-num-gpus={gpus_per_client:g}" if gpus_per_client else ""),
-                       "--run-config", run_config_arg(overrides)]
+                resources = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}"
+                if gpus_per_client:
+                    resources += f" client-resources-num-gpus={gpus_per_client:g}"
+                cmd = flwr_run_command(bundle, CONNECTION, overrides, resources)
                 log.info("full output: %s", run_dir / LOG_FILE)
                 code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
         finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from simulations.deploy import CONNECTION, Deployment
 from fedgate.launch.processes import children, is_loopback, listening_addresses
-from fedgate.launch.simulation import run_config_arg
+from fedgate.launch.simulation import flwr_run_command
 
 BASE = ('model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 train.batch-size=8 train.threads=1 '
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 federation.rounds=2 '
@@ -19,9 +19,8 @@ def start_run(d: Deployment, overrides: dict, app: Path):
     in the background; its output goes to logs/flwr-run.log."""
     import subprocess
 
-    cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", run_config_arg(overrides)]
     log = (d.logs / "flwr-run.log").open("w")
-    return subprocess.Popen(cmd, env=d.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(flwr_run_command(app, CONNECTION, overrides), env=d.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def clientapps(pid: int) -> list[int]:

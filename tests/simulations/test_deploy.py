@@ -11,7 +11,7 @@ from fedgate.rundir import RunDir
 from simulations.deploy import CONNECTION, Deployment, deploy
 from fedgate.launch.fab import staged_app
 from fedgate.launch.processes import alive, flower_env, processes_with_flwr_home
-from fedgate.launch.simulation import REPO, prepare_run, run_config_arg, run_succeeded, stream_flwr_run
+from fedgate.launch.simulation import REPO, flwr_run_command, prepare_run, run_succeeded, stream_flwr_run
 
 TINY = ['model.backbone="tiny-bert" data.limit=120 server.eval-limit=30 federation.rounds=1 train.batch-size=8 '
         'server.noise-rates="" server.report=false server.baselines=false federation.fraction-evaluate=0.0 train.threads=1']
@@ -34,8 +34,7 @@ def test_tls_and_auth_run_completes_and_an_unknown_node_is_refused(tmp_path):
         d.wait_online(2)
         assert d.online_nodes() == 2
         with staged_app(REPO) as app:
-            code = stream_flwr_run(["flwr", "run", str(app), CONNECTION, "--stream", "--run-config",
-                                    run_config_arg(overrides)], d.env, timeout=400)
+            code = stream_flwr_run(flwr_run_command(app, CONNECTION, overrides), d.env, timeout=400)
     finally:
         d.stop()
     assert run_succeeded(code, run_dir / "summary.json", started)
