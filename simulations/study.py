@@ -7,6 +7,9 @@ rows and differences between variants are paired per seed). ``run_study`` writes
 ``variants.json`` (the exact config of every variant) and one run directory per variant
 and seed, ``OUT/<variant>/seed-<s>``; a run directory that already holds a completed run
 with the same config is not run again, so an interrupted study picks up where it stopped.
+Every run of a study reads and writes one store of the frozen lower layers' output
+(``train.cache-dir``, a temporary folder removed at the end): only the first run of a seed
+computes those states, so it is the slower one; the figures do not change.
 ``--summarize OUT`` in each script rebuilds the tables from those directories without
 running anything; reading the runs back into rows and tables is simulations/results.py.
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 NUM_SUPERNODES = "simulation.num-supernodes"  # a variant key for run_study, not for the run config
 SEED_KEY = "train.seed"
+CACHE_KEY = "train.cache-dir"  # a variant that names its own store keeps it
 
 
 def config_string(flat: dict) -> str:
@@ -100,23 +106,31 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
     _record_variants(out, study, configs, nodes, seeds)
     jobs = [(name, seed) for seed in seeds for name in configs]  # seed-major: every variant of seed 0 first
     done: dict[str, dict[int, dict]] = {}
-    for i, (name, seed) in enumerate(jobs, start=1):
-        tag = f"[{i}/{len(jobs)}] {name} seed {seed}"
-        config = f"{configs[name]} {SEED_KEY}={seed}".strip()
-        run_dir = seed_dir(out, name, seed)
-        if _already_done(run_dir, config, nodes[name]):
-            print(f"{tag}: already completed in {run_dir}; reusing it", flush=True)
-        else:
-            print(f"{tag}: {config}", flush=True)
-            code, run_dir = simulate([config], num_supernodes=nodes[name], out=run_dir, timeout=timeout)
-            if code != 0:
-                print(f"{tag}: the run failed (exit {code}); see {run_dir}", file=sys.stderr, flush=True)
-                continue
-            RunDir(run_dir).write_json(STUDY_FILE, {"config": config, "num_supernodes": nodes[name]})
-        r = done.setdefault(name, {})[seed] = summarize(run_dir)
-        score = (f"AUC {r['auc']:.4f}, F1 {r['f1']:.4f}" if "auc" in r
-                 else f"pairwise accuracy {r['pairwise_accuracy']:.4f}")
-        print(f"{tag}: {score}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s", flush=True)
+    # One store of the frozen lower layers' output for every run of the study: runs of one seed
+    # share their rows, so only the first computes those states (fedgate/hidden_store.py keys
+    # them by content: the same bits either way, a run's figures do not change).
+    states = Path(tempfile.mkdtemp(prefix="fedgate-study-states-"))
+    try:
+        for i, (name, seed) in enumerate(jobs, start=1):
+            tag = f"[{i}/{len(jobs)}] {name} seed {seed}"
+            config = f"{configs[name]} {SEED_KEY}={seed}".strip()
+            run_dir = seed_dir(out, name, seed)
+            if _already_done(run_dir, config, nodes[name]):
+                print(f"{tag}: already completed in {run_dir}; reusing it", flush=True)
+            else:
+                print(f"{tag}: {config}", flush=True)
+                store = [] if CACHE_KEY in variants[name] else [f"{CACHE_KEY}={json.dumps(str(states))}"]
+                code, run_dir = simulate([config, *store], num_supernodes=nodes[name], out=run_dir, timeout=timeout)
+                if code != 0:
+                    print(f"{tag}: the run failed (exit {code}); see {run_dir}", file=sys.stderr, flush=True)
+                    continue
+                RunDir(run_dir).write_json(STUDY_FILE, {"config": config, "num_supernodes": nodes[name]})
+            r = done.setdefault(name, {})[seed] = summarize(run_dir)
+            score = (f"AUC {r['auc']:.4f}, F1 {r['f1']:.4f}" if "auc" in r
+                     else f"pairwise accuracy {r['pairwise_accuracy']:.4f}")
+            print(f"{tag}: {score}, uplink {r['uplink_mib']:.2f} MiB, {r['wall_s']:.0f} s", flush=True)
+    finally:
+        shutil.rmtree(states, ignore_errors=True)
     return {name: combine_seeds(done[name]) for name in configs if name in done}
 
 

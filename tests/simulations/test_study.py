@@ -5,6 +5,7 @@ of them on flipped labels), resumed without re-running, and its tables rebuilt b
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,18 @@ def test_validated_scores_each_clients_head_statistics_before_summing_them(study
     assert [str(n) for n in head["excluded"]] == ([min(below, key=scores.get)] if below else [])
     fedavg = json.loads((out / "fedavg-flipped" / "seed-0" / "rounds.jsonl").read_text().splitlines()[0])["head_init"]
     assert "excluded" not in fedavg and fedavg["clients"] == 5
+
+
+def test_the_runs_shared_one_store_of_lower_layer_states_and_it_is_gone(study):
+    out, _ = study
+    names = ["fedavg-clean", "fedavg-flipped", "fedavg-absent", "validated-flipped"]
+    stores = {json.loads((out / n / "seed-0" / "config.json").read_text())["config"]["train.cache-dir"] for n in names}
+    assert len(stores) == 1
+    store = Path(stores.pop())
+    assert store.name.startswith("fedgate-study-states-") and not store.exists()
+    # the first run computed the server's test and validation states; the next one read them
+    logs = [(out / n / "seed-0" / "simulation.log").read_text() for n in names[:2]]
+    assert [log.count("caching layers") > 0 for log in logs] == [True, False], [log.count("caching layers") for log in logs]
 
 
 def test_a_finished_study_is_not_run_again(study, monkeypatch, capsys):
