@@ -19,7 +19,7 @@ class RoundLog:
     dropped: list[dict] = field(default_factory=list)  # nodes that did not answer in time
     bytes_down: int = 0  # serialized message sizes
     bytes_up: int = 0
-    array_bytes_down: int = 0  # the tensors alone
+    array_bytes_down: int = 0  # the tensors alone, a strategy's extra arrays included (SCAFFOLD's c)
     array_bytes_up: int = 0
     skipped: str = ""  # why the global state stayed as it was, when it did
     privacy: dict | None = None  # the accountant's record under federation.dp

@@ -131,12 +131,11 @@ class FedgateStrategy(Strategy):
             if self.node_ranks.get(node, self.rank) < self.rank:  # what truncation loses of the global update
                 self.round_log.rule.setdefault("start_truncation_error", {})[str(node)] = round(
                     start_error(self.shared_state(server_round), self.sent[node], self.node_scale(node)), 6)
-            record = to_record(self.sent[node])
-            content = RecordDict({P.ARRAYS: record, P.CONFIG: config, P.GATE_PRIOR: prior})
-            for name, extra in self.rule.downlink(self.sent[node]).items():
-                content[name] = to_record(extra)
+            arrays = {P.ARRAYS: to_record(self.sent[node])}
+            arrays.update({name: to_record(extra) for name, extra in self.rule.downlink(self.sent[node]).items()})
+            content = RecordDict({**arrays, P.CONFIG: config, P.GATE_PRIOR: prior})
             down += wire_bytes(content)
-            down_arrays += array_bytes(record)
+            down_arrays += sum(array_bytes(r) for r in arrays.values())  # with the strategy's own (SCAFFOLD's c)
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         self.round_log.train_nodes, self.round_log.bytes_down, self.round_log.array_bytes_down = nodes, down, down_arrays
         self.outbox = messages
@@ -152,7 +151,8 @@ class FedgateStrategy(Strategy):
                 self._failed(server_round, node, msg, "train")
                 continue
             up += wire_bytes(msg.content)
-            up_arrays += array_bytes(msg.content[P.ARRAYS]) if P.ARRAYS in msg.content else 0
+            up_arrays += sum(array_bytes(msg.content[name]) for name in (P.ARRAYS, *self.rule.uplink_records)
+                             if name in msg.content)
             try:
                 if node not in self.sent:
                     raise ValueError("a reply from a node that was not sent a train message this round")

@@ -56,6 +56,10 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert [c["rounds-trained"] for c in second["clients"]] == [2, 2]
         assert all(c["scaffold-ci-norm"] == 0 for c in first["clients"])  # SCAFFOLD's c_i came back
         assert all(c["scaffold-ci-norm"] > 0 for c in second["clients"])
+        # the control variates travel beside the deltas and count as tensors both ways
+        full = 4 * rounds[0]["params"]["trainable"]  # float32 bytes of every trainable tensor
+        assert all(r["bytes"]["array_up_per_client"] > 1.9 * full for r in (first, second))
+        assert all(r["bytes"]["array_down"] > 2 * 1.9 * full for r in (first, second))
     if family == "exact-ranks":
         assert sorted(c["partition-id"] for c in first["clients"]) == [0, 1]
         errors = first["strategy"]["truncation_error"]
