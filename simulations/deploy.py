@@ -36,8 +36,8 @@ from pathlib import Path
 
 from fedgate.launch.fab import staged_app
 from fedgate.launch.processes import flower_env, free_port, sigterm_unwinds, stop_flwr_home, stop_tree
-from fedgate.launch.simulation import (REPO, exit_code, prepare_run, resolve_config, run_succeeded,
-                             stream_flwr_run, flwr_run_command)
+from fedgate.launch.simulation import (REPO, exit_code, flwr_run_command, prepare_run, resolve_config,
+                                       run_succeeded, stream_flwr_run)
 
 log = logging.getLogger("fedgate.deploy")
 CONNECTION = "fedgate-deploy"

@@ -20,7 +20,8 @@ def start_run(d: Deployment, overrides: dict, app: Path):
     import subprocess
 
     log = (d.logs / "flwr-run.log").open("w")
-    return subprocess.Popen(flwr_run_command(app, CONNECTION, overrides), env=d.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(flwr_run_command(app, CONNECTION, overrides), env=d.env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def clientapps(pid: int) -> list[int]:
