@@ -118,18 +118,22 @@ def fed_steps(run_dir: Path) -> int:
     return int(sum(c.get("steps", 0) for r in RunDir(run_dir).rounds() for c in r.get("clients", [])))
 
 
+SUPERLINK_START = "Starting Flower SuperLink"
+
+
 def launcher_wall_s(run_dir: Path) -> float | None:
     """A federation's time end to end, as its user waits for ``fedgate simulate``: from the
-    first line of the SuperLink's log (the launcher starts the SuperLink first) to the last
-    line of the run's simulation.log. None when either file is missing."""
+    SuperLink's start (the launcher starts it first) to the last line of the run's
+    simulation.log. A run directory that held an interrupted attempt keeps that attempt's
+    lines in both logs: the last start counts. None when either file is missing."""
     from datetime import datetime
 
     link, log_file = run_dir / "flwr-home" / "superlink" / "superlink.log", run_dir / LOG_FILE
     if not (link.is_file() and log_file.is_file()):
         return None
-    with link.open() as f:
-        first = f.readline()
-    stamp = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", first)
+    lines = link.read_text().splitlines()
+    starts = [line for line in lines if SUPERLINK_START in line] or lines[:1]
+    stamp = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", starts[-1]) if starts else None
     if stamp is None:
         return None
     start = datetime.strptime(stamp.group(0), "%Y-%m-%d %H:%M:%S,%f").timestamp()

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from simulations.bench_learning import table
 
 
@@ -44,3 +46,26 @@ def test_a_row_on_other_rows_is_not_paired_with_fed():
     decoder, quantized = lines[3].split(" | "), lines[4].split(" | ")
     assert decoder[0] == "| fed-smollm2" and decoder[4] == "-"  # 800 rows of its own: no paired difference
     assert quantized[0] == "| fed-4bit" and quantized[4] == "-1.50 ± 0.50"  # fed's rows: paired
+
+
+def test_wall_time_runs_from_the_last_superlink_start_to_the_end_of_the_run_log(tmp_path):
+    import os
+    from datetime import datetime
+
+    from simulations.bench_learning import launcher_wall_s
+
+    link = tmp_path / "flwr-home" / "superlink" / "superlink.log"
+    link.parent.mkdir(parents=True)
+    link.write_text(  # an interrupted attempt at 05:18, the attempt that finished at 05:39
+        "WARNING flwr 2026-12-02 05:18:23,144 | flower_superlink.py:540 | Option `--insecure` was set.\n"
+        "INFO flwr 2026-12-02 05:18:23,144 | flower_superlink.py:472 | Starting Flower SuperLink\n"
+        "INFO flwr 2026-12-02 05:20:00,000 | run 1 stopped\n"
+        "WARNING flwr 2026-12-02 05:39:26,015 | flower_superlink.py:540 | Option `--insecure` was set.\n"
+        "INFO flwr 2026-12-02 05:39:26,016 | flower_superlink.py:472 | Starting Flower SuperLink\n")
+    log = tmp_path / "simulation.log"
+    log.write_text("round 4/4\n")
+    end = datetime(2026, 12, 2, 5, 56, 26, 16000).timestamp()  # 17 minutes after the second start
+    os.utime(log, (end, end))
+    assert launcher_wall_s(tmp_path) == pytest.approx(17 * 60, abs=1e-3)
+    (tmp_path / "simulation.log").unlink()
+    assert launcher_wall_s(tmp_path) is None
