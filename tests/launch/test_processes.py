@@ -13,8 +13,8 @@ import subprocess, time
 from fedgate.launch.processes import sigterm_unwinds
 with sigterm_unwinds():
     child = subprocess.Popen(["sleep", "300"])
-    print(child.pid, flush=True)
     try:
+        print(child.pid, flush=True)  # inside the try: a signal right after it still reaches the finally
         time.sleep(120)
     finally:
         child.kill()
