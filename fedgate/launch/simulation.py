@@ -27,6 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedgate import strategies
@@ -168,7 +170,12 @@ def write_connection(flwr_home: Path, port: int) -> None:
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
 
 
-def start_superlink(flwr_home: Path, env: dict) -> tuple[subprocess.Popen, int]:
+@contextmanager
+def running_superlink(flwr_home: Path, env: dict) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A simulation SuperLink on a free loopback port for the length of the block; on the way
+    out, however the block ends, it is stopped with all its children by PID, and so is every
+    process still running under ``flwr_home`` (the SuperExec, Ray). Everything after the
+    process starts sits inside the ``try``, so a signal cannot land where nothing stops it."""
     port = free_port()
     state = flwr_home / "superlink"
     state.mkdir(parents=True, exist_ok=True)
@@ -177,13 +184,14 @@ def start_superlink(flwr_home: Path, env: dict) -> tuple[subprocess.Popen, int]:
            "--log-file", str(state / "superlink.log")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    log.info("SuperLink pid %d on 127.0.0.1:%d (log: %s)", proc.pid, port, state / "superlink.log")
     try:
+        log.info("SuperLink pid %d on 127.0.0.1:%d (log: %s)", proc.pid, port, state / "superlink.log")
         wait_http_ok(f"http://127.0.0.1:{port}/health", timeout=60, process=proc)
-    except BaseException:
+        yield proc, port
+    finally:
         stop_tree(proc.pid)
-        raise
-    return proc, port
+        stop_flwr_home(flwr_home)
+        log.info("stopped SuperLink pid %d", proc.pid)
 
 
 def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client: float = 1.0,
@@ -209,10 +217,9 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
     summary = run_dir / "summary.json"
     started_at = time.time()
     with sigterm_unwinds():
-        proc, port = start_superlink(flwr_home, env)
         try:
-            write_connection(flwr_home, port)
-            with staged_app(app) as bundle:
+            with running_superlink(flwr_home, env) as (_, port), staged_app(app) as bundle:
+                write_connection(flwr_home, port)
                 resources = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}"
                 if gpus_per_client:
                     resources += f" client-resources-num-gpus={gpus_per_client:g}"
@@ -220,9 +227,6 @@ def simulate(run_config: list[str], *, num_supernodes: int = 4, cpus_per_client:
                 log.info("full output: %s", run_dir / LOG_FILE)
                 code = stream_flwr_run(cmd, env, timeout, log_file=run_dir / LOG_FILE, verbose=verbose)
         finally:
-            stop_tree(proc.pid)
-            stop_flwr_home(flwr_home)
-            log.info("stopped SuperLink pid %d", proc.pid)
             if states is not None:
                 shutil.rmtree(states, ignore_errors=True)
     if not run_succeeded(code, summary, started_at):

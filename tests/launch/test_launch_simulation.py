@@ -1,9 +1,13 @@
 """The ``flwr run`` command line the launchers build (the simulation and deployment tests run
 it against real SuperLinks)."""
 
+import urllib.request
 from pathlib import Path
 
-from fedgate.launch.simulation import flwr_run_command, run_config_arg
+import pytest
+
+from fedgate.launch.processes import alive, flower_env
+from fedgate.launch.simulation import flwr_run_command, run_config_arg, running_superlink
 
 
 def test_run_config_is_one_string_of_toml_values():
@@ -21,3 +25,15 @@ def test_a_simulation_passes_its_federation_config_before_the_run_config():
     cmd = flwr_run_command(Path("app"), "fedgate-sim", {}, "num-supernodes=4 client-resources-num-cpus=1")
     assert cmd == ["flwr", "run", "app", "fedgate-sim", "--stream",
                    "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--run-config", ""]
+
+
+def test_the_superlink_answers_inside_the_block_and_is_stopped_by_pid_when_it_raises(tmp_path):
+    flwr_home = tmp_path / "flwr-home"
+    with pytest.raises(RuntimeError, match="the run failed"):
+        with running_superlink(flwr_home, flower_env(flwr_home)) as (proc, port):
+            pid = proc.pid
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
+                assert reply.status == 200
+            raise RuntimeError("the run failed")
+    assert not alive(pid)
+    assert (flwr_home / "superlink" / "superlink.log").exists()
