@@ -21,6 +21,10 @@ class TrainConfig:
     schedule: str = "cosine"  # after warmup: cosine (decay to 0 by the last step) | constant
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.01  # FedProx: mu/2 ||theta - theta_global||^2 (federation.strategy=fedprox only)
+    # HetLoRA's rank self-pruning (federation.strategy=hetlora only): a client whose last components
+    # (from floor(decay * rank) up) shrank since its last round keeps floor(decay * rank); 0 = off
+    rank_prune_decay: float = 0.0
+    rank_prune_lambda: float = 0.01  # weight of the regulariser ||B_tail|| ||A_tail|| that shrinks them
     bf16: bool = False  # bf16 autocast: use on GPUs and CPUs with native bf16 (AMX/AVX512-BF16)
     cache_lower_layers: bool = True  # run frozen layers below the first adapter once per example
     cache_dir: str = ""  # keep those cached states on disk here, for other processes (fedgate/hidden_store.py)
@@ -37,6 +41,11 @@ class TrainConfig:
         choice("train.schedule", self.schedule, ("cosine", "constant"))
         if self.proximal_mu < 0:
             raise ValueError(f"train.proximal-mu must be >= 0, got {self.proximal_mu}")
+        if not 0.0 <= self.rank_prune_decay < 1.0:
+            raise ValueError(f"train.rank-prune-decay must be in [0, 1) (0 = no self-pruning), got "
+                             f"{self.rank_prune_decay}")
+        if self.rank_prune_lambda < 0:
+            raise ValueError(f"train.rank-prune-lambda must be >= 0, got {self.rank_prune_lambda}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("train.epochs or train.max-steps must be > 0")
 

@@ -112,6 +112,7 @@ class Strategy:
     admits_larger_ranks: ClassVar[bool] = True  # a node may train a rank above the global one (its extra part is cut)
     refuses_ranks: ClassVar[str] = ""  # why the rule cannot take federation.heterogeneous-ranks; "" = it can
     sets_factors: ClassVar[bool] = False  # the rule computes the new factors itself: no server step size
+    self_prunes_ranks: ClassVar[bool] = False  # clients may prune their own rank (train.rank-prune-decay)
 
     def __init__(self, fed: "FederationConfig") -> None:
         self.fed = fed
@@ -127,10 +128,14 @@ class Strategy:
         if cls.lora_only and cfg.adapter.method != "gated-lora":
             raise ValueError(f"adapter.method={cfg.adapter.method} has no LoRA factors or gates; "
                              f"federation.strategy={name} needs adapter.method=gated-lora")
-        if cfg.engine.world_size > 1 and (cls.downlink_records or cls.uplink_records or cls.client_records):
-            raise ValueError(f"federation.strategy={name} exchanges its own arrays with each client "
-                             f"({', '.join(cls.downlink_records + cls.uplink_records)}), which a client trained "
-                             f"by several processes (engine.world-size={cfg.engine.world_size}) does not carry")
+        if cfg.engine.world_size > 1 and cls.records_in_use(cfg):
+            raise ValueError(f"federation.strategy={name} exchanges its own arrays with each client or keeps them "
+                             f"there ({', '.join(cls.records_in_use(cfg))}), which a client trained by several "
+                             f"processes (engine.world-size={cfg.engine.world_size}) does not carry")
+        if cfg.train.rank_prune_decay > 0 and not cls.self_prunes_ranks:
+            raise ValueError(f"train.rank-prune-decay={cfg.train.rank_prune_decay} is HetLoRA's rank self-pruning; "
+                             f"federation.strategy={name} would average a pruned client's zeroed components as an "
+                             f"update: use federation.strategy=hetlora or train.rank-prune-decay=0")
         if fed.heterogeneous_ranks and cls.refuses_ranks:
             raise ValueError(f"federation.strategy={name} refuses federation.heterogeneous-ranks: {cls.refuses_ranks}")
         if fed.client_ranks and not cls.admits_larger_ranks and max(fed.client_ranks) > cfg.adapter.r:
@@ -150,6 +155,11 @@ class Strategy:
             raise ValueError(f"federation.dp=central adds noise to a sum of clipped updates; federation.strategy="
                              f"{name} combines the updates one by one (its sensitivity to one client is not bounded "
                              f"by the clip)")
+
+    @classmethod
+    def records_in_use(cls, cfg: "FedgateConfig") -> tuple[str, ...]:
+        """The strategy's own ArrayRecords that a run with these settings sends or keeps on a client."""
+        return cls.downlink_records + cls.uplink_records + cls.client_records
 
     # ------------------------------------------------------------------ server side
     def optimizer(self) -> ServerOptimizer:

@@ -13,18 +13,36 @@ Where fedgate departs from the paper:
   global value for that client instead of being pulled towards zero. With equal ranks this is
   the same as the paper's average.
 - Factors are first brought to the global LoRA scaling (``alpha / r`` differs between ranks).
-- The clients' rank self-pruning is not built: it changes a node's rank between rounds,
-  while fedgate decides a node's rank once and the server learns it from that decision
-  (the rank query). Pruning would need a reply to carry the node's new rank and the
-  client to rebuild its adapters at that rank.
+
+Rank self-pruning (``train.rank-prune-decay`` = the paper's decay factor gamma, 0 = off): each
+client adds ``lambda ||B_tail||_F ||A_tail||_F`` to its local loss (``train.rank-prune-lambda``),
+summed over its adapters, the tail being components ``floor(gamma r)`` to ``r`` of its live rank
+``r``; when the tail's size after local training is below its size after the client's
+previous round, the client keeps ``floor(gamma r)`` components from then on. Where fedgate
+departs from the paper:
+- A client's layers keep the rank it was built with; pruned components are held at zero (zeroed
+  when the round starts and after every optimizer step), so they cost the same compute and
+  travel as zeros: a pruned client's bytes are its built rank's. The server keeps the rank the
+  node reported; the zeroed components reach it as the update ``-start``, which pulls the global
+  components towards zero with that client's weight, as the paper's zero-padding does.
+- The comparison is made at an unchanged live rank: after a prune the client only records the
+  new tail's size, so it prunes at most every second round it trains. It never goes below one
+  component. The live rank is the client's state between rounds (Flower's ``context.state``).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Mapping
+
 import numpy as np
+import torch
 
 from fedgate.aggregation.lora import ALL, _product, lora_modules, module_weighted_mean
-from fedgate.strategies.base import Arrays, RoundInputs, Strategy
+from fedgate.inject import adapter_modules
+from fedgate.strategies.base import Arrays, LocalRule, RoundInputs, Strategy
+
+LIVE_RANK = "hetlora-rank"  # what a self-pruning client keeps: its live rank and its tail's last size
 
 
 def norm_weights(locals_: list[Arrays], examples: list[float]) -> list[dict[str, float]]:
@@ -46,13 +64,26 @@ def norm_weights(locals_: list[Arrays], examples: list[float]) -> list[dict[str,
 class HetLoRA(Strategy):
     name = "hetlora"
     summary = ("zero-padded factors averaged with weights by each client's update norm (of s B A), truncated to "
-               "each client's rank")
+               "each client's rank; clients' rank self-pruning with `train.rank-prune-decay` (off by default)")
     lora_only = True
     admits_larger_ranks = False  # padded to the global rank: a larger node's extra components would never move
     paper = "HetLoRA: Cho et al., EMNLP 2024"
     travels_up = travels_down = "every trainable tensor, at the client's rank"
     per_layer_weights = False  # its own per-module weights
     sums_updates = False  # the weights depend on each update: one client's influence is not bounded by the clip
+    self_prunes_ranks = True
+    client_records = (LIVE_RANK,)
+
+    @classmethod
+    def records_in_use(cls, cfg) -> tuple[str, ...]:
+        return cls.client_records if cfg.train.rank_prune_decay > 0 else ()
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.train.rank_prune_decay > 0 and cfg.engine.name != "torch":
+            raise ValueError("train.rank-prune-decay holds pruned components at zero after each optimizer step, and "
+                             "DeepSpeed owns (and may partition) the weights it steps: use engine.name=torch")
+        super().check(cfg)
 
     def combine(self, deltas: list[Arrays], examples: list[float], per_layer: list[dict] | None,
                 inputs: RoundInputs, info: dict) -> Arrays:
@@ -70,3 +101,78 @@ class HetLoRA(Strategy):
         info["norm_weight_share"] = [round(float(np.mean([w[m] / total[m] for m in modules])), 4) if modules
                                      else float("nan") for w in weights]
         return module_weighted_mean(deltas, weights)
+
+    # client
+    @classmethod
+    def apply_kept(cls, model: torch.nn.Module, kept: Mapping[str, Arrays]) -> None:
+        """A self-pruning client's own model: the global one without its pruned components."""
+        live = (kept.get(LIVE_RANK) or {}).get("live-rank")
+        if live is not None:
+            zero_components(lora_layers(model), int(np.asarray(live).ravel()[0]))
+
+    def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,
+                    received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:
+        if cfg.train.rank_prune_decay <= 0:
+            return LocalRule()
+        pruning = RankSelfPruning(lora_layers(model), cfg.train.rank_prune_decay, cfg.train.rank_prune_lambda,
+                                  kept.get(LIVE_RANK) or {})
+        return LocalRule(hooks={"extra_loss": pruning.extra_loss, "after_step": pruning.after_step},
+                         finish=pruning.finish)
+
+
+def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's enabled LoRA adapters."""
+    return [m for m in adapter_modules(model).values() if m.enabled and hasattr(m, "lora_A")]
+
+
+@torch.no_grad()
+def zero_components(layers: list[torch.nn.Module], live: int) -> None:
+    """Zero every LoRA component from ``live`` on (rows of A, columns of B)."""
+    for m in layers:
+        m.lora_A[live:].zero_()
+        m.lora_B[:, live:].zero_()
+
+
+class RankSelfPruning:
+    """One client's rank self-pruning for one local round (see the module docstring), over its
+    LoRA ``layers``, from what it ``kept`` after its last round (nothing on its first)."""
+
+    def __init__(self, layers: list[torch.nn.Module], decay: float, lam: float,
+                 kept: Mapping[str, np.ndarray]) -> None:
+        self.layers, self.decay, self.lam = layers, decay, lam
+        built = min(m.lora_A.shape[0] for m in layers) if layers else 0
+        self.live = int(np.asarray(kept["live-rank"]).ravel()[0]) if "live-rank" in kept else built
+        self.last = float(np.asarray(kept["tail"]).ravel()[0]) if "tail" in kept else math.nan
+        zero_components(self.layers, self.live)
+
+    @property
+    def pruned_rank(self) -> int:
+        """The rank a prune leaves, which is also where the tail starts (at least one component)."""
+        return max(1, math.floor(self.decay * self.live))
+
+    def tail(self) -> torch.Tensor:
+        """``sum over adapters of ||B[:, k:live]||_F ||A[k:live]||_F``, k = :attr:`pruned_rank`."""
+        k, live = self.pruned_rank, self.live
+        terms = [m.lora_B[:, k:live].norm() * m.lora_A[k:live].norm() for m in self.layers] if k < live else []
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def extra_loss(self) -> torch.Tensor:
+        return self.lam * self.tail()
+
+    def after_step(self, optimizer) -> None:
+        zero_components(self.layers, self.live)
+
+    def finish(self, start: Mapping[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+        """(nothing sent, the live rank and tail size kept, metrics), pruning when the tail shrank."""
+        with torch.no_grad():
+            size = float(self.tail())
+        before = self.live
+        prune = self.pruned_rank < self.live and size < self.last
+        if prune:
+            self.live = self.pruned_rank
+            zero_components(self.layers, self.live)
+        kept = {LIVE_RANK: {"live-rank": np.array([self.live], np.int64),
+                            "tail": np.array([math.nan if prune else size])}}  # compared at an unchanged rank
+        return {}, kept, {"hetlora-live-rank": float(self.live), "hetlora-tail": size,
+                          "hetlora-pruned-components": float(before - self.live),
+                          "hetlora-tail-kept": float(not math.isnan(self.last))}  # last round's state came back

@@ -17,9 +17,10 @@ FAMILIES = {
     # what clients keep between rounds in Flower's context.state
     "client-state": 'federation.strategy="scaffold" federation.personal-gates=true',
     "exact-ranks": 'federation.strategy="exact" federation.heterogeneous-ranks=true federation.client-ranks="4,8"',
-    # norm-weighted, zero-padded, truncated per client; the rank-4 node's start loses part of the rank-8 update
+    # norm-weighted, zero-padded, truncated per client; the rank-4 node's start loses part of the rank-8 update;
+    # each client's rank self-pruning state survives between rounds in Flower's context.state
     "hetlora-ranks": ('federation.strategy="hetlora" federation.heterogeneous-ranks=true '
-                      'federation.client-ranks="4,8" adapter.r=8'),
+                      'federation.client-ranks="4,8" adapter.r=8 train.rank-prune-decay=0.5'),
     # only A travels; each client's B survives between rounds in Flower's context.state
     "fedsa": 'federation.strategy="fedsa"',
     # round 1 sends B alone back, round 2 A alone
@@ -69,6 +70,13 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert sum(second["strategy"]["norm_weight_share"]) == pytest.approx(1.0, abs=1e-3)
         lost = list(second["strategy"]["start_truncation_error"].values())  # the rank-4 node, round 2
         assert len(lost) == 1 and 0 < lost[0] < 1
+        by_rank = sorted(first["clients"], key=lambda c: c["hetlora-live-rank"])
+        assert [c["hetlora-live-rank"] for c in by_rank] == [4.0, 8.0]  # nothing to compare with: no prune
+        assert [c["hetlora-tail-kept"] for c in first["clients"]] == [0.0, 0.0]
+        assert [c["hetlora-tail-kept"] for c in second["clients"]] == [1.0, 1.0]
+        for c in second["clients"]:  # a prune halves the live rank; the kept tail decides, either may happen
+            assert c["hetlora-live-rank"] + c["hetlora-pruned-components"] in (4.0, 8.0)
+            assert c["hetlora-pruned-components"] in (0.0, c["hetlora-live-rank"])
     if family == "fedsa":
         assert [c["fedsa-rounds-kept"] for c in first["clients"]] == [0.0, 0.0]
         assert [c["fedsa-rounds-kept"] for c in second["clients"]] == [1.0, 1.0]
