@@ -7,7 +7,8 @@
 Settings (``--setting``):
 
 - ``het-ranks``: three clients training LoRA ranks 4, 8 and 16 (HetLoRA's / HLoRA's layout),
-  global rank 16, Dirichlet 0.5. ``fedavg-ab`` zero-pads the smaller ranks.
+  global rank 16, Dirichlet 0.5. ``fedavg-ab`` zero-pads the smaller ranks. One more row,
+  ``hetlora-pruning``: ``hetlora`` with the clients' rank self-pruning (decay 0.9).
 - ``fedsa``: three clients, Dirichlet 0.5, every rank 8 (FedSA-LoRA's setting; at the
   federation's sizing a client takes about 50 local steps a round, above the paper's 10).
 - ``sampled``: 20 clients, a quarter of them sampled each round.
@@ -74,10 +75,17 @@ def report(out: Path) -> str:
                                    "client_local_auc": "clients' own AUC (held-out rows)"})
 
 
+# rows beside one per rule: a rule with one of its options, named "rule-option"
+OPTIONS: dict[str, dict[str, dict]] = {
+    "het-ranks": {"hetlora-pruning": {"federation.strategy": "hetlora", "train.rank-prune-decay": 0.9}},
+}
+
+
 def variants(setting: str) -> dict[str, dict]:
     _, keys, rules = SETTINGS[setting]
-    return {rule: {**keys, "federation.strategy": rule,
-                   "adapter.dense-residual": strategies.get(rule).dense_residual} for rule in rules}
+    rows = {rule: {"federation.strategy": rule} for rule in rules} | OPTIONS.get(setting, {})
+    return {name: {**keys, **row, "adapter.dense-residual": strategies.get(row["federation.strategy"]).dense_residual}
+            for name, row in rows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

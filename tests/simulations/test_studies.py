@@ -276,6 +276,8 @@ def test_compare_lora_settings_are_valid_configs_for_every_rule():
         assert found, setting
         for name, keys in found.items():
             cfg = FedgateConfig.from_flat({**COMMON, **keys})
-            assert strategies.check(cfg).federation.strategy == name
-    assert set(variants("het-ranks")) == {"fedavg-ab", "exact", "hetlora", "fedex-lora", "flora", "lora-fair"}
+            assert strategies.check(cfg).federation.strategy == name.removesuffix("-pruning")
+    assert set(variants("het-ranks")) == {"fedavg-ab", "exact", "hetlora", "fedex-lora", "flora", "lora-fair",
+                                          "hetlora-pruning"}
+    assert variants("het-ranks")["hetlora-pruning"]["train.rank-prune-decay"] == 0.9
     assert main(["--setting", "nope"]) == 2
