@@ -16,7 +16,8 @@ Settings (``--setting``):
 ``fedsa`` keeps each client's B on the client: the server's model holds A alone, so its row
 is read in the clients' own AUC column (each client's model on its held-out rows after the
 last round), which every rule reports. Every rule runs with uniform client weights and the same clip, so rows differ by the rule
-alone. Columns besides the standard ones: downlink MiB (all rounds), the server's
+alone. Columns besides the standard ones: pairwise accuracy (the final model on the test
+split's pairs of replies to one prompt), downlink MiB (all rounds), the server's
 aggregation time per round (ms), and the truncation error where a rule has one (``exact``:
 the re-factorization's relative error; any rule: what a lower-rank client's starting point
 loses of the global update), both the mean over rounds of the worst module or client.
@@ -54,7 +55,10 @@ def _mean_worst(values: list) -> float:
 def summarize(run_dir: Path) -> dict:
     """The study row plus downlink, aggregation time and truncation errors."""
     row = summarize_run(run_dir)
-    trained = [r for r in RunDir(run_dir).rounds() if r["round"] > 0]
+    rounds = RunDir(run_dir).rounds()
+    trained = [r for r in rounds if r["round"] > 0]
+    # the share of the test split's same-prompt pairs ranked the right way round, final round
+    row["pairwise_accuracy"] = float(rounds[-1].get("server_eval", {}).get("pairwise_accuracy", float("nan")))
     rules = [r.get("strategy", {}) for r in trained]
     row["downlink_mib"] = sum(r["bytes"]["array_down"] for r in trained) / 2**20
     timed = [s["aggregate_ms"] for s in rules if "aggregate_ms" in s]
@@ -69,7 +73,7 @@ def summarize(run_dir: Path) -> dict:
 
 def report(out: Path) -> str:
     return standard_results(out, rows_from_dir(out, summarize), baseline="fedavg-ab", title="federated LoRA rules",
-                            extra={"downlink_mib": "downlink MiB", "aggregate_ms": "aggregation ms / round",
+                            extra={"pairwise_accuracy": "pairwise accuracy", "downlink_mib": "downlink MiB", "aggregate_ms": "aggregation ms / round",
                                    "truncation_error": "re-factorization error",
                                    "start_truncation_error": "low-rank start error",
                                    "client_local_auc": "clients' own AUC (held-out rows)"})
