@@ -12,7 +12,8 @@ Settings (``--setting``):
 - ``fedsa``: three clients, Dirichlet 0.5, every rank 8 (FedSA-LoRA's setting; at the
   federation's sizing the clients take 12, 21 and 37 local steps a round at seed 0, at
   least the paper's 10).
-- ``sampled``: 20 clients, a quarter of them sampled each round.
+- ``sampled``: 20 clients, a quarter of them sampled each round (for training, and for the
+  clients' evaluation of the global model), 8 rounds.
 
 ``fedsa`` keeps each client's B on the client: the server's model holds A alone, so its row
 is read in the clients' own AUC column (each client's model on its held-out rows after the
@@ -43,7 +44,8 @@ SETTINGS: dict[str, tuple[int, dict, tuple[str, ...]]] = {  # clients, keys, rul
     "het-ranks": (3, {"adapter.r": 16, "federation.heterogeneous-ranks": True, "federation.client-ranks": "4,8,16"},
                   ("fedavg-ab", "exact", "hetlora", "fedex-lora", "flora", "lora-fair")),
     "fedsa": (3, {}, RULES),
-    "sampled": (20, {"federation.fraction-train": 0.25, "federation.rounds": 8}, RULES),
+    "sampled": (20, {"federation.fraction-train": 0.25, "federation.fraction-evaluate": 0.25,
+                     "federation.rounds": 8}, RULES),
 }
 
 
