@@ -76,7 +76,8 @@ def summarize(run_dir: Path) -> dict:
 
 def report(out: Path) -> str:
     return standard_results(out, rows_from_dir(out, summarize), baseline="fedavg-ab", title="federated LoRA rules",
-                            extra={"pairwise_accuracy": "pairwise accuracy", "downlink_mib": "downlink MiB", "aggregate_ms": "aggregation ms / round",
+                            extra={"pairwise_accuracy": "pairwise accuracy", "downlink_mib": "downlink MiB",
+                                   "aggregate_ms": "aggregation ms / round",
                                    "truncation_error": "re-factorization error",
                                    "start_truncation_error": "low-rank start error",
                                    "client_local_auc": "clients' own AUC (held-out rows)"})
