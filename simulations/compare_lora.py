@@ -61,7 +61,7 @@ def summarize(run_dir: Path) -> dict:
     rounds = RunDir(run_dir).rounds()
     trained = [r for r in rounds if r["round"] > 0]
     # the share of the test split's same-prompt pairs ranked the right way round, final round
-    row["pairwise_accuracy"] = float(rounds[-1].get("server_eval", {}).get("pairwise_accuracy", float("nan")))
+    row["pairwise_accuracy"] = float((rounds[-1].get("server_eval") or {}).get("pairwise_accuracy", float("nan")))
     rules = [r.get("strategy", {}) for r in trained]
     row["downlink_mib"] = sum(r["bytes"]["array_down"] for r in trained) / 2**20
     timed = [s["aggregate_ms"] for s in rules if "aggregate_ms" in s]

@@ -174,8 +174,8 @@ def write_connection(flwr_home: Path, port: int) -> None:
 def running_superlink(flwr_home: Path, env: dict) -> Iterator[tuple[subprocess.Popen, int]]:
     """A simulation SuperLink on a free loopback port for the length of the block; on the way
     out, however the block ends, it is stopped with all its children by PID, and so is every
-    process still running under ``flwr_home`` (the SuperExec, Ray). Everything after the
-    process starts sits inside the ``try``, so a signal cannot land where nothing stops it."""
+    process still running under ``flwr_home`` (the SuperExec, Ray). Everything after ``Popen``
+    returns sits inside the ``try``, so a signal from then on cannot leave it running."""
     port = free_port()
     state = flwr_home / "superlink"
     state.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,8 @@ class HetLoRA(Strategy):
 
     @classmethod
     def records_in_use(cls, cfg) -> tuple[str, ...]:
-        return cls.client_records if cfg.train.rank_prune_decay > 0 else ()
+        used = super().records_in_use(cfg)
+        return used if cfg.train.rank_prune_decay > 0 else tuple(r for r in used if r not in cls.client_records)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -112,9 +113,10 @@ class HetLoRA(Strategy):
 
     def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,
                     received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:
-        if cfg.train.rank_prune_decay <= 0:
+        layers = lora_layers(model)
+        if cfg.train.rank_prune_decay <= 0 or not layers:  # nothing to prune (every adapter switched off)
             return LocalRule()
-        pruning = RankSelfPruning(lora_layers(model), cfg.train.rank_prune_decay, cfg.train.rank_prune_lambda,
+        pruning = RankSelfPruning(layers, cfg.train.rank_prune_decay, cfg.train.rank_prune_lambda,
                                   kept.get(LIVE_RANK) or {})
         return LocalRule(hooks={"extra_loss": pruning.extra_loss, "after_step": pruning.after_step},
                          finish=pruning.finish)
@@ -139,9 +141,12 @@ class RankSelfPruning:
 
     def __init__(self, layers: list[torch.nn.Module], decay: float, lam: float,
                  kept: Mapping[str, np.ndarray]) -> None:
+        if not layers:
+            raise ValueError("rank self-pruning needs at least one enabled LoRA adapter")
         self.layers, self.decay, self.lam = layers, decay, lam
-        built = min(m.lora_A.shape[0] for m in layers) if layers else 0
-        self.live = int(np.asarray(kept["live-rank"]).ravel()[0]) if "live-rank" in kept else built
+        self.came_back = "live-rank" in kept  # what the client kept after its last round
+        built = min(m.lora_A.shape[0] for m in layers)
+        self.live = int(np.asarray(kept["live-rank"]).ravel()[0]) if self.came_back else built
         self.last = float(np.asarray(kept["tail"]).ravel()[0]) if "tail" in kept else math.nan
         zero_components(self.layers, self.live)
 
@@ -175,4 +180,4 @@ class RankSelfPruning:
                             "tail": np.array([math.nan if prune else size])}}  # compared at an unchanged rank
         return {}, kept, {"hetlora-live-rank": float(self.live), "hetlora-tail": size,
                           "hetlora-pruned-components": float(before - self.live),
-                          "hetlora-tail-kept": float(not math.isnan(self.last))}  # last round's state came back
+                          "hetlora-state-kept": float(self.came_back)}

@@ -27,6 +27,7 @@ def test_a_simulation_passes_its_federation_config_before_the_run_config():
                    "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--run-config", ""]
 
 
+@pytest.mark.integration  # starts a real SuperLink
 def test_the_superlink_answers_inside_the_block_and_is_stopped_by_pid_when_it_raises(tmp_path):
     flwr_home = tmp_path / "flwr-home"
     with pytest.raises(RuntimeError, match="the run failed"):

@@ -70,12 +70,12 @@ def test_strategy_family_runs_in_a_real_simulation(family, tmp_path):
         assert sum(second["strategy"]["norm_weight_share"]) == pytest.approx(1.0, abs=1e-3)
         lost = list(second["strategy"]["start_truncation_error"].values())  # the rank-4 node, round 2
         assert len(lost) == 1 and 0 < lost[0] < 1
-        by_rank = sorted(first["clients"], key=lambda c: c["hetlora-live-rank"])
-        assert [c["hetlora-live-rank"] for c in by_rank] == [4.0, 8.0]  # nothing to compare with: no prune
-        assert [c["hetlora-tail-kept"] for c in first["clients"]] == [0.0, 0.0]
-        assert [c["hetlora-tail-kept"] for c in second["clients"]] == [1.0, 1.0]
-        for c in second["clients"]:  # a prune halves the live rank; the kept tail decides, either may happen
-            assert c["hetlora-live-rank"] + c["hetlora-pruned-components"] in (4.0, 8.0)
+        built = {0.0: 4.0, 1.0: 8.0}  # federation.client-ranks by partition
+        for c in first["clients"]:  # nothing to compare with yet: no prune, nothing came back
+            assert c["hetlora-live-rank"] == built[c["partition-id"]] and c["hetlora-state-kept"] == 0.0
+        for c in second["clients"]:  # the live rank came back; a prune halves it (the kept tail decides)
+            assert c["hetlora-state-kept"] == 1.0
+            assert c["hetlora-live-rank"] + c["hetlora-pruned-components"] == built[c["partition-id"]]
             assert c["hetlora-pruned-components"] in (0.0, c["hetlora-live-rank"])
     if family == "fedsa":
         assert [c["fedsa-rounds-kept"] for c in first["clients"]] == [0.0, 0.0]

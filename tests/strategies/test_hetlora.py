@@ -77,7 +77,7 @@ def test_a_client_prunes_only_when_its_tail_shrank_since_its_last_round():
     first = RankSelfPruning(_layers(), 0.5, 0.1, {})  # no last round: nothing to compare with
     _, kept, metrics = first.finish({})
     assert kept[LIVE_RANK]["live-rank"].tolist() == [4] and kept[LIVE_RANK]["tail"][0] == pytest.approx(size)
-    assert metrics["hetlora-pruned-components"] == 0 and metrics["hetlora-tail-kept"] == 0
+    assert metrics["hetlora-pruned-components"] == 0 and metrics["hetlora-state-kept"] == 0
     grew = RankSelfPruning(_layers(), 0.5, 0.1, {"live-rank": np.array([4]), "tail": np.array([size / 2])})
     assert grew.finish({})[1][LIVE_RANK]["live-rank"].tolist() == [4]
     layers = _layers()
@@ -85,19 +85,22 @@ def test_a_client_prunes_only_when_its_tail_shrank_since_its_last_round():
     _, kept, metrics = shrank.finish({})
     assert kept[LIVE_RANK]["live-rank"].tolist() == [2] and np.isnan(kept[LIVE_RANK]["tail"][0])
     assert metrics["hetlora-live-rank"] == 2 and metrics["hetlora-pruned-components"] == 2
-    assert metrics["hetlora-tail-kept"] == 1
+    assert metrics["hetlora-state-kept"] == 1
     for m in layers:  # the pruned components are zero, the kept ones untouched
         assert not m.lora_A[2:].any() and not m.lora_B[:, 2:].any()
         assert m.lora_A[:2].detach().numpy()[:, 0].tolist() == [1.0, 2.0]
     # after a prune the next round only records the new tail (compared at an unchanged rank)
     after = RankSelfPruning(layers, 0.5, 0.1, dict(kept[LIVE_RANK]))
-    assert after.live == 2 and after.finish({})[1][LIVE_RANK]["live-rank"].tolist() == [2]
+    _, kept, metrics = after.finish({})
+    assert after.live == 2 and kept[LIVE_RANK]["live-rank"].tolist() == [2] and metrics["hetlora-state-kept"] == 1
 
 
 def test_pruned_components_start_at_zero_and_stay_there_through_optimizer_steps():
     layers = _layers()
     pruning = RankSelfPruning(layers, 0.5, 0.1, {"live-rank": np.array([3]), "tail": np.array([1.0])})
     assert not layers[0].lora_A[3:].any() and layers[0].lora_A[2].all()  # zeroed when the round starts
+    with torch.no_grad():  # a pruned B column moved by something else: A's pruned row now gets a gradient
+        layers[0].lora_B[:, 3] = 1.0
     opt = torch.optim.AdamW([p for m in layers for p in m.parameters()], lr=0.1)
     for _ in range(3):
         loss = sum((m.lora_B @ m.lora_A).sum() for m in layers) + pruning.extra_loss()
@@ -108,6 +111,11 @@ def test_pruned_components_start_at_zero_and_stay_there_through_optimizer_steps(
     for m in layers:
         assert not m.lora_A[3:].any() and not m.lora_B[:, 3:].any()
         assert m.lora_B[:, :3].abs().sum() > 0
+
+
+def test_a_model_without_an_enabled_adapter_has_nothing_to_prune():
+    with pytest.raises(ValueError, match="at least one enabled LoRA adapter"):
+        RankSelfPruning([], 0.5, 0.1, {})
 
 
 def test_a_rank_one_client_never_prunes_below_one_component():
