@@ -107,9 +107,9 @@ class HetLoRA(Strategy):
     @classmethod
     def apply_kept(cls, model: torch.nn.Module, kept: Mapping[str, Arrays]) -> None:
         """A self-pruning client's own model: the global one without its pruned components."""
-        live = (kept.get(LIVE_RANK) or {}).get("live-rank")
+        live = live_rank(kept.get(LIVE_RANK) or {})
         if live is not None:
-            zero_components(lora_layers(model), int(np.asarray(live).ravel()[0]))
+            zero_components(lora_layers(model), live)
 
     def local_round(self, model: torch.nn.Module, start: Mapping[str, torch.Tensor], cfg,
                     received: Mapping[str, Arrays], kept: Mapping[str, Arrays]) -> LocalRule:
@@ -124,7 +124,12 @@ class HetLoRA(Strategy):
 
 def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's enabled LoRA adapters."""
-    return [m for m in adapter_modules(model).values() if m.enabled and hasattr(m, "lora_A")]
+    return [m for m in adapter_modules(model).values() if m.enabled]
+
+
+def live_rank(record: Mapping[str, np.ndarray]) -> int | None:
+    """The live rank a self-pruning client kept after its last round (None before its first)."""
+    return int(np.asarray(record["live-rank"]).ravel()[0]) if "live-rank" in record else None
 
 
 @torch.no_grad()
@@ -144,9 +149,9 @@ class RankSelfPruning:
         if not layers:
             raise ValueError("rank self-pruning needs at least one enabled LoRA adapter")
         self.layers, self.decay, self.lam = layers, decay, lam
-        self.came_back = "live-rank" in kept  # what the client kept after its last round
-        built = min(m.lora_A.shape[0] for m in layers)
-        self.live = int(np.asarray(kept["live-rank"]).ravel()[0]) if self.came_back else built
+        kept_rank = live_rank(kept)
+        self.came_back = kept_rank is not None  # what the client kept after its last round
+        self.live = kept_rank if self.came_back else min(m.lora_A.shape[0] for m in layers)
         self.last = float(np.asarray(kept["tail"]).ravel()[0]) if "tail" in kept else math.nan
         zero_components(self.layers, self.live)
 
