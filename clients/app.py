@@ -100,9 +100,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """What the server asks outside a round: this node's adapter rank, or the ridge
-    statistics of its training rows for the federated head (fedgate/ridge.py)."""
-    ask = str(msg.content[P.CONFIG].get(P.ASK, P.ASK_RANK)) if P.CONFIG in msg.content else P.ASK_RANK
+    """What the server asks outside a round: this node's adapter rank and partition id, or
+    the ridge statistics of its training rows for the federated head (fedgate/ridge.py)."""
+    ask = str(msg.content[P.CONFIG].get(P.ASK, P.ASK_NODE)) if P.CONFIG in msg.content else P.ASK_NODE
     if ask == P.ASK_HEAD_STATS:
         task = _task(context)
         stats = task.head_statistics(_arrays(msg.content[P.ARRAYS]), pruned=_pruned(msg))
@@ -112,7 +112,9 @@ def query(msg: Message, context: Context) -> Message:
             P.METRICS: MetricRecord({P.NUM_EXAMPLES: stats.count, P.PARTITION_ID: task.partition_id}),
         })
         return Message(content=content, reply_to=msg)
-    if ask != P.ASK_RANK:
-        raise ValueError(f"query asks for {ask!r}; this client answers {P.ASK_RANK!r} or {P.ASK_HEAD_STATS!r}")
+    if ask != P.ASK_NODE:
+        raise ValueError(f"query asks for {ask!r}; this client answers {P.ASK_NODE!r} or {P.ASK_HEAD_STATS!r}")
     cfg = client_config(context.run_config, context.node_config)
-    return Message(content=RecordDict({P.METRICS: MetricRecord({P.ADAPTER_RANK: cfg.adapter.r})}), reply_to=msg)
+    partition_id, _ = _partition(context)
+    return Message(content=RecordDict({P.METRICS: MetricRecord({P.ADAPTER_RANK: cfg.adapter.r,
+                                                                P.PARTITION_ID: partition_id})}), reply_to=msg)

@@ -59,7 +59,8 @@ class FedgateStrategy(Strategy):
         modules = lora_modules(global_state)
         self.rank = lora_rank(global_state, modules[0]) if modules else 0
         self.opt_state: dict[str, np.ndarray] = {}
-        self.node_ranks: dict[int, int] = {}
+        self.node_ranks: dict[int, int] = {}  # heterogeneous ranks: each admitted node's adapter rank
+        self.node_info: dict[int, dict[str, int]] = {}  # what each node said when asked: rank, partition
         self.dp_rates: list[float] = []  # each private round's sampling rate, for the accountant
         self.dp_sigma: float | None = None
         if saved is not None:
@@ -91,6 +92,7 @@ class FedgateStrategy(Strategy):
         arrays = {f"opt/{k}": v for k, v in self.opt_state.items()}
         arrays.update(self.rule.saved())
         meta = {**self.gates.saved(), "node_ranks": {str(k): v for k, v in self.node_ranks.items()},
+                "node_info": {str(k): v for k, v in self.node_info.items()},
                 "dp_rates": self.dp_rates, "dp_sigma": self.dp_sigma}  # a resumed run keeps its privacy loss
         return arrays, meta
 
@@ -99,6 +101,7 @@ class FedgateStrategy(Strategy):
         self.rule.load(arrays)
         self.gates.load(meta)
         self.node_ranks = {int(k): int(v) for k, v in meta.get("node_ranks", {}).items()}
+        self.node_info = {int(k): {f: int(x) for f, x in v.items()} for k, v in meta.get("node_info", {}).items()}
         self.dp_rates = [float(q) for q in meta.get("dp_rates", [])]
         self.dp_sigma = meta.get("dp_sigma")
 
@@ -298,21 +301,33 @@ class FedgateStrategy(Strategy):
         if "excluded" in result.info:  # krum, validated: indices into this round's updates -> node ids
             self.round_log.rule["excluded"] = [updates[i].node_id for i in result.info["excluded"]]
 
-    def known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
-        """With heterogeneous ranks, ask nodes not seen before for their ``adapter.r`` (one
-        query message each); nodes that do not answer sit this round out."""
-        unknown = [n for n in nodes if n not in self.node_ranks]
-        if not self.fed.heterogeneous_ranks or not unknown:
-            return nodes
-        queries = [Message(RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})}),
+    def ask_nodes(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
+        """Ask each of ``nodes`` not asked before for its adapter rank and partition id (one
+        query message each, once per node). Returns the nodes the server knows, in the order
+        given; one that does not answer is recorded as a failure and asked again next time."""
+        unknown = [n for n in nodes if n not in self.node_info]
+        queries = [Message(RecordDict({P.CONFIG: ConfigRecord({P.ASK: P.ASK_NODE, P.SERVER_ROUND: server_round})}),
                            message_type=MessageType.QUERY, dst_node_id=n) for n in unknown]
-        for reply in grid.send_and_receive(queries, timeout=self.fed.round_timeout):
+        for reply in grid.send_and_receive(queries, timeout=self.fed.round_timeout) if queries else []:
             node = reply.metadata.src_node_id
-            if reply.has_error() or P.METRICS not in reply.content:
-                reason = reply.error.reason if reply.has_error() else "no metrics"
+            metrics = None if reply.has_error() else reply.content.get(P.METRICS)
+            missing = [k for k in (P.ADAPTER_RANK, P.PARTITION_ID) if metrics is None or k not in metrics]
+            if missing:
+                reason = reply.error.reason if reply.has_error() else f"the reply has no {', '.join(missing)}"
                 self.round_log.failures.append({"node_id": node, "reason": reason, "stage": "query"})
+                log.warning("node %d did not say its rank and partition: %s", node, reason)
                 continue
-            rank = int(reply.content[P.METRICS][P.ADAPTER_RANK])
+            self.node_info[node] = {"rank": int(metrics[P.ADAPTER_RANK]), "partition": int(metrics[P.PARTITION_ID])}
+        return [n for n in nodes if n in self.node_info]
+
+    def known_ranks(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
+        """With heterogeneous ranks, the nodes whose ``adapter.r`` the server knows and admits
+        (nodes not asked before are asked); nodes that do not answer sit this round out."""
+        if not self.fed.heterogeneous_ranks:
+            return nodes
+        admitted = []
+        for node in self.ask_nodes(grid, nodes, server_round):
+            rank = self.node_info[node]["rank"]
             if rank > self.rank and not self.rule.admits_larger_ranks:
                 reason = (f"adapter rank {rank} is above the global rank {self.rank}: federation.strategy="
                           f"{self.fed.strategy} pads to the global rank, so the node would train components "
@@ -320,11 +335,18 @@ class FedgateStrategy(Strategy):
                 self.round_log.failures.append({"node_id": node, "reason": reason, "stage": "query"})
                 log.warning("node %d: %s", node, reason)
                 continue
+            if node not in self.node_ranks:
+                log.info("node %d trains adapter rank %d (global %d)", node, rank, self.rank)
             self.node_ranks[node] = rank
-            log.info("node %d trains adapter rank %d (global %d)", node, self.node_ranks[node], self.rank)
-        return [n for n in nodes if n in self.node_ranks]
+            admitted.append(node)
+        return admitted
 
     def sample_nodes(self, grid: Grid, server_round: int, fraction: float, min_nodes: int) -> list[int]:
+        """``fraction`` of the connected nodes (at least ``min_nodes``), drawn from a generator
+        seeded by ``train.seed`` and the round. A subset is drawn over the nodes ordered by
+        partition id (each node is asked for it once): node ids differ between runs, partitions
+        do not, so runs that share a seed train and evaluate the same partitions in each round
+        whatever their strategy, and their paired differences leave the draw out."""
         wanted = max(self.fed.min_available_nodes, min_nodes)
         deadline = time.monotonic() + self.fed.round_timeout
         while len(nodes := sorted(grid.get_node_ids())) < wanted:
@@ -334,6 +356,9 @@ class FedgateStrategy(Strategy):
             log.info("waiting for nodes: %d connected, %d needed", len(nodes), wanted)
             time.sleep(1.0)
         size = min(len(nodes), max(int(len(nodes) * fraction), min_nodes))
+        if size < len(nodes):
+            nodes = sorted(self.ask_nodes(grid, nodes, server_round), key=lambda n: (self.node_info[n]["partition"], n))
+            size = min(size, len(nodes))
         rng = random.Random(self.cfg.train.seed * 100_003 + server_round)  # reproducible sampling
         return sorted(rng.sample(nodes, size))
 

@@ -14,7 +14,8 @@ Up (client -> server), train replies:
     GATE_STRUCT  MetricRecord {adapter module name: structural gate sigmoid(alpha_l)}
     the strategy's own ArrayRecords (``Strategy.uplink_records``: SCAFFOLD's c_i+ - c_i)
 Evaluate replies carry METRICS only. Query messages carry CONFIG with ASK:
-    ASK_RANK        (heterogeneous ranks) the client's ADAPTER_RANK, answered in METRICS
+    ASK_NODE        (heterogeneous ranks, or sampling a subset of the nodes) the client's
+                    ADAPTER_RANK and PARTITION_ID, answered in METRICS; asked once per node
     ASK_HEAD_STATS  (before round 1, ``train.head-init = ridge``; after every round too with
                     ``federation.head-refit``) the ridge sufficient statistics of the
                     client's training rows under ARRAYS (PRUNED adapters off), answered as
@@ -43,7 +44,7 @@ STATE_PERSONAL = "personal-gates"
 STATE_COUNTS = "counts"
 
 ASK = "ask"
-ASK_RANK = "adapter-rank"
+ASK_NODE = "node"
 ASK_HEAD_STATS = "head-stats"
 HEAD_STATS = "head-stats"
 GRAM = "gram"

@@ -215,7 +215,8 @@ class RankGrid(Nodes):
         self.ranks = ranks
 
     def send_and_receive(self, messages, timeout=None):
-        return [Message(RecordDict({P.METRICS: MetricRecord({P.ADAPTER_RANK: self.ranks[m.metadata.dst_node_id]})}),
+        return [Message(RecordDict({P.METRICS: MetricRecord({P.ADAPTER_RANK: self.ranks[m.metadata.dst_node_id],
+                                                             P.PARTITION_ID: m.metadata.dst_node_id})}),
                         reply_to=m) for m in messages]
 
 

@@ -159,11 +159,62 @@ def test_sampling_waits_then_times_out_with_a_clear_error():
         list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), Nodes([1, 2])))
 
 
-def test_fraction_samples_reproducibly():
+class AskedNodes(Nodes):
+    """Nodes that answer the strategy's query for their rank and partition id; keeps who was asked."""
+
+    def __init__(self, partitions, silent=()):
+        super().__init__(sorted(partitions))
+        self.partitions, self.silent, self.asked = partitions, set(silent), []
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            assert m.content[P.CONFIG][P.ASK] == P.ASK_NODE
+            self.asked.append(node)
+            if node in self.silent:
+                replies.append(Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=m))
+                continue
+            metrics = MetricRecord({P.ADAPTER_RANK: 2, P.PARTITION_ID: self.partitions[node]})
+            replies.append(Message(RecordDict({P.METRICS: metrics}), reply_to=m))
+        return replies
+
+
+def sampled_partitions(cfg, grid, rounds):
+    strategy = FedgateStrategy(cfg, dict(GLOBAL))
+    return [sorted(grid.partitions[m.metadata.dst_node_id]
+                   for m in strategy.configure_train(rnd, to_record(GLOBAL), ConfigRecord(), grid)) for rnd in rounds]
+
+
+def test_a_sampled_subset_is_the_same_partitions_whatever_the_node_ids():
     cfg = FedgateConfig.from_flat({"federation.fraction-train": 0.3, "federation.min-train-nodes": 1})
-    pick = [sorted(m.metadata.dst_node_id for m in FedgateStrategy(cfg, dict(GLOBAL)).configure_train(
-        4, to_record(GLOBAL), ConfigRecord(), Nodes(range(100, 110)))) for _ in range(2)]
-    assert len(pick[0]) == 3 and pick[0] == pick[1]
+    small = AskedNodes({100 + p: p for p in range(10)})
+    ids = np.random.default_rng(7).permutation(10)  # another run's ids: large, in another order
+    other = AskedNodes({int(9_000_000_000 + 977 * i): int(p) for i, p in enumerate(ids)})
+    picks = sampled_partitions(cfg, small, range(1, 6))
+    assert all(len(p) == 3 for p in picks) and len({tuple(p) for p in picks}) > 1  # rounds draw anew
+    assert sampled_partitions(cfg, other, range(1, 6)) == picks
+    assert sorted(small.asked) == sorted(small.partitions)  # each node asked once, not every round
+    reseeded = FedgateConfig.from_flat({"federation.fraction-train": 0.3, "federation.min-train-nodes": 1,
+                                        "train.seed": 1})
+    assert sampled_partitions(reseeded, AskedNodes(small.partitions), range(1, 6)) != picks
+
+
+def test_full_participation_asks_no_node_and_a_silent_node_sits_the_draw_out():
+    everyone = AskedNodes({1: 0, 2: 1})
+    strategy = FedgateStrategy(FedgateConfig.from_flat({}), dict(GLOBAL))
+    assert len(list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), everyone))) == 2
+    assert everyone.asked == []
+    cfg = FedgateConfig.from_flat({"federation.fraction-train": 0.5, "federation.min-train-nodes": 1})
+    strategy, grid = FedgateStrategy(cfg, dict(GLOBAL)), AskedNodes({1: 0, 2: 1, 3: 2, 4: 3}, silent={3})
+    for rnd in (1, 2):
+        msgs = list(strategy.configure_train(rnd, to_record(GLOBAL), ConfigRecord(), grid))
+        assert len(msgs) == 2 and 3 not in [m.metadata.dst_node_id for m in msgs]
+        assert strategy.round_log.failures == [{"node_id": 3, "reason": "Error: Node Unavailable", "stage": "query"}]
+    assert sorted(grid.asked) == [1, 2, 3, 3, 4]  # the silent node is asked again the next round
+    again = FedgateStrategy(cfg, dict(GLOBAL), saved=strategy.saved())  # a resumed run asks no one again
+    assert again.node_info == strategy.node_info == {1: {"rank": 2, "partition": 0}, 2: {"rank": 2, "partition": 1},
+                                                     4: {"rank": 2, "partition": 3}}
 
 
 def test_fraction_zero_skips_training():
