@@ -52,16 +52,32 @@ def _product(state: Mapping[str, np.ndarray], module: str) -> np.ndarray:
     return np.asarray(state[module + LORA_B], np.float64) @ np.asarray(state[module + LORA_A], np.float64)
 
 
-def _factorize64(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """:func:`factorize` in float64."""
+def _product_shape(state: Mapping[str, np.ndarray], module: str) -> tuple[int, int]:
+    """The shape of ``module``'s ``B A``: (d_out, d_in)."""
+    lora_rank(state, module)
+    return int(np.shape(state[module + LORA_B])[0]), int(np.shape(state[module + LORA_A])[1])
+
+
+def _svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD by LAPACK's gesdd, and by gesvd where gesdd does not converge: OpenBLAS's
+    gesdd fails on some finite matrices that gesvd decomposes (OpenMathLib/OpenBLAS#3044)."""
+    try:
+        return np.linalg.svd(m, full_matrices=False)
+    except np.linalg.LinAlgError:
+        import scipy.linalg
+
+        return scipy.linalg.svd(m, full_matrices=False, lapack_driver="gesvd")
+
+
+def _truncated(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int,
+               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rank-``rank`` factors (B, A) of ``shape``'s matrix from its thin SVD, and the relative
+    truncation error."""
     if rank < 1:
         raise ValueError(f"factorize: rank must be >= 1, got {rank}")
-    if m.ndim != 2 or not np.all(np.isfinite(m)):
-        raise ValueError(f"factorize: need a finite 2-d matrix, got shape {m.shape}")
-    b, a = np.zeros((m.shape[0], rank)), np.zeros((rank, m.shape[1]))
-    if not np.any(m):
+    b, a = np.zeros((shape[0], rank)), np.zeros((rank, shape[1]))
+    if not np.any(s):
         return b, a, 0.0
-    u, s, vt = np.linalg.svd(m, full_matrices=False)
     r = min(rank, s.size)
     u, vt = u[:, :r], vt[:r]
     # fix the SVD's sign freedom: the largest-magnitude entry of each column of U is positive
@@ -70,6 +86,26 @@ def _factorize64(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, floa
     b[:, :r] = u * (sign * root)
     a[:r] = (sign * root)[:, None] * vt
     return b, a, float(np.linalg.norm(s[r:]) / np.linalg.norm(s))
+
+
+def _factorize64(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`factorize` in float64."""
+    if m.ndim != 2 or not np.all(np.isfinite(m)):
+        raise ValueError(f"factorize: need a finite 2-d matrix, got shape {m.shape}")
+    return _truncated(*_svd(m), rank, m.shape)
+
+
+def _factorize_product64(b: np.ndarray, a: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`factorize` of ``b @ a`` (float64, ``b`` (d_out, k), ``a`` (k, d_in)) without
+    forming it: with thin QR ``b = Q_b R_b`` and ``a^T = Q_a R_a``, ``b a = Q_b (R_b R_a^T) Q_a^T``,
+    so the SVD of the small core gives the product's. The same factors, up to rounding, for a
+    k-by-k SVD in place of a d_out-by-d_in one."""
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(a))):
+        raise ValueError(f"factorize: need finite factors, got shapes {b.shape} and {a.shape}")
+    qb, rb = np.linalg.qr(b)
+    qa, ra = np.linalg.qr(a.T)
+    u, s, vt = _svd(rb @ ra.T)
+    return _truncated(qb @ u, s, vt @ qa.T, rank, (b.shape[0], a.shape[1]))
 
 
 def factorize(product: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -138,13 +174,15 @@ def exact_aggregate(locals_: Sequence[Params], weights: Sequence[Weight], rank: 
     errors: dict[str, float] = {}
     for m in lora_modules(ref):
         w = _weights_for(weights, m)
-        mean = np.zeros(_product(ref, m).shape)
-        for i, (wk, s) in enumerate(zip(w, locals_)):
-            p = _product(s, m)
-            if p.shape != mean.shape:
-                raise ValueError(f"client {i}: module {m!r} has B A of shape {p.shape}, client 0 has {mean.shape}")
-            mean += wk * p
-        b, a, errors[m] = _factorize64(mean, rank)
+        shape = _product_shape(ref, m)
+        for i, s in enumerate(locals_):
+            if _product_shape(s, m) != shape:
+                raise ValueError(f"client {i}: module {m!r} has B A of shape {_product_shape(s, m)}, "
+                                 f"client 0 has {shape}")
+        # the mean product sum_k w_k B_k A_k is [w_1 B_1 ... w_K B_K] [A_1; ...; A_K]
+        stacked_b = np.hstack([wk * np.asarray(s[m + LORA_B], np.float64) for wk, s in zip(w, locals_)])
+        stacked_a = np.vstack([np.asarray(s[m + LORA_A], np.float64) for s in locals_])
+        b, a, errors[m] = _factorize_product64(stacked_b, stacked_a, rank)
         lora[m + LORA_B] = b.astype(np.asarray(ref[m + LORA_B]).dtype)
         lora[m + LORA_A] = a.astype(np.asarray(ref[m + LORA_A]).dtype)
     out = {k: lora[k] if k in lora else _mean_key(locals_, _weights_for(weights, module_of(k)), k) for k in ref}
@@ -157,7 +195,9 @@ def refactor_to_rank(state: Mapping[str, np.ndarray], rank: int) -> tuple[Params
     out = {k: np.array(v, copy=True) for k, v in state.items()}
     errors: dict[str, float] = {}
     for m in lora_modules(state):
-        b, a, errors[m] = _factorize64(_product(state, m), rank)
+        lora_rank(state, m)
+        b, a, errors[m] = _factorize_product64(np.asarray(state[m + LORA_B], np.float64),
+                                               np.asarray(state[m + LORA_A], np.float64), rank)
         out[m + LORA_B], out[m + LORA_A] = b.astype(out[m + LORA_B].dtype), a.astype(out[m + LORA_A].dtype)
     return out, errors
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fedgate.aggregation.lora import (exact_aggregate, factorize, gate_weights, lora_modules, lora_rank, module_of,
-                                      module_weighted_mean, pad_to_rank, refactor_to_rank, truncate_to_rank)
+from fedgate.aggregation.lora import (_factorize_product64, _svd, exact_aggregate, factorize, gate_weights,
+                                      lora_modules, lora_rank, module_of, module_weighted_mean, pad_to_rank,
+                                      refactor_to_rank, truncate_to_rank)
 
 Q = "backbone.encoder.layer.1.attention.self.query"
 
@@ -137,6 +138,36 @@ def test_factorize_zero_matrix_and_rank_above_min_dim():
     np.testing.assert_allclose(b @ a, m, atol=1e-12)
     with pytest.raises(ValueError, match="rank must be >= 1"):
         factorize(m, 0)
+
+
+@pytest.mark.parametrize("d_out, k, d_in", [(7, 3, 9), (4, 6, 5), (6, 2, 2)])
+def test_factorizing_a_product_through_its_factors_matches_the_dense_svd(d_out, k, d_in):
+    rng = np.random.default_rng(d_out * 100 + k)
+    b, a = rng.normal(size=(d_out, k)), rng.normal(size=(k, d_in))
+    for rank in (1, 2, 5):
+        fb, fa, err = _factorize_product64(b, a, rank)
+        db, da, dense_err = factorize(b @ a, rank)
+        r = min(rank, k)  # the same sign convention, so the same factors; past the product's rank
+        np.testing.assert_allclose(fb[:, :r], db[:, :r], atol=1e-10)  # the dense SVD's components are
+        np.testing.assert_allclose(fa[:r], da[:r], atol=1e-10)  # square roots of rounding (~1e-8),
+        assert not fb[:, r:].any() and not fa[r:].any()  # the core's are exact zeros
+        assert err == pytest.approx(dense_err, abs=1e-12)
+    assert _factorize_product64(np.zeros((3, 2)), rng.normal(size=(2, 4)), 2)[2] == 0.0
+    with pytest.raises(ValueError, match="finite factors"):
+        _factorize_product64(np.full((3, 2), np.inf), rng.normal(size=(2, 4)), 2)
+
+
+def test_svd_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
+    m = np.random.default_rng(3).normal(size=(6, 4))
+
+    def no_convergence(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(np.linalg, "svd", no_convergence)
+    u, s, vt = _svd(m)
+    np.testing.assert_allclose((u * s) @ vt, m, atol=1e-12)
+    b, a, err = factorize(m, 4)
+    np.testing.assert_allclose(b @ a, m, atol=1e-12)
 
 
 def test_refactor_to_rank():
