@@ -118,6 +118,9 @@ def run_study(out: Path, variants: dict[str, dict], *, study: str, num_supernode
             if _already_done(run_dir, config, nodes[name]):
                 print(f"{tag}: already completed in {run_dir}; reusing it", flush=True)
             else:
+                if run_dir.exists():  # a run that did not complete, or of another config: start it over
+                    print(f"{tag}: starting {run_dir} over", flush=True)
+                    shutil.rmtree(run_dir)
                 print(f"{tag}: {config}", flush=True)
                 store = [] if CACHE_KEY in variants[name] else [f"{CACHE_KEY}={json.dumps(str(states))}"]
                 code, run_dir = simulate([config, *store], num_supernodes=nodes[name], out=run_dir, timeout=timeout)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fedgate import strategies
 from fedgate.config import FedgateConfig
-from fedgate.rundir import default_run_dir
+from fedgate.rundir import ROUNDS_FILE, default_run_dir
 from fedgate.launch.fab import staged_app
 from fedgate.launch.processes import (flower_env, free_port, sigterm_unwinds, stop_flwr_home, stop_tree,
                                      wait_http_ok)
@@ -78,13 +78,17 @@ def resolve_config(app: Path, run_config: list[str]) -> tuple[FedgateConfig, dic
 def prepare_run(app: Path, run_config: list[str], out: str | Path | None) -> tuple[dict, Path]:
     """Validated overrides (with ``server.output-dir`` set to an absolute path) and the run
     directory: ``out``, else ``server.output-dir``, else runs/fed-<time>; a resumed run
-    goes on writing into its own directory."""
+    goes on writing into its own directory. A new run is refused a directory that already
+    holds a run's rounds (they would mix)."""
     cfg, _ = resolve_config(app, run_config)
     if cfg.server.resume_from:
         resumed = Path(cfg.server.resume_from).resolve()
         run_dir = resumed.parent.parent if resumed.is_file() else resumed
     else:
         run_dir = Path(out or cfg.server.output_dir or default_run_dir()).resolve()
+        if (run_dir / ROUNDS_FILE).exists():
+            raise ValueError(f"{run_dir / ROUNDS_FILE} exists: that directory holds a run already; continue it "
+                             f"with server.resume-from={json.dumps(str(run_dir))} or give the new run another directory")
     _, overrides = resolve_config(app, [*run_config, f"server.output-dir={json.dumps(str(run_dir))}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     return overrides, run_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedgate.launch.processes import alive, flower_env
-from fedgate.launch.simulation import flwr_run_command, run_config_arg, running_superlink
+from fedgate.launch.simulation import REPO, flwr_run_command, prepare_run, run_config_arg, running_superlink
 
 
 def test_run_config_is_one_string_of_toml_values():
@@ -25,6 +25,15 @@ def test_a_simulation_passes_its_federation_config_before_the_run_config():
     cmd = flwr_run_command(Path("app"), "fedgate-sim", {}, "num-supernodes=4 client-resources-num-cpus=1")
     assert cmd == ["flwr", "run", "app", "fedgate-sim", "--stream",
                    "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--run-config", ""]
+
+
+def test_a_new_run_is_refused_a_directory_that_holds_a_run(tmp_path):
+    overrides, run_dir = prepare_run(REPO, ['model.backbone="tiny-bert"'], tmp_path / "run")
+    assert run_dir == (tmp_path / "run").resolve() and overrides["server.output-dir"] == str(run_dir)
+    (run_dir / "rounds.jsonl").write_text('{"round": 0}\n')
+    with pytest.raises(ValueError, match="holds a run already; continue it with server.resume-from"):
+        prepare_run(REPO, ['model.backbone="tiny-bert"'], run_dir)
+    assert (run_dir / "rounds.jsonl").read_text() == '{"round": 0}\n'  # nothing lost
 
 
 @pytest.mark.integration  # starts a real SuperLink

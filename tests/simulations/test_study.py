@@ -109,3 +109,20 @@ def test_running_one_variant_into_a_finished_study_keeps_the_others(study, monke
     assert json.loads((out / "study.json").read_text())["seeds"] == [0]
     with (out / "results.csv").open() as f:
         assert [r["rule"] for r in csv.DictReader(f)] == ["fedavg"]
+
+
+def test_a_run_that_did_not_complete_is_started_over_in_a_clean_directory(study, monkeypatch):
+    """Last in this module: it leaves the study with one failed run."""
+    out, args = study
+    failed = out / "fedavg-clean" / "seed-0"
+    summary = json.loads((failed / "summary.json").read_text())
+    (failed / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    seen = []
+
+    def simulate(run_config, *, out, **kwargs):
+        seen.append(Path(out).exists())
+        return 1, Path(out)
+
+    monkeypatch.setattr("simulations.study.simulate", simulate)
+    adversarial.main(args)
+    assert seen == [False]  # its old rounds.jsonl would have been appended to
