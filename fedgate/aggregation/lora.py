@@ -1,10 +1,11 @@
 """LoRA-aware aggregation: average the low-rank updates ``B A``, not the factors.
 
 Averaging ``A`` and ``B`` separately does not average the update: ``mean(B) mean(A) != mean(B A)``.
-The ``exact`` rule averages the full-size products ``B_k A_k`` (so clients may train different
-ranks) and re-factorizes the mean by truncated SVD to the server's rank. Also here: zero-padding
-and truncation for heterogeneous ranks, rescaling between LoRA scalings (``alpha / r`` differs
-between ranks), and per-module (gate) weights for gate-weighted averaging.
+The ``exact`` rule averages the products ``B_k A_k`` (so clients may train different ranks) and
+re-factorizes the mean by truncated SVD to the server's rank, computed from the stacked factors
+without forming the full-size mean. Also here: zero-padding and truncation for heterogeneous
+ranks, rescaling between LoRA scalings (``alpha / r`` differs between ranks), and per-module
+(gate) weights for gate-weighted averaging.
 """
 
 from __future__ import annotations
