@@ -71,7 +71,8 @@ def summarize(run_dir: Path) -> dict:
     row["truncation_error"] = _mean_worst([s.get("truncation_error") for s in rules])
     row["start_truncation_error"] = _mean_worst([s.get("start_truncation_error") for s in rules])
     # each client's own model after its last local round, on its held-out rows (personalized rules)
-    local = [c["local-auc"] for c in trained[-1]["clients"] if "local-auc" in c] if trained else []
+    # (None where a client's held-out rows are all of one class: no AUC there)
+    local = [c["local-auc"] for c in trained[-1]["clients"] if c.get("local-auc") is not None] if trained else []
     row["client_local_auc"] = float(np.mean(local)) if local else float("nan")
     return row
 
