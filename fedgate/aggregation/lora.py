@@ -100,9 +100,12 @@ def _factorize_product64(b: np.ndarray, a: np.ndarray, rank: int) -> tuple[np.nd
     """:func:`factorize` of ``b @ a`` (float64, ``b`` (d_out, k), ``a`` (k, d_in)) without
     forming it: with thin QR ``b = Q_b R_b`` and ``a^T = Q_a R_a``, ``b a = Q_b (R_b R_a^T) Q_a^T``,
     so the SVD of the small core gives the product's. The same factors, up to rounding, for a
-    k-by-k SVD in place of a d_out-by-d_in one."""
+    k-by-k SVD in place of a d_out-by-d_in one. With k >= min(d_out, d_in) the core is no
+    smaller, and the product itself is decomposed."""
     if not (np.all(np.isfinite(b)) and np.all(np.isfinite(a))):
         raise ValueError(f"factorize: need finite factors, got shapes {b.shape} and {a.shape}")
+    if b.shape[1] >= min(b.shape[0], a.shape[1]):
+        return _factorize64(b @ a, rank)
     qb, rb = np.linalg.qr(b)
     qa, ra = np.linalg.qr(a.T)
     u, s, vt = _svd(rb @ ra.T)

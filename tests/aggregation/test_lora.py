@@ -140,7 +140,7 @@ def test_factorize_zero_matrix_and_rank_above_min_dim():
         factorize(m, 0)
 
 
-@pytest.mark.parametrize("d_out, k, d_in", [(7, 3, 9), (4, 6, 5), (6, 2, 2)])
+@pytest.mark.parametrize("d_out, k, d_in", [(7, 3, 9), (9, 2, 6), (4, 6, 5), (6, 2, 2)])  # the last two: dense
 def test_factorizing_a_product_through_its_factors_matches_the_dense_svd(d_out, k, d_in):
     rng = np.random.default_rng(d_out * 100 + k)
     b, a = rng.normal(size=(d_out, k)), rng.normal(size=(k, d_in))
