@@ -212,7 +212,7 @@ def test_full_participation_asks_no_node_and_a_silent_node_sits_the_draw_out():
         assert len(msgs) == 2 and 3 not in [m.metadata.dst_node_id for m in msgs]
         assert strategy.round_log.failures == [{"node_id": 3, "reason": "Error: Node Unavailable", "stage": "query"}]
     assert sorted(grid.asked) == [1, 2, 3, 3, 4]  # the silent node is asked again the next round
-    again = FedgateStrategy(cfg, dict(GLOBAL), saved=strategy.saved())  # a resumed run asks no one again
+    again = FedgateStrategy(cfg, dict(GLOBAL), saved=strategy.saved())  # a resumed run keeps what nodes said
     assert again.node_info == strategy.node_info == {1: {"rank": 2, "partition": 0}, 2: {"rank": 2, "partition": 1},
                                                      4: {"rank": 2, "partition": 3}}
 
