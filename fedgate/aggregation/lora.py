@@ -47,16 +47,16 @@ def lora_rank(state: Mapping[str, np.ndarray], module: str) -> int:
     return int(a[0])
 
 
+def _factors64(state: Mapping[str, np.ndarray], module: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` of one module in float64, their shapes checked."""
+    lora_rank(state, module)
+    return np.asarray(state[module + LORA_B], np.float64), np.asarray(state[module + LORA_A], np.float64)
+
+
 def _product(state: Mapping[str, np.ndarray], module: str) -> np.ndarray:
     """``B @ A`` of one module in float64."""
-    lora_rank(state, module)
-    return np.asarray(state[module + LORA_B], np.float64) @ np.asarray(state[module + LORA_A], np.float64)
-
-
-def _product_shape(state: Mapping[str, np.ndarray], module: str) -> tuple[int, int]:
-    """The shape of ``module``'s ``B A``: (d_out, d_in)."""
-    lora_rank(state, module)
-    return int(np.shape(state[module + LORA_B])[0]), int(np.shape(state[module + LORA_A])[1])
+    b, a = _factors64(state, module)
+    return b @ a
 
 
 def _svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,14 +178,15 @@ def exact_aggregate(locals_: Sequence[Params], weights: Sequence[Weight], rank: 
     errors: dict[str, float] = {}
     for m in lora_modules(ref):
         w = _weights_for(weights, m)
-        shape = _product_shape(ref, m)
-        for i, s in enumerate(locals_):
-            if _product_shape(s, m) != shape:
-                raise ValueError(f"client {i}: module {m!r} has B A of shape {_product_shape(s, m)}, "
+        factors = [_factors64(s, m) for s in locals_]
+        shape = (factors[0][0].shape[0], factors[0][1].shape[1])
+        for i, (bk, ak) in enumerate(factors):
+            if (bk.shape[0], ak.shape[1]) != shape:
+                raise ValueError(f"client {i}: module {m!r} has B A of shape {(bk.shape[0], ak.shape[1])}, "
                                  f"client 0 has {shape}")
         # the mean product sum_k w_k B_k A_k is [w_1 B_1 ... w_K B_K] [A_1; ...; A_K]
-        stacked_b = np.hstack([wk * np.asarray(s[m + LORA_B], np.float64) for wk, s in zip(w, locals_)])
-        stacked_a = np.vstack([np.asarray(s[m + LORA_A], np.float64) for s in locals_])
+        stacked_b = np.hstack([wk * bk for wk, (bk, _) in zip(w, factors)])
+        stacked_a = np.vstack([ak for _, ak in factors])
         b, a, errors[m] = _factorize_product64(stacked_b, stacked_a, rank)
         lora[m + LORA_B] = b.astype(np.asarray(ref[m + LORA_B]).dtype)
         lora[m + LORA_A] = a.astype(np.asarray(ref[m + LORA_A]).dtype)
@@ -199,9 +200,7 @@ def refactor_to_rank(state: Mapping[str, np.ndarray], rank: int) -> tuple[Params
     out = {k: np.array(v, copy=True) for k, v in state.items()}
     errors: dict[str, float] = {}
     for m in lora_modules(state):
-        lora_rank(state, m)
-        b, a, errors[m] = _factorize_product64(np.asarray(state[m + LORA_B], np.float64),
-                                               np.asarray(state[m + LORA_A], np.float64), rank)
+        b, a, errors[m] = _factorize_product64(*_factors64(state, m), rank)
         out[m + LORA_B], out[m + LORA_A] = b.astype(out[m + LORA_B].dtype), a.astype(out[m + LORA_A].dtype)
     return out, errors
 
